@@ -1,0 +1,226 @@
+"""The command line: `clipfarm-fusion run | demo`. Thin: parse, build a FusionConfig, call pipeline.run()."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+import botocore.exceptions
+
+from . import pipeline
+from .config import FusionConfig, bucket_from_env, parse_strategies
+from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
+
+EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT = 0, 2, 3, 4
+log = logging.getLogger("clipfarm_fusion")
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {value!r} (use YYYY-MM-DD)") from None
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipfarm-fusion",
+        description="Fuse per-video video/audio/text embeddings on S3 into sharded, manifest-indexed vectors.",
+        epilog="S3 endpoint and credentials come from the standard AWS configuration "
+        "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_DEFAULT_REGION).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="fuse one day's delta and publish shards, manifest, schema lock and state",
+        description="Fuse every video of the metadata horizon (as of --run-date) whose fused vector is missing "
+        "or stale. Exit codes: 0 run completed (item failures are data, see the summary); 2 bad usage or "
+        "config; 3 stopped for schema drift, nothing written; 4 another run wrote the same strategy.",
+    )
+    run.add_argument(
+        "--run-date", type=_date, required=True, help="the day to fuse (YYYY-MM-DD); shards land in date=<it>"
+    )
+    run.add_argument(
+        "--strategy",
+        default="all",
+        help="concat, sum_pool, max_pool or all (default: all, reads each object once)",
+    )
+    run.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
+    run.add_argument("--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)")
+    run.add_argument(
+        "--metadata",
+        default=None,
+        metavar="PATH|s3://B/KEY",
+        help="metadata horizon CSV or Parquet (default: s3://<bucket>/<root>/metadata/shorts_metadata_horizon.csv)",
+    )
+    run.add_argument(
+        "--text-state",
+        default=None,
+        metavar="PATH|s3://B/KEY",
+        help="text stage SQLite (default: s3://<bucket>/<root>/state/text_downloader.sqlite)",
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("state"),
+        help="local working copies of fusion_<s>.sqlite (default: ./state)",
+    )
+    run.add_argument("--max-items", type=_positive, default=None, help="fuse at most N videos this run")
+    run.add_argument(
+        "--shard-size",
+        type=_positive,
+        default=2048,
+        help="vectors per shard, also the batch size that bounds memory (default: 2048)",
+    )
+    run.add_argument(
+        "--max-fail-retries",
+        type=int,
+        default=3,
+        help="failures before an item becomes fail_terminal (default: 3)",
+    )
+    run.add_argument(
+        "--text-dim",
+        type=_positive,
+        default=768,
+        help="text dim for placeholders before a schema lock exists (default: 768)",
+    )
+    run.add_argument(
+        "--include-captured-at-in-hash", action="store_true", help="source_hash = sha256(url|captured_at)"
+    )
+    run.add_argument("--no-text-mask", action="store_true", help="do not append the text-presence mask")
+    run.add_argument(
+        "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="seed a synthetic day on an embedded S3 server and fuse it with all three strategies",
+        description="Starts a moto S3 server on loopback (no AWS setup, no network), seeds a day that covers "
+        "every gating case, runs all strategies and prints the summary.",
+    )
+    demo.add_argument(
+        "--videos", type=_positive, default=500, help="videos in the synthetic day (default: 500)"
+    )
+    demo.add_argument(
+        "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("clipfarm-demo"),
+        help="where to copy the outputs and state (default: ./clipfarm-demo)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FusionConfig:
+    return FusionConfig(
+        bucket=args.bucket or bucket_from_env(),
+        root=args.root,
+        strategies=parse_strategies(args.strategy),
+        metadata_uri=args.metadata,
+        text_state_uri=args.text_state,
+        state_dir=args.state_dir,
+        max_items=args.max_items,
+        shard_size=args.shard_size,
+        max_fail_retries=args.max_fail_retries,
+        text_dim=args.text_dim,
+        include_captured_at_in_hash=args.include_captured_at_in_hash,
+        append_text_presence_mask=not args.no_text_mask,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def progress_bar(enabled: bool):
+    """A tqdm bar on an interactive terminal; otherwise the pipeline's periodic log lines suffice."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="video", desc="fusing", dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def run_and_report(config: FusionConfig, run_date: date, summary_json: Path | None) -> int:
+    on_progress, close = progress_bar(config.progress)
+    try:
+        summary = pipeline.run(config, run_date, on_progress=on_progress)
+    finally:
+        close()
+    table = summary.to_table()
+    log.info("run summary\n%s", table)
+    print(table)
+    if summary_json:
+        summary.write_json(summary_json)
+        print(f"summary written to {summary_json}")
+    return EXIT_OK
+
+
+def demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.videos, args.summary_json, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "urllib3", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "demo":
+            return demo(args)
+        return run_and_report(config_from_args(args), args.run_date, args.summary_json)
+    except ConfigError as exc:
+        print(f"clipfarm-fusion: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SchemaDriftError as exc:
+        print(f"clipfarm-fusion: schema drift: {exc}", file=sys.stderr)
+        return EXIT_DRIFT
+    except ConcurrentWriteError as exc:
+        print(f"clipfarm-fusion: concurrent write: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except botocore.exceptions.NoCredentialsError:
+        print(
+            "clipfarm-fusion: error: no AWS credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except botocore.exceptions.EndpointConnectionError as exc:
+        print(f"clipfarm-fusion: error: cannot reach S3 ({exc}); check AWS_ENDPOINT_URL", file=sys.stderr)
+        return EXIT_USAGE
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            print(
+                f"clipfarm-fusion: error: S3 said {code} ({exc}); check --bucket and your AWS credentials",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""FusionConfig: every knob of a run in one frozen dataclass, validated once at the edge."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+STRATEGY_NAMES: tuple[str, ...] = ("concat", "sum_pool", "max_pool")
+DEFAULT_ROOT = "clipfarm"
+DEFAULT_TEXT_TERMINAL_STATUSES: tuple[str, ...] = ("no_captions", "fail_empty_transcript_terminal")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """What one run of the job needs to know; the CLI and the Dagster resource both build one of these."""
+
+    bucket: str
+    root: str = DEFAULT_ROOT
+    strategies: tuple[str, ...] = STRATEGY_NAMES
+    metadata_uri: str | None = None
+    text_state_uri: str | None = None
+    state_dir: Path = field(default_factory=lambda: Path("state"))
+    max_items: int | None = None
+    shard_size: int = 2048
+    max_fail_retries: int = 3
+    text_dim: int = 768
+    include_captured_at_in_hash: bool = False
+    append_text_presence_mask: bool = True
+    text_terminal_statuses: tuple[str, ...] = DEFAULT_TEXT_TERMINAL_STATUSES
+    fetch_threads: int = 32
+    sample_size: int = 10
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ConfigError("no bucket: pass --bucket or set CLIPFARM_BUCKET")
+        if not self.root or self.root.startswith("/") or ".." in self.root.split("/"):
+            raise ConfigError(f"bad --root {self.root!r}: use a relative prefix such as 'clipfarm'")
+        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
+        if unknown or not self.strategies:
+            raise ConfigError(f"unknown strategy {unknown}: choose from {', '.join(STRATEGY_NAMES)} or all")
+        for name in ("shard_size", "text_dim", "fetch_threads", "sample_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_fail_retries < 0:
+            raise ConfigError(f"max_fail_retries must be >= 0, got {self.max_fail_retries}")
+        if self.max_items is not None and self.max_items < 1:
+            raise ConfigError(f"max_items must be at least 1, got {self.max_items}")
+        object.__setattr__(self, "root", self.root.strip("/"))
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+    @property
+    def metadata_location(self) -> str:
+        return self.metadata_uri or f"s3://{self.bucket}/{self.root}/metadata/shorts_metadata_horizon.csv"
+
+    @property
+    def text_state_location(self) -> str:
+        return self.text_state_uri or f"s3://{self.bucket}/{self.root}/state/text_downloader.sqlite"
+
+    def with_strategies(self, strategies: tuple[str, ...]) -> FusionConfig:
+        return replace(self, strategies=strategies)
+
+
+def parse_strategies(value: str) -> tuple[str, ...]:
+    """`all` or a comma-separated list of strategy names, in registry order."""
+    if value == "all":
+        return STRATEGY_NAMES
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in STRATEGY_NAMES]
+    if unknown or not names:
+        raise ConfigError(f"unknown strategy {value!r}: choose from {', '.join(STRATEGY_NAMES)} or all")
+    return names
+
+
+def bucket_from_env() -> str:
+    return os.environ.get("CLIPFARM_BUCKET", "")

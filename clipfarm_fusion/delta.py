@@ -1,0 +1,39 @@
+"""Pure: which videos of the horizon need work for one strategy (DESIGN §3)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .policy import FAIL_TERMINAL, SUCCESS_FULL, SUCCESS_PLACEHOLDER
+
+NEW = "new"
+HASH_CHANGED = "hash_changed"
+NOT_TERMINAL = "not_terminal"
+UPGRADE_CHECK = "upgrade_check"
+
+
+def compute(horizon: pd.DataFrame, state: pd.DataFrame) -> pd.DataFrame:
+    """Horizon rows that need work, with `reason`, `prior_status` and `retry_base`.
+
+    - no state row -> new; source_hash changed -> hash_changed (retries start again at 0);
+    - status not terminal -> not_terminal;
+    - success_text_placeholder -> upgrade_check: fused again only if its text has since appeared;
+    - success_full and fail_terminal with the same hash are done.
+    `horizon` has one row per video_id; `state` is indexed by video_id.
+    """
+    known = horizon.join(state[["source_hash", "status", "retry_count"]], on="video_id", rsuffix="_state")
+    has_row = known["status"].notna() | known["source_hash_state"].notna()
+    same_hash = has_row & (known["source_hash_state"] == known["source_hash"])
+    status = known["status"].fillna("")
+    reason = pd.Series("", index=known.index, dtype=object)
+    reason[~has_row] = NEW
+    reason[has_row & ~same_hash] = HASH_CHANGED
+    open_status = ~status.isin([SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL])
+    reason[same_hash & open_status] = NOT_TERMINAL
+    reason[same_hash & (status == SUCCESS_PLACEHOLDER)] = UPGRADE_CHECK
+    result = known.assign(
+        reason=reason,
+        prior_status=status.where(has_row, None),
+        retry_base=known["retry_count"].where(same_hash, 0).fillna(0).astype("int64"),
+    )
+    return result[result["reason"] != ""].drop(columns=["source_hash_state", "status", "retry_count"])

@@ -1,0 +1,28 @@
+"""The project's small exception hierarchy: every error names the item or setting and what to do next."""
+
+from __future__ import annotations
+
+
+class ClipfarmError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ClipfarmError):
+    """Bad usage or configuration: the run cannot start. The CLI maps it to exit code 2."""
+
+
+class ItemError(ClipfarmError):
+    """One video cannot be fused this run; recorded as a failure, the run goes on."""
+
+    def __init__(self, video_id: str, message: str) -> None:
+        super().__init__(message)
+        self.video_id = video_id
+        self.message = message
+
+
+class SchemaDriftError(ClipfarmError):
+    """Most of a run disagrees with the schema lock: stop before writing anything (exit code 3)."""
+
+
+class ConcurrentWriteError(ClipfarmError):
+    """Another writer changed an object we were about to replace; nothing of ours overwrote theirs."""

@@ -1,0 +1,488 @@
+"""run(config, run_date) -> RunSummary: the one place that knows the order of the job.
+
+config -> metadata + state -> delta -> fetch -> policy -> fuse -> shards -> manifest -> state -> summary.
+
+Work goes in batches of `shard_size` videos, so memory is bounded by the shard size, not the day.
+Each embedding object is read once per run however many strategies are fused. Nothing but shards is
+written until the whole day is fused; then, per strategy, the schema lock, the manifest and last the
+state DB are committed, so a crash at any point leaves at worst unreferenced shards and a rerun converges.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import delta as delta_rules
+from . import manifest, metadata, policy, s3io, schema_lock, state, text_state
+from .config import FusionConfig
+from .errors import ItemError
+from .fuse import fuse
+from .layout import MODALITIES, Layout, video_id_problem
+from .npy import decode_vector
+from .schema_lock import SchemaLock
+from .shards import ShardWriter
+from .summary import RunSummary, StrategySummary
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class StrategyRun:
+    """Everything one strategy accumulates during a run, committed at the end."""
+
+    name: str
+    db: state.StateDB
+    prior: pd.DataFrame
+    lock: SchemaLock | None
+    delta: pd.DataFrame
+    writer: ShardWriter
+    summary: StrategySummary
+    dims: tuple[int, int, int] | None = None
+    manifest_rows: list[pa.Table] = field(default_factory=list)
+    state_rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """One batch of the union delta, with what was fetched and decoded for it."""
+
+    rows: pd.DataFrame
+    present: dict[str, np.ndarray]
+    text_status: np.ndarray
+    text_hash: np.ndarray
+    statuses: np.ndarray
+    vectors: dict[str, list[np.ndarray | None]]
+    errors: dict[int, str]
+
+
+def run(
+    config: FusionConfig,
+    run_date: date,
+    *,
+    client=None,
+    log: logging.Logger | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """Fuse the day's delta for every configured strategy and publish it. Raises ConfigError for bad
+    input (nothing written) and SchemaDriftError when most of the run disagrees with a lock."""
+    log = log or logging.getLogger("clipfarm_fusion")
+    client = client or s3io.make_client(config.fetch_threads)
+    layout = Layout(config.root)
+    started = time.monotonic()
+    summary = RunSummary(run_date=run_date.isoformat(), bucket=config.bucket, root=config.root)
+
+    horizon = metadata.load_horizon(
+        s3io.read_uri(client, config.metadata_location),
+        config.metadata_location,
+        run_date,
+        config.include_captured_at_in_hash,
+    )
+    problems = horizon["video_id"].map(video_id_problem)
+    invalid, horizon = horizon[problems.notna()], horizon[problems.isna()]
+    text_rows, text_problem = text_state.load(client, config.text_state_location)
+    summary.text_state = text_problem or "available"
+    log.info("horizon as of %s: %d videos (%d with unsafe ids)", run_date, len(horizon), len(invalid))
+
+    runs = [_open_strategy(client, config, layout, name, horizon, run_date) for name in config.strategies]
+    try:
+        for strategy_run in runs:
+            schema_lock.check_mask(
+                strategy_run.lock, config.append_text_presence_mask, strategy_run.summary.schema_key
+            )
+            _record_invalid(strategy_run, invalid, problems, config.sample_size)
+        work = _union_delta(runs, config.max_items)
+        log.info(
+            "delta: %s; %d videos to read",
+            ", ".join(f"{r.name}={len(r.delta)}" for r in runs),
+            len(work),
+        )
+        done = 0
+        for start in range(0, len(work), config.shard_size):
+            batch = _fetch_batch(
+                client,
+                config,
+                layout,
+                work.iloc[start : start + config.shard_size],
+                runs,
+                text_rows,
+                text_problem,
+            )
+            outcomes = [_judge(config, r, batch) for r in runs]
+            for strategy_run, outcome in zip(runs, outcomes, strict=True):
+                _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
+            done += len(batch.rows)
+            elapsed = time.monotonic() - started
+            log.info("fused %d/%d videos (%.0f/s)", done, len(work), done / elapsed if elapsed else 0.0)
+            if on_progress:
+                on_progress(done, len(work))
+        for strategy_run in runs:
+            _commit(client, config, layout, strategy_run, log)
+            strategy_run.summary.seconds = round(time.monotonic() - started, 3)
+            summary.strategies[strategy_run.name] = strategy_run.summary
+    finally:
+        for strategy_run in runs:
+            strategy_run.db.close()
+    summary.seconds = round(time.monotonic() - started, 3)
+    return summary
+
+
+def _open_strategy(
+    client, config: FusionConfig, layout: Layout, name: str, horizon: pd.DataFrame, run_date: date
+) -> StrategyRun:
+    path = layout.state_path(config.state_dir, name)
+    source = state.restore(client, config.bucket, layout.state_mirror_key(name), path)
+    db = state.StateDB(path)
+    prior = db.read_all()
+    schema_key = layout.schema_key(name)
+    lock = schema_lock.read(client, config.bucket, schema_key)
+    return StrategyRun(
+        name=name,
+        db=db,
+        prior=prior,
+        lock=lock,
+        delta=delta_rules.compute(horizon, prior).set_index("video_id"),
+        writer=ShardWriter(client, config.bucket, layout, name, run_date),
+        summary=StrategySummary(
+            manifest_key=layout.manifest_key(name),
+            schema_key=schema_key,
+            state_key=layout.state_mirror_key(name),
+            state_source=source,
+        ),
+        dims=lock.dims if lock else None,
+    )
+
+
+def _record_invalid(
+    strategy_run: StrategyRun, invalid: pd.DataFrame, problems: pd.Series, sample_size: int
+) -> None:
+    ids = invalid["video_id"].tolist()
+    errors = {
+        vid: f"{problems[i]}; the id is never used in a key"
+        for vid, i in zip(ids, invalid.index, strict=True)
+    }
+    strategy_run.summary.record([policy.INVALID_VIDEO_ID] * len(ids), ids, errors, sample_size)
+
+
+def _union_delta(runs: list[StrategyRun], max_items: int | None) -> pd.DataFrame:
+    """Videos any strategy needs, in video_id order, each read once for all strategies."""
+    frames = [r.delta[["url", "captured_at", "source_hash"]] for r in runs]
+    union = pd.concat(frames)
+    union = union[~union.index.duplicated()].sort_index()
+    if max_items is not None:
+        union = union.head(max_items)
+    return union.rename_axis("video_id").reset_index()
+
+
+def _text_state_columns(text_rows: pd.DataFrame | None, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    if text_rows is None:
+        return np.full(len(ids), None, dtype=object), np.full(len(ids), None, dtype=object)
+    known = text_rows.reindex(ids)
+    def as_objects(column):
+        return np.array(
+            [None if pd.isna(v) else str(v) for v in known[column]], dtype=object
+        )  # noqa: E731
+    return as_objects("status"), as_objects("source_hash")
+
+
+def _fetch(
+    client, config: FusionConfig, layout: Layout, modality: str, ids: list[str]
+) -> list[bytes | None | Exception]:
+    keys = [layout.embedding_key(modality, vid) for vid in ids]
+    bodies = s3io.get_many(client, config.bucket, keys, config.fetch_threads)
+    return [bodies[k] for k in keys]
+
+
+def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem) -> Batch:
+    """Read text first; read video and audio only for items the text verdict does not rule out."""
+    ids = rows["video_id"].tolist()
+    count = len(ids)
+    text_body = _fetch(client, config, layout, "text", ids)
+    text_present = np.array([b is not None for b in text_body], dtype=bool)
+    text_status, text_hash = _text_state_columns(text_rows, ids)
+    source_hash = rows["source_hash"].to_numpy(dtype=object)
+    gate_inputs = dict(
+        text_present=text_present,
+        text_state_available=text_problem is None,
+        text_status=text_status,
+        text_hash=text_hash,
+        source_hash=source_hash,
+        text_terminal_statuses=config.text_terminal_statuses,
+    )
+    text_verdict = policy.gate(**gate_inputs)
+    wanted = np.zeros(count, dtype=bool)
+    for strategy_run in runs:
+        wanted |= _active(strategy_run, ids, text_present)
+    need_required = wanted & ~np.isin(text_verdict, list(policy.TEXT_SKIP_STATUSES))
+    fetch_ids = [vid for vid, need in zip(ids, need_required, strict=True) if need]
+    bodies: dict[str, list[bytes | None | Exception]] = {"text": text_body}
+    for modality in ("video", "audio"):
+        fetched = dict(zip(fetch_ids, _fetch(client, config, layout, modality, fetch_ids), strict=True))
+        bodies[modality] = [fetched.get(vid, b"") for vid in ids]
+    present = {m: np.array([b is not None for b in bodies[m]], dtype=bool) for m in MODALITIES}
+    statuses = policy.gate(**gate_inputs, video_present=present["video"], audio_present=present["audio"])
+    vectors: dict[str, list[np.ndarray | None]] = {m: [None] * count for m in MODALITIES}
+    errors: dict[int, str] = {}
+    for i in np.flatnonzero(np.isin(statuses, policy.FUSED_STATUSES)):
+        messages = []
+        for modality in MODALITIES:
+            body = bodies[modality][i]
+            if body is None:
+                continue
+            try:
+                if isinstance(body, Exception):
+                    raise ItemError(ids[i], f"{modality} embedding: fetch failed ({body})")
+                vectors[modality][i] = decode_vector(body, ids[i], modality)
+            except ItemError as exc:
+                messages.append(exc.message)
+        if messages:
+            errors[int(i)] = "; ".join(messages)
+    return Batch(rows.reset_index(drop=True), present, text_status, text_hash, statuses, vectors, errors)
+
+
+def _active(strategy_run: StrategyRun, ids: list[str], text_present: np.ndarray) -> np.ndarray:
+    """Items this strategy works on: in its delta, except placeholders whose text is still missing."""
+    reasons = strategy_run.delta["reason"].reindex(ids).to_numpy(dtype=object)
+    member = pd.notna(reasons)
+    return member & ~((reasons == delta_rules.UPGRADE_CHECK) & ~text_present)
+
+
+@dataclass
+class Outcome:
+    """One strategy's verdict on a batch, before anything is written."""
+
+    index: np.ndarray
+    statuses: np.ndarray
+    errors: dict[int, str]
+    fused_index: np.ndarray
+    vectors: np.ndarray | None
+    upgrade_checked: int
+
+
+def _dims(batch: Batch, modality: str, index: np.ndarray) -> np.ndarray:
+    return np.array(
+        [0 if batch.vectors[modality][i] is None else batch.vectors[modality][i].shape[0] for i in index],
+        dtype=np.int64,
+    )
+
+
+def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch) -> Outcome:
+    """Statuses, failures and fused vectors of one strategy for a batch. Raises on schema drift."""
+    ids = batch.rows["video_id"].tolist()
+    active = _active(strategy_run, ids, batch.present["text"])
+    reasons = strategy_run.delta["reason"].reindex(ids).to_numpy(dtype=object)
+    upgrade_checked = int(np.count_nonzero((reasons == delta_rules.UPGRADE_CHECK) & ~active))
+    index = np.flatnonzero(active)
+    statuses = batch.statuses[index].copy()
+    candidates = index[np.isin(statuses, policy.FUSED_STATUSES)]
+    observed = {
+        "video_dim": _dims(batch, "video", candidates),
+        "audio_dim": _dims(batch, "audio", candidates),
+        "text_dim": _dims(batch, "text", candidates),
+    }
+    if strategy_run.lock is not None:
+        schema_lock.check_drift(strategy_run.lock, observed, strategy_run.summary.schema_key)
+    if strategy_run.dims is None and candidates.size:
+        majority = [schema_lock.majority_dim(observed[name]) for name in schema_lock.DIM_FIELDS]
+        if majority[0] and majority[1]:
+            strategy_run.dims = (majority[0], majority[1], majority[2] or config.text_dim)
+    errors = {int(i): batch.errors[int(i)] for i in candidates if int(i) in batch.errors}
+    if strategy_run.dims is not None:
+        source = "schema.json" if strategy_run.lock else "this run's majority"
+        for name, modality, expected in zip(
+            schema_lock.DIM_FIELDS, MODALITIES, strategy_run.dims, strict=True
+        ):
+            for i, found in zip(candidates, observed[name], strict=True):
+                if found and found != expected and int(i) not in errors:
+                    errors[int(i)] = f"{modality} embedding: {found}-d, expected {expected}-d ({source})"
+    fused_index = np.array([i for i in candidates if int(i) not in errors], dtype=np.int64)
+    vectors = None
+    if fused_index.size:
+        dv, da, dt = strategy_run.dims
+        text_present = batch.present["text"][fused_index]
+        zeros = np.zeros(dt, dtype=np.float32)
+        vectors = fuse(
+            strategy_run.name,
+            np.stack([batch.vectors["video"][i] for i in fused_index]),
+            np.stack([batch.vectors["audio"][i] for i in fused_index]),
+            np.stack(
+                [
+                    batch.vectors["text"][i] if present else zeros
+                    for i, present in zip(fused_index, text_present, strict=True)
+                ]
+            ),
+            text_present,
+            mask=config.append_text_presence_mask,
+        )
+    return Outcome(index, statuses, errors, fused_index, vectors, upgrade_checked)
+
+
+def _skip_reason(status: str, batch: Batch, i: int, text_problem: str | None) -> str | None:
+    """The error text stored for a skipped item: what is missing and why it waits."""
+    text_status = batch.text_status[i]
+    if status == policy.MISSING_REQUIRED:
+        missing = [m for m in ("video", "audio") if not batch.present[m][i]]
+        return f"{' and '.join(missing)} embedding missing"
+    if status == policy.MISSING_TEXT_UNAVAILABLE:
+        return f"text embedding missing and {text_problem}"
+    if status == policy.MISSING_TEXT_PENDING:
+        return (
+            f"text embedding missing; text stage status {text_status!r}"
+            if text_status
+            else "text embedding missing; no text stage row"
+        )
+    return None
+
+
+def _publish_batch(
+    config, layout: Layout, strategy_run: StrategyRun, batch: Batch, outcome: Outcome, text_problem
+) -> None:
+    """Write the batch's shard now; keep its manifest and state rows for the commit at the end."""
+    rows = batch.rows
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    delta = strategy_run.delta
+    retry_base = delta["retry_base"].reindex(rows["video_id"]).to_numpy(dtype=np.int64)
+    statuses = outcome.statuses
+    failed = np.array([int(i) in outcome.errors for i in outcome.index], dtype=bool)
+    if failed.any():
+        retries, fail_statuses = policy.after_failure(
+            retry_base[outcome.index[failed]], config.max_fail_retries
+        )
+        statuses[failed] = fail_statuses
+    else:
+        retries = np.array([], dtype=np.int64)
+    retry_by_index = dict(zip(outcome.index[failed].tolist(), retries.tolist(), strict=True))
+
+    pointer: dict[int, tuple[str, int]] = {}
+    if outcome.vectors is not None:
+        fused_ids = rows["video_id"].to_numpy()[outcome.fused_index]
+        key = strategy_run.writer.write(
+            fused_ids.tolist(), outcome.vectors, rows["captured_at"].to_numpy()[outcome.fused_index].tolist()
+        )
+        pointer = {int(i): (key, n) for n, i in enumerate(outcome.fused_index)}
+        strategy_run.summary.fused_dim = int(outcome.vectors.shape[1])
+        strategy_run.manifest_rows.append(
+            _manifest_rows(strategy_run, layout, batch, outcome, key, retry_base)
+        )
+        strategy_run.summary.shards_written.append(key)
+
+    ids = rows["video_id"].tolist()
+    errors_by_id: dict[str, str] = {}
+    for position, i in enumerate(outcome.index.tolist()):
+        status = str(statuses[position])
+        video_id = ids[i]
+        if i in outcome.errors:
+            errors_by_id[video_id] = outcome.errors[i]
+        error = outcome.errors.get(i) or _skip_reason(status, batch, i, text_problem)
+        artifact, vector_id = (
+            (pointer[i][0], f"{pointer[i][0]}#{pointer[i][1]}") if i in pointer else (None, None)
+        )
+        strategy_run.state_rows.append(
+            {
+                "video_id": video_id,
+                "source_hash": rows.at[i, "source_hash"],
+                "processed_at": now,
+                "status": status,
+                "error": error,
+                "artifact_key": artifact,
+                "vector_id": vector_id,
+                "retry_count": int(retry_by_index.get(i, retry_base[i])),
+            }
+        )
+    strategy_run.summary.upgrade_checked += outcome.upgrade_checked
+    strategy_run.summary.record(
+        [str(s) for s in statuses], [ids[i] for i in outcome.index], errors_by_id, config.sample_size
+    )
+
+
+def _manifest_rows(
+    strategy_run: StrategyRun,
+    layout: Layout,
+    batch: Batch,
+    outcome: Outcome,
+    key: str,
+    retry_base: np.ndarray,
+) -> pa.Table:
+    """Manifest rows (DESIGN §2) for the items fused into shard `key`, in shard order."""
+    index = outcome.fused_index
+    rows = batch.rows.iloc[index]
+    ids = rows["video_id"].tolist()
+    text_present = batch.present["text"][index]
+    text_status = batch.text_status[index]
+    return pa.table(
+        {
+            "video_id": ids,
+            "captured_at": rows["captured_at"].tolist(),
+            "source_hash": rows["source_hash"].tolist(),
+            "fusion_strategy": [strategy_run.name] * len(ids),
+            "fused_dim": np.full(len(ids), outcome.vectors.shape[1], dtype=np.int32),
+            "fused_key": [key] * len(ids),
+            "shard_idx": np.arange(len(ids), dtype=np.int32),
+            "shard_n": np.full(len(ids), len(ids), dtype=np.int32),
+            "video_emb_key": [layout.embedding_key("video", v) for v in ids],
+            "audio_emb_key": [layout.embedding_key("audio", v) for v in ids],
+            "text_emb_key": [
+                layout.embedding_key("text", v) if p else None for v, p in zip(ids, text_present, strict=True)
+            ],
+            "text_present": text_present.astype(np.int8),
+            "text_source": np.where(text_present, "full", "placeholder").tolist(),
+            "text_state_status": list(text_status),
+            "text_missing_reason": [None if p else s for p, s in zip(text_present, text_status, strict=True)],
+            "fusion_status": np.where(text_present, policy.SUCCESS_FULL, policy.SUCCESS_PLACEHOLDER).tolist(),
+            "retry_count_at_write": retry_base[index].astype(np.int32),
+        },
+        schema=manifest.SCHEMA,
+    )
+
+
+def _changed_state_rows(strategy_run: StrategyRun) -> list[dict]:
+    """State rows that differ from what the DB already holds (processed_at aside), so a rerun with
+    nothing new writes nothing and uploads nothing."""
+    prior = strategy_run.prior
+    fields = ("source_hash", "status", "error", "artifact_key", "retry_count")
+    changed = []
+    for row in strategy_run.state_rows:
+        if row["video_id"] in prior.index:
+            old = prior.loc[row["video_id"]]
+            if all((pd.isna(old[f]) and row[f] is None) or old[f] == row[f] for f in fields):
+                continue
+        changed.append(row)
+    return changed
+
+
+def _commit(
+    client, config: FusionConfig, layout: Layout, strategy_run: StrategyRun, log: logging.Logger
+) -> None:
+    """Schema lock, then manifest, then state: each step only once the one before it is durable."""
+    name, summary = strategy_run.name, strategy_run.summary
+    if strategy_run.manifest_rows:
+        if strategy_run.lock is None:
+            lock = SchemaLock.build(name, strategy_run.dims, config.append_text_presence_mask)
+            strategy_run.lock = schema_lock.write_if_absent(client, config.bucket, summary.schema_key, lock)
+        summary.fused_dim = strategy_run.lock.fused_dim
+        new_rows = pa.concat_tables(strategy_run.manifest_rows)
+        summary.manifest_added, summary.manifest_updated = manifest.commit(
+            client, config.bucket, summary.manifest_key, new_rows
+        )
+    elif strategy_run.lock is not None:
+        summary.fused_dim = strategy_run.lock.fused_dim
+    changed = _changed_state_rows(strategy_run)
+    if changed:
+        strategy_run.db.upsert(changed)
+        strategy_run.db.close()
+        state.upload(client, config.bucket, summary.state_key, strategy_run.db.path)
+    log.info(
+        "%s: %d shards, manifest +%d/~%d rows, %d state rows written",
+        name,
+        len(summary.shards_written),
+        summary.manifest_added,
+        summary.manifest_updated,
+        len(changed),
+    )

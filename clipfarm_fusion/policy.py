@@ -1,0 +1,76 @@
+"""Pure: the text gating policy of DESIGN §4 as one table of cases, evaluated over a whole batch.
+
+Video and audio are required; text is optional only when the text stage says, for this very
+source_hash, that there will never be any (a terminal status). The text rows are judged first
+because they need no fetch: an item the text stage rules out is skipped before its video and audio
+are read. Either way such an item is skipped and stays in the delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+SUCCESS_FULL = "success_full"
+SUCCESS_PLACEHOLDER = "success_text_placeholder"
+MISSING_REQUIRED = "missing_required_modality"
+MISSING_TEXT_UNAVAILABLE = "missing_text_state_unavailable"
+MISSING_TEXT_PENDING = "missing_text_pending"
+FAIL = "fail"
+FAIL_TERMINAL = "fail_terminal"
+INVALID_VIDEO_ID = "invalid_video_id"
+
+TERMINAL_STATUSES = frozenset({SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL})
+FUSED_STATUSES = (SUCCESS_FULL, SUCCESS_PLACEHOLDER)
+TEXT_SKIP_STATUSES = frozenset({MISSING_TEXT_UNAVAILABLE, MISSING_TEXT_PENDING})
+
+
+def gate(
+    *,
+    text_present: np.ndarray,
+    text_state_available: bool,
+    text_status: np.ndarray,
+    text_hash: np.ndarray,
+    source_hash: np.ndarray,
+    text_terminal_statuses: Iterable[str],
+    video_present: np.ndarray | None = None,
+    audio_present: np.ndarray | None = None,
+) -> np.ndarray:
+    """Status per item `(N,)` from the gating table; first matching case wins.
+
+    `text_status`/`text_hash` hold the text stage's row (None where it has no row, or no hash
+    column in old files). Leave `video_present`/`audio_present` out to judge text alone, before
+    the required modalities are fetched.
+    """
+    count = len(text_present)
+    text_present = np.asarray(text_present, dtype=bool)
+    has_row = np.array([s is not None for s in text_status], dtype=bool)
+    hash_matches = np.array(
+        [h is None or h == s for h, s in zip(text_hash, source_hash, strict=True)], dtype=bool
+    )
+    terminal = np.isin(np.asarray(text_status, dtype=object), list(text_terminal_statuses)) & hash_matches
+    required = np.ones(count, dtype=bool)
+    if video_present is not None:
+        required &= np.asarray(video_present, dtype=bool)
+    if audio_present is not None:
+        required &= np.asarray(audio_present, dtype=bool)
+    text_missing = ~text_present
+    cases = [
+        (text_missing & (not text_state_available), MISSING_TEXT_UNAVAILABLE),
+        (text_missing & ~has_row, MISSING_TEXT_PENDING),
+        (text_missing & ~terminal, MISSING_TEXT_PENDING),
+        (~required, MISSING_REQUIRED),
+        (text_present, SUCCESS_FULL),
+    ]
+    return np.select([c for c, _ in cases], [s for _, s in cases], default=SUCCESS_PLACEHOLDER).astype(object)
+
+
+def after_failure(previous_retries: np.ndarray, max_fail_retries: int) -> tuple[np.ndarray, np.ndarray]:
+    """DESIGN §6: a failure adds one retry; past `max_fail_retries` it is terminal.
+
+    `previous_retries` must already be reset to 0 where the source_hash changed.
+    Returns (retry_count, status) per item.
+    """
+    retries = np.asarray(previous_retries, dtype=np.int64) + 1
+    return retries, np.where(retries > max_fail_retries, FAIL_TERMINAL, FAIL).astype(object)

@@ -1,0 +1,114 @@
+"""`schema.json`: the dims a strategy's vectors are locked to, and the drift rules of DESIGN §6.
+
+The lock is written once, by the first run that fuses anything; after that every run must match it.
+Changing it is `clipfarm-fusion migrate-schema`, never a side effect of a daily run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from . import s3io
+from .errors import SchemaDriftError
+from .fuse import fused_dim
+
+DIM_FIELDS = ("video_dim", "audio_dim", "text_dim")
+
+
+@dataclass(frozen=True)
+class SchemaLock:
+    fusion_strategy: str
+    video_dim: int
+    audio_dim: int
+    text_dim: int
+    fused_dim: int
+    mask_appended: bool
+    updated_at: str
+
+    @classmethod
+    def build(cls, strategy: str, dims: tuple[int, int, int], mask: bool) -> SchemaLock:
+        return cls(
+            fusion_strategy=strategy,
+            video_dim=dims[0],
+            audio_dim=dims[1],
+            text_dim=dims[2],
+            fused_dim=fused_dim(strategy, *dims, mask),
+            mask_appended=mask,
+            updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        return (self.video_dim, self.audio_dim, self.text_dim)
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2) + "\n").encode()
+
+
+def parse(body: bytes, key: str) -> SchemaLock:
+    try:
+        data = json.loads(body)
+        return SchemaLock(**{k: data[k] for k in SchemaLock.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SchemaDriftError(
+            f"{key} is not a valid schema lock ({exc}); repair it or run migrate-schema"
+        ) from None
+
+
+def read(client, bucket: str, key: str) -> SchemaLock | None:
+    body = s3io.get_object(client, bucket, key).body
+    return None if body is None else parse(body, key)
+
+
+def write_if_absent(client, bucket: str, key: str, lock: SchemaLock) -> SchemaLock:
+    """Create the lock; if another run created it first, theirs stands and ours must match it."""
+    if s3io.put_if_absent(client, bucket, key, lock.to_json()) is None:
+        existing = read(client, bucket, key)
+        if existing is not None and (existing.dims, existing.mask_appended) != (
+            lock.dims,
+            lock.mask_appended,
+        ):
+            raise SchemaDriftError(
+                f"{key} was created concurrently with dims {existing.dims}, this run has {lock.dims}"
+            )
+        return existing or lock
+    return lock
+
+
+def majority_dim(dims: np.ndarray) -> int | None:
+    """Most common positive dim `(N,)` (ties -> the smaller), or None when nothing was decoded."""
+    observed = dims[dims > 0]
+    if observed.size == 0:
+        return None
+    values, counts = np.unique(observed, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def check_mask(lock: SchemaLock | None, mask: bool, key: str) -> None:
+    if lock is not None and lock.mask_appended != mask:
+        raise SchemaDriftError(
+            f"{key} has mask_appended={lock.mask_appended} but this run has mask={'on' if mask else 'off'}; "
+            "run with the locked setting, or change it deliberately with clipfarm-fusion migrate-schema"
+        )
+
+
+def check_drift(lock: SchemaLock, observed: dict[str, np.ndarray], key: str) -> None:
+    """Stop the run when most decoded vectors of a modality disagree with the lock (an upstream change).
+
+    `observed` maps `video_dim`/`audio_dim`/`text_dim` to the decoded dims `(N,)`, 0 where absent.
+    """
+    for name, expected in zip(DIM_FIELDS, lock.dims, strict=True):
+        dims = observed[name][observed[name] > 0]
+        wrong = int(np.count_nonzero(dims != expected))
+        if dims.size and wrong * 2 > dims.size:
+            found = majority_dim(dims)
+            raise SchemaDriftError(
+                f"schema drift: {wrong} of {dims.size} {name.split('_')[0]} embeddings are {found}-d but {key} "
+                f"locks {name}={expected}. Nothing was written and no retries were used. If the upstream "
+                "model changed on purpose, run: clipfarm-fusion migrate-schema --strategy "
+                f"{lock.fusion_strategy}"
+            )

@@ -1,0 +1,62 @@
+"""Shard files: `.npz` with `video_ids`, `vectors (N, F) float32`, `captured_at`, written once, never replaced.
+
+Part numbers continue after the highest existing part of the date. Each PUT carries
+`If-None-Match: *`, so a part another writer got to first is skipped, not overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from datetime import date
+
+import numpy as np
+
+from . import s3io
+from .layout import Layout, part_number
+
+
+def encode(video_ids: Sequence[str], vectors: np.ndarray, captured_at: Sequence[str]) -> bytes:
+    """Plain numpy arrays only (unicode, float32): loadable with `allow_pickle=False`."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        video_ids=np.asarray(list(video_ids), dtype=np.str_),
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        captured_at=np.asarray(list(captured_at), dtype=np.str_),
+    )
+    return buffer.getvalue()
+
+
+def decode(body: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+        return {name: npz[name] for name in ("video_ids", "vectors", "captured_at")}
+
+
+class ShardWriter:
+    """Writes the shards of one strategy and date; lists the date's prefix once, lazily."""
+
+    def __init__(self, client, bucket: str, layout: Layout, strategy: str, run_date: date) -> None:
+        self.client, self.bucket, self.layout = client, bucket, layout
+        self.strategy, self.run_date = strategy, run_date
+        self._next_part: int | None = None
+        self.written: list[str] = []
+
+    def _first_free_part(self) -> int:
+        keys = s3io.list_keys(
+            self.client, self.bucket, self.layout.shard_prefix(self.strategy, self.run_date)
+        )
+        parts = [p for p in map(part_number, keys) if p is not None]
+        return max(parts, default=-1) + 1
+
+    def write(self, video_ids: Sequence[str], vectors: np.ndarray, captured_at: Sequence[str]) -> str:
+        """PUT one shard under the next free part number; returns its key."""
+        body = encode(video_ids, vectors, captured_at)
+        if self._next_part is None:
+            self._next_part = self._first_free_part()
+        while True:
+            key = self.layout.shard_key(self.strategy, self.run_date, self._next_part)
+            self._next_part += 1
+            if s3io.put_if_absent(self.client, self.bucket, key, body) is not None:
+                self.written.append(key)
+                return key

@@ -1,0 +1,97 @@
+"""RunSummary: what a run did, per strategy. One type rendered three ways: log table, JSON, Dagster metadata."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .policy import FUSED_STATUSES
+
+
+@dataclass
+class StrategySummary:
+    delta: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    fused_dim: int | None = None
+    shards_written: list[str] = field(default_factory=list)
+    manifest_added: int = 0
+    manifest_updated: int = 0
+    upgrade_checked: int = 0
+    manifest_key: str = ""
+    schema_key: str = ""
+    state_key: str = ""
+    state_source: str = ""
+    seconds: float = 0.0
+
+    def record(
+        self, statuses: list[str], video_ids: list[str], errors: dict[str, str], sample_size: int
+    ) -> None:
+        """Count a batch's outcomes; keep up to `sample_size` ids per status and the errors of the samples."""
+        self.delta += len(statuses)
+        for status, count in Counter(statuses).items():
+            self.counts[status] = self.counts.get(status, 0) + count
+        for video_id, status in zip(video_ids, statuses, strict=True):
+            sample = self.samples.setdefault(status, [])
+            if len(sample) < sample_size:
+                sample.append(video_id)
+                if video_id in errors:
+                    self.errors[video_id] = errors[video_id]
+
+    @property
+    def fused(self) -> int:
+        return sum(self.counts.get(s, 0) for s in FUSED_STATUSES)
+
+
+@dataclass
+class RunSummary:
+    run_date: str
+    bucket: str
+    root: str
+    strategies: dict[str, StrategySummary] = field(default_factory=dict)
+    text_state: str = "available"
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    def items_per_second(self) -> float:
+        fused = max((s.fused for s in self.strategies.values()), default=0)
+        return fused / self.seconds if self.seconds > 0 else 0.0
+
+    def to_table(self) -> str:
+        """A plain-text table for the end of every run: one column per strategy."""
+        names = list(self.strategies)
+        statuses = sorted({status for s in self.strategies.values() for status in s.counts})
+        rows: list[tuple[str, list[str]]] = [("delta", [str(self.strategies[n].delta) for n in names])]
+        rows += [
+            (status, [str(self.strategies[n].counts.get(status, 0)) for n in names]) for status in statuses
+        ]
+        rows += [
+            ("fused_dim", [str(self.strategies[n].fused_dim or "-") for n in names]),
+            ("shards_written", [str(len(self.strategies[n].shards_written)) for n in names]),
+            ("manifest_added", [str(self.strategies[n].manifest_added) for n in names]),
+            ("manifest_updated", [str(self.strategies[n].manifest_updated) for n in names]),
+            ("seconds", [f"{self.strategies[n].seconds:.2f}" for n in names]),
+        ]
+        width = max(len(label) for label, _ in rows)
+        cols = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
+        lines = [
+            f"run_date={self.run_date} bucket={self.bucket} root={self.root} text_state={self.text_state}",
+            "  ".join([" " * width, *(n.rjust(c) for n, c in zip(names, cols, strict=True))]),
+        ]
+        lines += [
+            "  ".join([label.ljust(width), *(v.rjust(c) for v, c in zip(values, cols, strict=True))])
+            for label, values in rows
+        ]
+        lines.append(f"total {self.seconds:.2f}s, {self.items_per_second():.0f} fused items/s")
+        return "\n".join(lines)
