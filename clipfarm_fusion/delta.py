@@ -21,7 +21,13 @@ def compute(horizon: pd.DataFrame, state: pd.DataFrame) -> pd.DataFrame:
     - success_full and fail_terminal with the same hash are done.
     `horizon` has one row per video_id; `state` is indexed by video_id.
     """
-    known = horizon.join(state[["source_hash", "status", "retry_count"]], on="video_id", rsuffix="_state")
+    known = horizon.merge(
+        state[["source_hash", "status", "retry_count"]],
+        left_on="video_id",
+        right_index=True,
+        how="left",
+        suffixes=("", "_state"),
+    )
     has_row = known["status"].notna() | known["source_hash_state"].notna()
     same_hash = has_row & (known["source_hash_state"] == known["source_hash"])
     status = known["status"].fillna("")

@@ -55,7 +55,11 @@ def _keys(table: pa.Table) -> pa.ChunkedArray:
 
 
 def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
-    """(merged, rows added, rows updated). `new` must have one row per key."""
+    """(merged, rows added, rows updated). `new` must have one row per key.
+
+    The latest row per key by SORT_KEYS wins; on a full tie the existing row stays, so merging the
+    same rows again changes nothing and counts no update.
+    """
     new = new.cast(SCHEMA)
     if old is None or old.num_rows == 0:
         return new, new.num_rows, 0
@@ -69,7 +73,7 @@ def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
             old.filter(clash).append_column("_new", pa.array(np.zeros(pc.sum(clash).as_py() or 0, np.int8))),
             new.append_column("_new", pa.array(np.ones(new.num_rows, np.int8))),
         ]
-    ).sort_by([(name, "ascending") for name in SORT_KEYS])
+    ).sort_by([*((name, "ascending") for name in SORT_KEYS), ("_new", "descending")])
     keys = _keys(contested).to_numpy(zero_copy_only=False)
     is_last = np.append(keys[1:] != keys[:-1], True)
     winners = contested.filter(pa.array(is_last))

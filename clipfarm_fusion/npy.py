@@ -52,7 +52,8 @@ def decode_vector(body: bytes, video_id: str, modality: str) -> np.ndarray:
         )
     if len(payload) > expected:
         raise fail(f"{len(payload) - expected} trailing bytes after {count} values; file is corrupt")
-    vector = np.frombuffer(payload, dtype=dtype, count=count).astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported below
+        vector = np.frombuffer(payload, dtype=dtype, count=count).astype(np.float32)
     if not np.isfinite(vector).all():
         raise fail("non-finite values (NaN or inf after casting to float32)")
     return vector
