@@ -12,15 +12,15 @@ import pytest
 
 from clipfarm_fusion import s3io, synthetic
 from clipfarm_fusion.config import FusionConfig
-from clipfarm_fusion.embedded_s3 import embedded_s3
+from clipfarm_fusion.embedded_s3 import moto_server_process
 
 _bucket_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
-    """One moto server process-wide; the AWS env points at it for the whole session."""
-    with embedded_s3() as endpoint:
+    """One moto server child process for the session; the AWS env points at it throughout."""
+    with moto_server_process() as endpoint:
         yield endpoint
 
 
@@ -60,3 +60,4 @@ def seed_day(client, bucket, tmp_path):
         return Seeded(bucket, root, day, objects, tmp_path / "state")
 
     return _seed
+

@@ -59,12 +59,12 @@ def test_source_hash_with_captured_at():
 
 def test_video_id_parsed_from_url_column_when_absent():
     body = (
-        "video_url,captured_at,notes\n"
-        "https://www.youtube.com/shorts/Xy_z-123,2026-02-01,\"a\nb\"\n"
-        "https://youtu.be/Qq11Ww22,2026-02-01,c\n"
-        "https://www.youtube.com/watch?v=Mm33Nn44&t=3,2026-02-01,d\n"
-        "https://example.com/nothing,2026-02-01,e\n"
-    ).encode()
+        b"video_url,captured_at,notes\n"
+        b"https://www.youtube.com/shorts/Xy_z-123,2026-02-01,\"a\nb\"\n"
+        b"https://youtu.be/Qq11Ww22,2026-02-01,c\n"
+        b"https://www.youtube.com/watch?v=Mm33Nn44&t=3,2026-02-01,d\n"
+        b"https://example.com/nothing,2026-02-01,e\n"
+    )
     frame = load(body)
     assert sorted(frame.index) == ["Mm33Nn44", "Qq11Ww22", "Xy_z-123"]
     assert frame.loc["Qq11Ww22", "source_hash"] == sha("https://youtu.be/Qq11Ww22")

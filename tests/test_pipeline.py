@@ -1,0 +1,280 @@
+"""The whole job through `pipeline.run()` against a moto server over HTTP and real SQLite files."""
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipfarm_fusion import manifest, pipeline, policy, shards, state, synthetic
+from clipfarm_fusion.errors import ConfigError, SchemaDriftError
+from clipfarm_fusion.fuse import fuse
+from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.npy import decode_vector
+
+DAY = date(2026, 3, 1)
+STRATEGIES = ("concat", "sum_pool", "max_pool")
+MANIFEST_COLUMNS = [
+    "video_id", "captured_at", "source_hash", "fusion_strategy", "fused_dim", "fused_key", "shard_idx",
+    "shard_n", "video_emb_key", "audio_emb_key", "text_emb_key", "text_present", "text_source",
+    "text_state_status", "text_missing_reason", "fusion_status", "retry_count_at_write",
+]
+
+
+def statuses(seeded, strategy):
+    frame = state.StateDB(Layout.state_path(seeded.state_dir, strategy)).read_all()
+    return frame
+
+
+def snapshot(client, bucket):
+    """Every key and its ETag: equal snapshots mean nothing was written."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def expected_vector(seeded, strategy, video_id):
+    def load(modality):
+        body = seeded.objects.get(f"embeddings/{modality}/{video_id}.npy")
+        return None if body is None else decode_vector(body, video_id, modality)
+
+    video, audio, text = load("video"), load("audio"), load("text")
+    present = text is not None
+    text = text if present else np.zeros(768, np.float32)
+    return fuse(strategy, video[None], audio[None], text[None], np.array([present]))[0]
+
+
+def manifest_table(client, seeded, strategy):
+    table, _ = manifest.read(client, seeded.bucket, Layout(seeded.root).manifest_key(strategy))
+    return table
+
+
+def assert_every_pointer_resolves(client, seeded, strategy):
+    table = manifest_table(client, seeded, strategy)
+    cache = {}
+    for row in table.to_pylist():
+        key = row["fused_key"]
+        if key not in cache:
+            cache[key] = shards.decode(client.get_object(Bucket=seeded.bucket, Key=key)["Body"].read())
+        shard = cache[key]
+        assert shard["video_ids"][row["shard_idx"]] == row["video_id"]
+        assert len(shard["video_ids"]) == row["shard_n"]
+        got = shard["vectors"][row["shard_idx"]]
+        assert got.tobytes() == expected_vector(seeded, strategy, row["video_id"]).tobytes()
+    return table
+
+
+def test_every_gating_case_gets_its_status_in_all_strategies(client, seed_day):
+    seeded = seed_day(videos=120)
+    summary = pipeline.run(seeded.config(shard_size=40), DAY)
+    expected = seeded.day.expected_status()
+    unsafe = {v for v, c in seeded.day.cases.items() if c == "unsafe_id"}
+    for strategy in STRATEGIES:
+        frame = statuses(seeded, strategy)
+        assert frame["status"].to_dict() == {v: s for v, s in expected.items() if v not in unsafe}
+        counts = summary.strategies[strategy].counts
+        assert counts == pd.Series(expected).value_counts().to_dict()
+        failed = frame[frame["status"] == policy.FAIL]
+        assert (failed["retry_count"] == 1).all()
+        assert failed["error"].str.contains("embedding: ").all()
+        missing = frame[frame["status"] == policy.MISSING_REQUIRED]
+        assert missing["error"].str.contains("embedding missing").all()
+        table = assert_every_pointer_resolves(client, seeded, strategy)
+        assert table.column_names == MANIFEST_COLUMNS
+        fused = {v for v, s in expected.items() if s in policy.FUSED_STATUSES}
+        assert set(table["video_id"].to_pylist()) == fused
+        assert summary.strategies[strategy].manifest_added == len(fused)
+        assert len(summary.strategies[strategy].shards_written) == 3
+    assert summary.strategies["concat"].fused_dim == 2305
+    assert summary.strategies["sum_pool"].fused_dim == summary.strategies["max_pool"].fused_dim == 769
+
+
+def test_placeholder_rows_carry_zero_text_and_mask(client, seed_day):
+    seeded = seed_day(videos=40)
+    pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    rows = manifest_table(client, seeded, "concat").to_pandas().set_index("video_id")
+    placeholder = [v for v, c in seeded.day.cases.items() if c == "placeholder"]
+    assert (rows.loc[placeholder, "text_source"] == "placeholder").all()
+    assert (rows.loc[placeholder, "text_present"] == 0).all()
+    assert rows.loc[placeholder, "text_emb_key"].isna().all()
+    assert (rows.loc[placeholder, "text_missing_reason"] == "no_captions").all()
+
+
+def test_rerun_with_nothing_new_writes_no_shard_and_keeps_manifest_rows(client, seed_day):
+    seeded = seed_day(videos=60)
+    pipeline.run(seeded.config(), DAY)
+    before = snapshot(client, seeded.bucket)
+    db_before = {s: statuses(seeded, s) for s in STRATEGIES}
+    summary = pipeline.run(seeded.config(), DAY)
+    after = snapshot(client, seeded.bucket)
+    assert {k: v for k, v in after.items() if "/state/" not in k} == {
+        k: v for k, v in before.items() if "/state/" not in k
+    }
+    for name, strategy_summary in summary.strategies.items():
+        assert strategy_summary.shards_written == []
+        assert (strategy_summary.manifest_added, strategy_summary.manifest_updated) == (0, 0)
+        frame, old = statuses(seeded, name), db_before[name]
+        failing = old["status"] == policy.FAIL
+        assert (frame.loc[failing, "retry_count"] == old.loc[failing, "retry_count"] + 1).all()
+        pd.testing.assert_frame_equal(frame[~failing].drop(columns="processed_at"), old[~failing].drop(columns="processed_at"))
+
+
+def test_rerun_of_a_settled_day_writes_nothing_at_all(client, seed_day):
+    mix = {"full": 0.6, "placeholder": 0.2, "pending_status": 0.1, "missing_audio": 0.1}
+    seeded = seed_day(videos=30, mix=mix)
+    pipeline.run(seeded.config(), DAY)
+    before = snapshot(client, seeded.bucket)
+    pipeline.run(seeded.config(), DAY)
+    assert snapshot(client, seeded.bucket) == before
+
+
+def test_all_strategies_read_each_object_once(client, seed_day):
+    seeded = seed_day(videos=60)
+    gets: list[str] = []
+    client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: gets.append(params["url_path"])
+    )
+    client.meta.events.register(
+        "before-call.s3.HeadObject", lambda **_: pytest.fail("HEAD requests are never needed")
+    )
+    pipeline.run(seeded.config(), DAY, client=client)
+    embedding_gets = [g for g in gets if "/embeddings/" in g]
+    assert embedding_gets and len(embedding_gets) == len(set(embedding_gets))
+
+
+def test_text_pending_items_skip_the_video_and_audio_fetch(client, seed_day):
+    seeded = seed_day(videos=60)
+    gets: list[str] = []
+    client.meta.events.register("before-call.s3.GetObject", lambda params, **_: gets.append(params["url_path"]))
+    pipeline.run(seeded.config(), DAY, client=client)
+    pending = [v for v, c in seeded.day.cases.items() if c.startswith("pending")]
+    assert pending
+    for video_id in pending:
+        assert not any(f"/embeddings/video/{video_id}.npy" in g for g in gets)
+        assert any(f"/embeddings/text/{video_id}.npy" in g for g in gets)
+
+
+def test_placeholder_is_upgraded_when_text_appears(client, seed_day):
+    seeded = seed_day(videos=40)
+    pipeline.run(seeded.config(), DAY)
+    placeholder = next(v for v, c in seeded.day.cases.items() if c == "placeholder")
+    text = synthetic.npy_bytes(np.full(768, 0.5, np.float32))
+    seeded.objects[f"embeddings/text/{placeholder}.npy"] = text
+    client.put_object(Bucket=seeded.bucket, Key=f"clipfarm/embeddings/text/{placeholder}.npy", Body=text)
+    summary = pipeline.run(seeded.config(), DAY)
+    for strategy in STRATEGIES:
+        assert statuses(seeded, strategy).loc[placeholder, "status"] == policy.SUCCESS_FULL
+        run = summary.strategies[strategy]
+        assert run.counts[policy.SUCCESS_FULL] == 1
+        assert policy.SUCCESS_PLACEHOLDER not in run.counts
+        assert (run.manifest_added, run.manifest_updated) == (0, 1)
+        rows = assert_every_pointer_resolves(client, seeded, strategy).to_pandas().set_index("video_id")
+        assert rows.loc[placeholder, "text_present"] == 1
+        assert rows.loc[placeholder, "fusion_status"] == policy.SUCCESS_FULL
+    others = [v for v, c in seeded.day.cases.items() if c == "placeholder" and v != placeholder]
+    assert summary.strategies["concat"].upgrade_checked == len(others)
+
+
+def test_failures_turn_terminal_after_retries_and_reset_on_hash_change(client, seed_day):
+    seeded = seed_day(videos=40)
+    broken = next(v for v, c in seeded.day.cases.items() if c == "corrupt_nan")
+    history = []
+    for _ in range(5):
+        pipeline.run(seeded.config(strategies=("concat",), max_fail_retries=3), DAY)
+        row = statuses(seeded, "concat").loc[broken]
+        history.append((row["status"], int(row["retry_count"]), row["processed_at"]))
+    assert [h[:2] for h in history] == [
+        ("fail", 1), ("fail", 2), ("fail", 3), ("fail_terminal", 4), ("fail_terminal", 4)
+    ]
+    assert history[-1][2] == history[-2][2], "a fail_terminal item must leave the delta"
+    metadata = seeded.day.metadata_csv.decode().replace(f"shorts/{broken},", f"shorts/{broken}?v2,")
+    client.put_object(Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode())
+    pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    row = statuses(seeded, "concat").loc[broken]
+    assert (row["status"], row["retry_count"]) == ("fail", 1)
+
+
+def test_as_of_filter_keeps_later_rows_out(client, seed_day):
+    seeded = seed_day(videos=30)
+    pipeline.run(seeded.config(strategies=("concat",)), date(2026, 2, 25))
+    assert statuses(seeded, "concat").empty
+    early = pipeline.run(seeded.config(strategies=("concat",)), date(2026, 2, 27)).strategies["concat"]
+    frame = statuses(seeded, "concat")
+    with_old_rows = sorted(v for n, v in enumerate(seeded.day.cases) if n % 10 == 0)
+    assert sorted(frame.index) == with_old_rows, "only the rows captured by 2026-02-26 exist on 02-27"
+    assert all("date=2026-02-27" in k for k in early.shards_written)
+    summary = pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    assert summary.strategies["concat"].delta == 30, "the later rows change the hash of the early ones"
+    assert all(k.split("date=")[1].startswith("2026-03-01") for k in summary.strategies["concat"].shards_written)
+
+
+def test_fresh_state_dir_restores_from_the_mirror(client, seed_day, tmp_path):
+    seeded = seed_day(videos=40, mix={"full": 0.8, "placeholder": 0.1, "missing_video": 0.1})
+    first = pipeline.run(seeded.config(), DAY)
+    assert first.strategies["concat"].state_source == "new state DB"
+    before = snapshot(client, seeded.bucket)
+    second = pipeline.run(seeded.config(state_dir=tmp_path / "other-machine"), DAY)
+    assert second.strategies["concat"].state_source == "restored from mirror"
+    assert second.strategies["concat"].counts.get(policy.SUCCESS_FULL, 0) == 0
+    assert snapshot(client, seeded.bucket) == before
+
+
+def test_include_captured_at_in_hash_refuses_nothing_and_reenters_all(client, seed_day):
+    seeded = seed_day(videos=30)
+    pipeline.run(seeded.config(strategies=("sum_pool",)), DAY)
+    summary = pipeline.run(seeded.config(strategies=("sum_pool",), include_captured_at_in_hash=True), DAY)
+    safe = [v for v, c in seeded.day.cases.items() if c != "unsafe_id"]
+    assert summary.strategies["sum_pool"].delta == 30
+    frame = statuses(seeded, "sum_pool")
+    full = [v for v in safe if seeded.day.cases[v] == "full"]
+    table = manifest_table(client, seeded, "sum_pool").to_pandas()
+    assert (table.groupby("video_id").size().loc[full] == 2).all()
+    assert set(frame.index) == set(safe)
+
+
+def test_max_items_and_small_shards(client, seed_day):
+    seeded = seed_day(videos=60)
+    summary = pipeline.run(seeded.config(strategies=("max_pool",), max_items=25, shard_size=10), DAY)
+    run = summary.strategies["max_pool"]
+    assert run.delta == 25 + run.counts.get(policy.INVALID_VIDEO_ID, 0)
+    assert [k.rsplit("/", 1)[1] for k in run.shards_written] == ["part-0000.npz", "part-0001.npz", "part-0002.npz"]
+    rest = pipeline.run(seeded.config(strategies=("max_pool",), shard_size=10), DAY).strategies["max_pool"]
+    assert rest.shards_written[0].endswith("part-0003.npz")
+    assert_every_pointer_resolves(client, seeded, "max_pool")
+
+
+def test_text_state_unavailable_only_blocks_items_that_need_it(client, seed_day):
+    seeded = seed_day(videos=40)
+    client.delete_object(Bucket=seeded.bucket, Key="clipfarm/state/text_downloader.sqlite")
+    summary = pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    frame = statuses(seeded, "concat")
+    needs_state = [v for v, c in seeded.day.cases.items() if c == "placeholder" or c.startswith("pending")]
+    assert (frame.loc[needs_state, "status"] == policy.MISSING_TEXT_UNAVAILABLE).all()
+    full = [v for v, c in seeded.day.cases.items() if c == "full"]
+    assert (frame.loc[full, "status"] == policy.SUCCESS_FULL).all()
+    assert "not found" in summary.text_state
+
+
+def test_schema_drift_stops_before_writing_and_burns_no_retries(client, seed_day):
+    seeded = seed_day(videos=30)
+    pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    db_before = statuses(seeded, "concat")
+    rng = np.random.default_rng(5)
+    pending = [v for v, c in seeded.day.cases.items() if c in ("full",)]
+    for video_id in pending:
+        body = synthetic.npy_bytes(rng.standard_normal(512).astype(np.float32))
+        client.put_object(Bucket=seeded.bucket, Key=f"clipfarm/embeddings/video/{video_id}.npy", Body=body)
+    metadata = seeded.day.metadata_csv.decode().replace("/shorts/", "/shorts/v2/")
+    client.put_object(Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode())
+    before = snapshot(client, seeded.bucket)
+    with pytest.raises(SchemaDriftError, match="video embeddings are 512-d.*video_dim=768.*migrate-schema"):
+        pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    assert snapshot(client, seeded.bucket) == before
+    pd.testing.assert_frame_equal(statuses(seeded, "concat"), db_before)
+
+
+def test_missing_metadata_is_a_config_error_and_writes_nothing(client, seed_day):
+    seeded = seed_day(videos=10)
+    before = snapshot(client, seeded.bucket)
+    with pytest.raises(ConfigError, match="not found"):
+        pipeline.run(seeded.config(metadata_uri=f"s3://{seeded.bucket}/nope.csv"), DAY)
+    assert snapshot(client, seeded.bucket) == before
