@@ -10,9 +10,10 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from . import pipeline
-from .config import FusionConfig, bucket_from_env, parse_strategies
+from . import pipeline, s3io
+from .config import STRATEGY_NAMES, FusionConfig, bucket_from_env, parse_strategies
 from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
+from .layout import Layout
 
 EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT = 0, 2, 3, 4
 log = logging.getLogger("clipfarm_fusion")
@@ -122,7 +123,81 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("clipfarm-demo"),
         help="where to copy the outputs and state (default: ./clipfarm-demo)",
     )
+
+    dev = commands.add_parser(
+        "dev",
+        help="open the Dagster UI on a demo day: embedded S3, seeded bucket, `dagster dev`",
+        description="Starts an embedded S3 server (moto, loopback), seeds the synthetic demo day into "
+        "$CLIPFARM_BUCKET (default clipfarm-demo) if that bucket is empty, and runs `dagster dev` on "
+        "clipfarm_fusion.defs.definitions until Ctrl-C. DAGSTER_HOME defaults to a temporary copy of the "
+        "repo's dagster_home/ (the embedded S3 is temporary too); set DAGSTER_HOME to keep the run history.",
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: 127.0.0.1)")
+    dev.add_argument("--port", type=_positive, default=3000, help="port of the UI (default: 3000)")
+    dev.add_argument(
+        "--videos", type=_positive, default=500, help="videos in the seeded demo day (default: 500)"
+    )
+    dev.add_argument(
+        "--external-s3",
+        action="store_true",
+        help="use the S3 of your AWS configuration (e.g. AWS_ENDPOINT_URL of infra/'s MinIO) instead of an "
+        "embedded one; the demo day is still seeded only into an empty bucket",
+    )
+
+    migrate = commands.add_parser(
+        "migrate-schema",
+        help="accept new embedding dims for a strategy: the deliberate way to change schema.json",
+        description="Replaces <root>/fused/<strategy>/schema.json after an upstream model change (the daily run "
+        "stops with exit code 3 until then). Dims not given are probed from a sample of the current embeddings. "
+        "Old manifest rows and shards stay as they are and keep their own fused_dim; the old lock is kept in "
+        "the new lock's history. Exit codes: 0 done or nothing to do; 2 bad usage, no lock, or nothing to probe; "
+        "4 the lock changed while migrating.",
+    )
+    migrate.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to migrate")
+    migrate.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
+    migrate.add_argument(
+        "--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)"
+    )
+    for modality in ("video", "audio", "text"):
+        migrate.add_argument(
+            f"--{modality}-dim", type=_positive, default=None, help=f"new {modality} dim (default: probed)"
+        )
+    migrate.add_argument(
+        "--text-mask",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append the text-presence mask from now on (default: keep the locked setting)",
+    )
+    migrate.add_argument(
+        "--sample", type=_positive, default=32, help="embeddings per modality to probe (default: 32)"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="show the new lock without writing it")
     return parser
+
+
+def migrate_schema(args: argparse.Namespace) -> int:
+    from .migrate import describe, migrate
+
+    bucket = args.bucket or bucket_from_env()
+    if not bucket:
+        raise ConfigError("no bucket: pass --bucket or set CLIPFARM_BUCKET")
+    dims = {"video": args.video_dim, "audio": args.audio_dim, "text": args.text_dim}
+    migration = migrate(
+        s3io.make_client(8),
+        bucket,
+        args.root.strip("/"),
+        args.strategy,
+        dims=dims,
+        mask=args.text_mask,
+        sample=args.sample,
+        dry_run=args.dry_run,
+    )
+    print(
+        describe(
+            migration, f"s3://{bucket}/{Layout(args.root.strip('/')).schema_key(args.strategy)}", args.dry_run
+        )
+    )
+    return EXIT_OK
 
 
 def config_from_args(args: argparse.Namespace) -> FusionConfig:
@@ -180,6 +255,12 @@ def demo(args: argparse.Namespace) -> int:
     return run_demo(args.videos, args.summary_json, args.out)
 
 
+def dev(args: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    return run_dev(args.host, args.port, args.videos, args.external_s3)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -192,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo(args)
+        if args.command == "migrate-schema":
+            return migrate_schema(args)
+        if args.command == "dev":
+            return dev(args)
         return run_and_report(config_from_args(args), args.run_date, args.summary_json)
     except ConfigError as exc:
         print(f"clipfarm-fusion: error: {exc}", file=sys.stderr)

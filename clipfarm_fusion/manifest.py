@@ -8,7 +8,6 @@ that was read, retried on the fresh manifest when another writer got there first
 
 from __future__ import annotations
 
-import io
 import logging
 
 import numpy as np
@@ -85,17 +84,21 @@ def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
 
 
 def read(client, bucket: str, key: str) -> tuple[pa.Table | None, str | None]:
-    """(table, etag) of the current manifest, (None, None) when there is none yet."""
+    """(table, etag) of the current manifest, (None, None) when there is none yet.
+
+    Read without Arrow's thread pool: with it, a short-lived process (the CLI) intermittently aborts
+    at exit with "terminate called without an active exception" (apache/arrow#34314).
+    """
     fetched = s3io.get_object(client, bucket, key)
     if fetched.body is None:
         return None, None
-    return pq.read_table(io.BytesIO(fetched.body)), fetched.etag
+    return pq.read_table(pa.BufferReader(fetched.body), use_threads=False), fetched.etag
 
 
 def encode(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 def commit(client, bucket: str, key: str, new: pa.Table) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import re
 from datetime import UTC, date, datetime, time
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError
@@ -30,7 +31,7 @@ def parse_table(body: bytes, location: str) -> pd.DataFrame:
     """Bytes of a CSV or Parquet file -> the columns we use, all as strings."""
     try:
         if location.lower().endswith((".parquet", ".pq")) or body[:4] == b"PAR1":
-            table = pq.read_table(io.BytesIO(body), columns=None)
+            table = pq.read_table(pa.BufferReader(body), use_threads=False)  # see manifest.read
             present = [c for c in table.column_names if c in _WANTED]
             frame = table.select(present).to_pandas()
         else:

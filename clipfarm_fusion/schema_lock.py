@@ -28,6 +28,7 @@ class SchemaLock:
     fused_dim: int
     mask_appended: bool
     updated_at: str
+    history: tuple[dict, ...] = ()  # earlier locks, oldest first, each with its replaced_at (migrate-schema)
 
     @classmethod
     def build(cls, strategy: str, dims: tuple[int, int, int], mask: bool) -> SchemaLock:
@@ -52,7 +53,8 @@ class SchemaLock:
 def parse(body: bytes, key: str) -> SchemaLock:
     try:
         data = json.loads(body)
-        return SchemaLock(**{k: data[k] for k in SchemaLock.__dataclass_fields__})
+        fields = {k: data[k] for k in SchemaLock.__dataclass_fields__ if k != "history"}
+        return SchemaLock(**fields, history=tuple(data.get("history", ())))
     except (ValueError, KeyError, TypeError) as exc:
         raise SchemaDriftError(
             f"{key} is not a valid schema lock ({exc}); repair it or run migrate-schema"

@@ -1,0 +1,111 @@
+"""`clipfarm-fusion migrate-schema`: the one deliberate way to change a strategy's schema lock.
+
+A daily run never changes `schema.json`; when an upstream model changes its output size the run stops
+with exit code 3. This accepts the new dims: it probes them from a sample of the current embeddings
+(or takes them from flags), and replaces the lock with `If-Match` on the version it read. The old lock
+goes into the new one's `history`. Existing manifest rows and shards are left as they are: each row
+keeps its own `fused_dim`, so vectors fused under the old lock stay readable and are told apart by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from . import manifest, s3io, schema_lock
+from .errors import ConfigError, ItemError
+from .layout import MODALITIES, Layout
+from .npy import decode_vector
+from .schema_lock import SchemaLock
+
+
+@dataclass(frozen=True)
+class Migration:
+    old: SchemaLock
+    new: SchemaLock
+    manifest_rows_kept: int  # rows fused under an earlier lock, still readable with their own fused_dim
+
+    @property
+    def changed(self) -> bool:
+        return (self.old.dims, self.old.mask_appended) != (self.new.dims, self.new.mask_appended)
+
+
+def probe_dims(client, bucket: str, layout: Layout, sample: int) -> dict[str, int | None]:
+    """The most common dim of up to `sample` current embeddings per modality: one LIST and `sample` GETs."""
+    dims: dict[str, int | None] = {}
+    for modality in MODALITIES:
+        listing = client.list_objects_v2(
+            Bucket=bucket, Prefix=layout.embedding_prefix(modality), MaxKeys=sample
+        )
+        keys = [item["Key"] for item in listing.get("Contents", [])]
+        found = []
+        for key, body in s3io.get_many(client, bucket, keys, threads=8).items():
+            if isinstance(body, bytes):
+                try:
+                    found.append(decode_vector(body, key, modality).shape[0])
+                except ItemError:
+                    continue
+        dims[modality] = schema_lock.majority_dim(np.array(found, dtype=np.int64))
+    return dims
+
+
+def migrate(
+    client,
+    bucket: str,
+    root: str,
+    strategy: str,
+    *,
+    dims: dict[str, int | None],
+    mask: bool | None = None,
+    sample: int = 32,
+    dry_run: bool = False,
+) -> Migration:
+    """Replace the lock of `strategy` with the given (or probed) dims; returns what changed."""
+    layout = Layout(root)
+    key = layout.schema_key(strategy)
+    fetched = s3io.get_object(client, bucket, key)
+    if fetched.body is None:
+        raise ConfigError(f"s3://{bucket}/{key} does not exist: nothing to migrate; the next run creates it")
+    old = schema_lock.parse(fetched.body, key)
+    if any(dims.get(m) is None for m in MODALITIES):
+        probed = probe_dims(client, bucket, layout, sample)
+        dims = {m: dims.get(m) or probed[m] for m in MODALITIES}
+    missing = [m for m in MODALITIES if not dims[m]]
+    if missing:
+        raise ConfigError(
+            f"no decodable {', '.join(missing)} embeddings found to probe; pass --{missing[0]}-dim"
+        )
+    previous = {**{k: v for k, v in asdict(old).items() if k != "history"}, "replaced_at": _now()}
+    new = replace(
+        SchemaLock.build(
+            strategy,
+            (dims["video"], dims["audio"], dims["text"]),
+            old.mask_appended if mask is None else mask,
+        ),
+        history=(*old.history, previous),
+    )
+    table, _ = manifest.read(client, bucket, layout.manifest_key(strategy))
+    kept = 0 if table is None else int(np.count_nonzero(table["fused_dim"].to_numpy() != new.fused_dim))
+    migration = Migration(old, new, kept)
+    if migration.changed and not dry_run:
+        s3io.put_replacing(client, bucket, key, new.to_json(), fetched.etag)
+    return migration
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def describe(migration: Migration, key: str, dry_run: bool) -> str:
+    old, new = migration.old, migration.new
+    if not migration.changed:
+        return f"{key} already locks dims {old.dims} mask={old.mask_appended}; nothing to do"
+    verb = "would change" if dry_run else "changed"
+    return (
+        f"{key} {verb}: dims {old.dims} -> {new.dims}, mask {old.mask_appended} -> {new.mask_appended}, "
+        f"fused_dim {old.fused_dim} -> {new.fused_dim}.\n"
+        f"{migration.manifest_rows_kept} manifest rows keep their earlier fused_dim and stay readable; "
+        "select rows by fused_dim for a uniform matrix. The old lock is kept in the new one's history."
+    )
