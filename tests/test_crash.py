@@ -1,0 +1,136 @@
+"""Crash consistency: SIGKILL `clipfarm-fusion run` at every write step and at random moments, then
+rerun (same or fresh state dir) and check the result is what one uninterrupted run produces."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clipfarm_fusion import manifest, policy, shards, state
+from clipfarm_fusion.layout import Layout
+
+from .test_pipeline import expected_vector
+
+CLI = str(Path(sys.executable).parent / "clipfarm-fusion")
+RUNNER = str(Path(__file__).with_name("crash_runner.py"))
+STRATEGIES = ("concat", "sum_pool", "max_pool")
+MIX = {
+    "full": 0.6,
+    "placeholder": 0.15,
+    "pending_status": 0.05,
+    "missing_video": 0.05,
+    "corrupt_nan": 0.1,
+    "odd_dim": 0.05,
+}
+
+CRASH_POINTS = [
+    ("before-put", "/shards/", 1),  # before the first shard
+    ("after-put", "/shards/", 1),  # right after a shard PUT
+    ("before-put", "/shards/", 3),  # between shards
+    ("before-put", "fused_manifest", 1),  # during the manifest commit, before it lands
+    ("after-put", "fused_manifest", 1),  # manifest durable, state not
+    ("after-put", "fused_manifest", 2),  # one strategy fully committed, the next mid-way
+    ("state-commit", "fusion_concat", 2),  # in the middle of the state-DB batches
+    ("before-put", "state/fusion_", 1),  # before the mirror upload
+    ("after-put", "state/fusion_", 1),  # after the mirror upload
+]
+
+
+def run_args(seeded, state_dir):
+    return [
+        "run",
+        "--run-date",
+        "2026-03-01",
+        "--bucket",
+        seeded.bucket,
+        "--state-dir",
+        str(state_dir),
+        "--shard-size",
+        "8",
+    ]
+
+
+def assert_converged(client, seeded, state_dir):
+    """Same statuses as one run, every fused item in the manifest once, every pointer right."""
+    expected = seeded.day.expected_status()
+    unsafe = {v for v, s in expected.items() if s == policy.INVALID_VIDEO_ID}
+    fused = {v for v, s in expected.items() if s in policy.FUSED_STATUSES}
+    for strategy in STRATEGIES:
+        frame = state.StateDB(Layout.state_path(state_dir, strategy)).read_all()
+        assert frame["status"].to_dict() == {v: s for v, s in expected.items() if v not in unsafe}
+        failing = frame[frame["status"] == policy.FAIL]["retry_count"]
+        assert failing.between(1, 2).all(), "a crash must not count as an item failure"
+        assert (frame.loc[list(fused), "retry_count"] == 0).all()
+        table, _ = manifest.read(client, seeded.bucket, Layout(seeded.root).manifest_key(strategy))
+        keys = list(zip(table["video_id"].to_pylist(), table["source_hash"].to_pylist(), strict=True))
+        assert len(keys) == len(set(keys)), "duplicate (video_id, source_hash) in the manifest"
+        assert {v for v, _ in keys} == fused
+        cache = {}
+        for row in table.to_pylist():
+            if row["fused_key"] not in cache:
+                body = client.get_object(Bucket=seeded.bucket, Key=row["fused_key"])["Body"].read()
+                cache[row["fused_key"]] = shards.decode(body)
+            shard = cache[row["fused_key"]]
+            assert shard["video_ids"][row["shard_idx"]] == row["video_id"]
+            vector = expected_vector(seeded, strategy, row["video_id"])
+            assert shard["vectors"][row["shard_idx"]].tobytes() == vector.tobytes()
+            assert row["fusion_status"] == expected[row["video_id"]]
+        mirror = client.get_object(Bucket=seeded.bucket, Key=Layout(seeded.root).state_mirror_key(strategy))
+        assert mirror["Body"].read() == Layout.state_path(state_dir, strategy).read_bytes()
+
+
+# Every point restarting on the same machine, and the points that leave the mirror behind the
+# manifest restarting on a fresh machine (state restored from the S3 mirror).
+CASES = [(*point, False) for point in CRASH_POINTS] + [
+    (*point, True) for point in CRASH_POINTS if point[1] == "fused_manifest" or point[0] == "state-commit"
+]
+
+
+@pytest.mark.parametrize(
+    ("point", "match", "nth", "fresh_state_dir"),
+    CASES,
+    ids=[f"{p}:{m}:{n}:{'fresh' if f else 'same'}-state-dir" for p, m, n, f in CASES],
+)
+def test_sigkill_at_each_write_step_then_rerun_converges(
+    client, seed_day, tmp_path, point, match, nth, fresh_state_dir
+):
+    seeded = seed_day(videos=40, mix=MIX)
+    crashed = subprocess.run(
+        [sys.executable, RUNNER, point, match, str(nth), "--", *run_args(seeded, seeded.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert crashed.returncode == -signal.SIGKILL, (
+        f"the crash point was never reached: {crashed.stderr[-2000:]}"
+    )
+    state_dir = tmp_path / "fresh" if fresh_state_dir else seeded.state_dir
+    rerun = subprocess.run([CLI, *run_args(seeded, state_dir)], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_converged(client, seeded, state_dir)
+
+
+def test_sigkill_at_random_moments_under_load(client, seed_day):
+    seeded = seed_day(videos=120, mix=MIX)
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        process = subprocess.Popen(
+            [CLI, *run_args(seeded, seeded.state_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(1.0, 6.0))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 1, "every run finished before the kill; lengthen the day"
+    rerun = subprocess.run(
+        [CLI, *run_args(seeded, seeded.state_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_converged(client, seeded, seeded.state_dir)
