@@ -88,7 +88,7 @@ def prepare(frame: pd.DataFrame, location: str, include_captured_at_in_hash: boo
             "video_id": ids.astype(str).to_numpy(),
             "url": urls.astype(str).to_numpy(),
             "captured_at": captured_at.astype(str).to_numpy(),
-            "captured_ts": captured_ts.to_numpy(),
+            "captured_ts": captured_ts.array,  # the array keeps UTC even when every value is NaT
             "source_hash": hashes,
         }
     )

@@ -22,12 +22,12 @@ def load(body, location="m.csv", run_date=DAY, with_ts=False):
 
 
 CSV = (
-    'video_id,url,captured_at,title,extra\n'
+    "video_id,url,captured_at,title,extra\n"
     'abc123,https://youtube.com/shorts/abc123,2026-02-27T10:00:00Z,"old, ""title""",1\n'
     'abc123,https://youtube.com/shorts/abc123?x,2026-02-28T10:00:00Z,"line one\nline two 🎬",2\n'
-    'late99,https://youtube.com/shorts/late99,2026-03-02T00:00:01Z,later,3\n'
-    'nodate,https://youtube.com/shorts/nodate,,no date,4\n'
-    'edge00,https://youtube.com/shorts/edge00,2026-03-01T23:59:59+00:00,edge,5\n'
+    "late99,https://youtube.com/shorts/late99,2026-03-02T00:00:01Z,later,3\n"
+    "nodate,https://youtube.com/shorts/nodate,,no date,4\n"
+    "edge00,https://youtube.com/shorts/edge00,2026-03-01T23:59:59+00:00,edge,5\n"
 ).encode()
 
 
@@ -54,13 +54,15 @@ def test_source_hash_is_sha256_of_url():
 
 def test_source_hash_with_captured_at():
     frame = load(CSV, with_ts=True)
-    assert frame.loc["abc123", "source_hash"] == sha("https://youtube.com/shorts/abc123?x|2026-02-28T10:00:00Z")
+    assert frame.loc["abc123", "source_hash"] == sha(
+        "https://youtube.com/shorts/abc123?x|2026-02-28T10:00:00Z"
+    )
 
 
 def test_video_id_parsed_from_url_column_when_absent():
     body = (
         b"video_url,captured_at,notes\n"
-        b"https://www.youtube.com/shorts/Xy_z-123,2026-02-01,\"a\nb\"\n"
+        b'https://www.youtube.com/shorts/Xy_z-123,2026-02-01,"a\nb"\n'
         b"https://youtu.be/Qq11Ww22,2026-02-01,c\n"
         b"https://www.youtube.com/watch?v=Mm33Nn44&t=3,2026-02-01,d\n"
         b"https://example.com/nothing,2026-02-01,e\n"
@@ -72,7 +74,12 @@ def test_video_id_parsed_from_url_column_when_absent():
 
 def test_parquet_is_read_too():
     frame = pd.DataFrame(
-        {"video_id": ["p1", "p2"], "url": ["u1", "u2"], "captured_at": ["2026-01-01", "2026-01-02"], "n": [1, 2]}
+        {
+            "video_id": ["p1", "p2"],
+            "url": ["u1", "u2"],
+            "captured_at": ["2026-01-01", "2026-01-02"],
+            "n": [1, 2],
+        }
     )
     buffer = io.BytesIO()
     frame.to_parquet(buffer)
@@ -105,3 +112,12 @@ def test_bad_metadata_is_a_config_error_naming_the_file(body, message):
     with pytest.raises(ConfigError, match=message) as info:
         load(body, location="s3://b/meta.csv")
     assert "s3://b/meta.csv" in str(info.value)
+
+
+def test_a_file_with_no_parseable_dates_keeps_every_row():
+    frame = load(b"video_id,url,captured_at\na1,u1,\nb2,u2,not a date\n")
+    assert sorted(frame.index) == ["a1", "b2"]
+
+
+def test_header_only_file_is_an_empty_horizon():
+    assert load(b"video_id,url,captured_at\n").empty
