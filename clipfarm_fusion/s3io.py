@@ -6,6 +6,7 @@ against real S3, MinIO and a moto server.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -124,13 +125,25 @@ def get_many(
         return dict(pool.map(fetch, unique))
 
 
+def _our_earlier_attempt(client, bucket: str, key: str, body: bytes) -> str | None:
+    """The ETag of `key` when it holds exactly `body`, else None.
+
+    A conditional PUT whose response was lost is retried by botocore; the retry then fails its own
+    precondition because the first attempt landed. An object whose ETag is the MD5 of our body is
+    that first attempt, so the write succeeded (single-part PUTs: the ETag is the body's MD5).
+    """
+    fetched = get_object(client, bucket, key)
+    ours = f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'
+    return fetched.etag if fetched.body is not None and fetched.etag == ours else None
+
+
 def put_if_absent(client, bucket: str, key: str, body: bytes) -> str | None:
     """PUT with `If-None-Match: *`; the new ETag, or None when the key already exists."""
     try:
         return client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"]
     except botocore.exceptions.ClientError as exc:
         if is_precondition_failed(exc):
-            return None
+            return _our_earlier_attempt(client, bucket, key, body)
         raise
 
 
@@ -143,6 +156,8 @@ def put_replacing(client, bucket: str, key: str, body: bytes, expected_etag: str
     try:
         return client.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"]
     except botocore.exceptions.ClientError as exc:
+        if is_precondition_failed(exc) and (etag := _our_earlier_attempt(client, bucket, key, body)):
+            return etag
         if is_precondition_failed(exc) or (expected_etag and is_missing(exc)):
             raise ConcurrentWriteError(
                 f"s3://{bucket}/{key} changed while this run was writing it; another run is writing "

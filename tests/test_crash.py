@@ -55,8 +55,9 @@ def run_args(seeded, state_dir):
     ]
 
 
-def assert_converged(client, seeded, state_dir):
-    """Same statuses as one run, every fused item in the manifest once, every pointer right."""
+def assert_converged(client, seeded, state_dir, runs=2):
+    """Same statuses as one run, every fused item in the manifest once, every pointer right, and
+    failing items with at most one retry per run that ran them (a crash is never a failure)."""
     expected = seeded.day.expected_status()
     unsafe = {v for v, s in expected.items() if s == policy.INVALID_VIDEO_ID}
     fused = {v for v, s in expected.items() if s in policy.FUSED_STATUSES}
@@ -64,7 +65,7 @@ def assert_converged(client, seeded, state_dir):
         frame = state.StateDB(Layout.state_path(state_dir, strategy)).read_all()
         assert frame["status"].to_dict() == {v: s for v, s in expected.items() if v not in unsafe}
         failing = frame[frame["status"] == policy.FAIL]["retry_count"]
-        assert failing.between(1, 2).all(), "a crash must not count as an item failure"
+        assert failing.between(1, runs).all(), "a crash must not count as an item failure"
         assert (frame.loc[list(fused), "retry_count"] == 0).all()
         table, _ = manifest.read(client, seeded.bucket, Layout(seeded.root).manifest_key(strategy))
         keys = list(zip(table["video_id"].to_pylist(), table["source_hash"].to_pylist(), strict=True))
