@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import delta as delta_rules
 from . import manifest, metadata, policy, s3io, schema_lock, state, text_state
 from .config import FusionConfig
-from .errors import ItemError
+from .errors import ItemError, SchemaDriftError
 from .fuse import fuse
 from .layout import MODALITIES, Layout, video_id_problem
 from .npy import decode_vector
@@ -104,25 +104,11 @@ def run(
             ", ".join(f"{r.name}={len(r.delta)}" for r in runs),
             len(work),
         )
-        done = 0
-        for start in range(0, len(work), config.shard_size):
-            batch = _fetch_batch(
-                client,
-                config,
-                layout,
-                work.iloc[start : start + config.shard_size],
-                runs,
-                text_rows,
-                text_problem,
-            )
-            outcomes = [_judge(config, r, batch) for r in runs]
-            for strategy_run, outcome in zip(runs, outcomes, strict=True):
-                _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
-            done += len(batch.rows)
-            elapsed = time.monotonic() - started
-            log.info("fused %d/%d videos (%.0f/s)", done, len(work), done / elapsed if elapsed else 0.0)
-            if on_progress:
-                on_progress(done, len(work))
+        try:
+            _fuse_all(client, config, layout, work, runs, text_rows, text_problem, started, log, on_progress)
+        except SchemaDriftError:
+            _withdraw_shards(client, config.bucket, runs, log)
+            raise
         for strategy_run in runs:
             _commit(client, config, layout, strategy_run, log)
             strategy_run.summary.seconds = round(time.monotonic() - started, 3)
@@ -132,6 +118,38 @@ def run(
             strategy_run.db.close()
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
+
+
+def _fuse_all(client, config, layout, work, runs, text_rows, text_problem, started, log, on_progress) -> None:
+    """Fetch, judge and fuse the delta batch by batch; each batch's shards are written as it goes."""
+    done = 0
+    for start in range(0, len(work), config.shard_size):
+        batch = _fetch_batch(
+            client,
+            config,
+            layout,
+            work.iloc[start : start + config.shard_size],
+            runs,
+            text_rows,
+            text_problem,
+        )
+        outcomes = [_judge(config, r, batch) for r in runs]
+        for strategy_run, outcome in zip(runs, outcomes, strict=True):
+            _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
+        done += len(batch.rows)
+        elapsed = time.monotonic() - started
+        log.info("fused %d/%d videos (%.0f/s)", done, len(work), done / elapsed if elapsed else 0.0)
+        if on_progress:
+            on_progress(done, len(work))
+
+
+def _withdraw_shards(client, bucket: str, runs: list[StrategyRun], log: logging.Logger) -> None:
+    """Delete the shards this run wrote before a later batch showed schema drift. Nothing references
+    them yet (the manifest is committed only at the end), so the bucket is left as the run found it."""
+    for strategy_run in runs:
+        for key in strategy_run.writer.written:
+            client.delete_object(Bucket=bucket, Key=key)
+            log.info("withdrew unreferenced shard %s after schema drift", key)
 
 
 def _open_strategy(
@@ -185,10 +203,10 @@ def _text_state_columns(text_rows: pd.DataFrame | None, ids: list[str]) -> tuple
     if text_rows is None:
         return np.full(len(ids), None, dtype=object), np.full(len(ids), None, dtype=object)
     known = text_rows.reindex(ids)
+
     def as_objects(column):
-        return np.array(
-            [None if pd.isna(v) else str(v) for v in known[column]], dtype=object
-        )  # noqa: E731
+        return np.array([None if pd.isna(v) else str(v) for v in known[column]], dtype=object)  # noqa: E731
+
     return as_objects("status"), as_objects("source_hash")
 
 

@@ -15,9 +15,23 @@ from clipfarm_fusion.npy import decode_vector
 DAY = date(2026, 3, 1)
 STRATEGIES = ("concat", "sum_pool", "max_pool")
 MANIFEST_COLUMNS = [
-    "video_id", "captured_at", "source_hash", "fusion_strategy", "fused_dim", "fused_key", "shard_idx",
-    "shard_n", "video_emb_key", "audio_emb_key", "text_emb_key", "text_present", "text_source",
-    "text_state_status", "text_missing_reason", "fusion_status", "retry_count_at_write",
+    "video_id",
+    "captured_at",
+    "source_hash",
+    "fusion_strategy",
+    "fused_dim",
+    "fused_key",
+    "shard_idx",
+    "shard_n",
+    "video_emb_key",
+    "audio_emb_key",
+    "text_emb_key",
+    "text_present",
+    "text_source",
+    "text_state_status",
+    "text_missing_reason",
+    "fusion_status",
+    "retry_count_at_write",
 ]
 
 
@@ -115,7 +129,9 @@ def test_rerun_with_nothing_new_writes_no_shard_and_keeps_manifest_rows(client, 
         frame, old = statuses(seeded, name), db_before[name]
         failing = old["status"] == policy.FAIL
         assert (frame.loc[failing, "retry_count"] == old.loc[failing, "retry_count"] + 1).all()
-        pd.testing.assert_frame_equal(frame[~failing].drop(columns="processed_at"), old[~failing].drop(columns="processed_at"))
+        pd.testing.assert_frame_equal(
+            frame[~failing].drop(columns="processed_at"), old[~failing].drop(columns="processed_at")
+        )
 
 
 def test_rerun_of_a_settled_day_writes_nothing_at_all(client, seed_day):
@@ -144,7 +160,9 @@ def test_all_strategies_read_each_object_once(client, seed_day):
 def test_text_pending_items_skip_the_video_and_audio_fetch(client, seed_day):
     seeded = seed_day(videos=60)
     gets: list[str] = []
-    client.meta.events.register("before-call.s3.GetObject", lambda params, **_: gets.append(params["url_path"]))
+    client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: gets.append(params["url_path"])
+    )
     pipeline.run(seeded.config(), DAY, client=client)
     pending = [v for v, c in seeded.day.cases.items() if c.startswith("pending")]
     assert pending
@@ -183,11 +201,17 @@ def test_failures_turn_terminal_after_retries_and_reset_on_hash_change(client, s
         row = statuses(seeded, "concat").loc[broken]
         history.append((row["status"], int(row["retry_count"]), row["processed_at"]))
     assert [h[:2] for h in history] == [
-        ("fail", 1), ("fail", 2), ("fail", 3), ("fail_terminal", 4), ("fail_terminal", 4)
+        ("fail", 1),
+        ("fail", 2),
+        ("fail", 3),
+        ("fail_terminal", 4),
+        ("fail_terminal", 4),
     ]
     assert history[-1][2] == history[-2][2], "a fail_terminal item must leave the delta"
     metadata = seeded.day.metadata_csv.decode().replace(f"shorts/{broken},", f"shorts/{broken}?v2,")
-    client.put_object(Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode())
+    client.put_object(
+        Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
+    )
     pipeline.run(seeded.config(strategies=("concat",)), DAY)
     row = statuses(seeded, "concat").loc[broken]
     assert (row["status"], row["retry_count"]) == ("fail", 1)
@@ -204,7 +228,9 @@ def test_as_of_filter_keeps_later_rows_out(client, seed_day):
     assert all("date=2026-02-27" in k for k in early.shards_written)
     summary = pipeline.run(seeded.config(strategies=("concat",)), DAY)
     assert summary.strategies["concat"].delta == 30, "the later rows change the hash of the early ones"
-    assert all(k.split("date=")[1].startswith("2026-03-01") for k in summary.strategies["concat"].shards_written)
+    assert all(
+        k.split("date=")[1].startswith("2026-03-01") for k in summary.strategies["concat"].shards_written
+    )
 
 
 def test_fresh_state_dir_restores_from_the_mirror(client, seed_day, tmp_path):
@@ -236,7 +262,11 @@ def test_max_items_and_small_shards(client, seed_day):
     summary = pipeline.run(seeded.config(strategies=("max_pool",), max_items=25, shard_size=10), DAY)
     run = summary.strategies["max_pool"]
     assert run.delta == 25 + run.counts.get(policy.INVALID_VIDEO_ID, 0)
-    assert [k.rsplit("/", 1)[1] for k in run.shards_written] == ["part-0000.npz", "part-0001.npz", "part-0002.npz"]
+    assert [k.rsplit("/", 1)[1] for k in run.shards_written] == [
+        "part-0000.npz",
+        "part-0001.npz",
+        "part-0002.npz",
+    ]
     rest = pipeline.run(seeded.config(strategies=("max_pool",), shard_size=10), DAY).strategies["max_pool"]
     assert rest.shards_written[0].endswith("part-0003.npz")
     assert_every_pointer_resolves(client, seeded, "max_pool")
@@ -264,7 +294,9 @@ def test_schema_drift_stops_before_writing_and_burns_no_retries(client, seed_day
         body = synthetic.npy_bytes(rng.standard_normal(512).astype(np.float32))
         client.put_object(Bucket=seeded.bucket, Key=f"clipfarm/embeddings/video/{video_id}.npy", Body=body)
     metadata = seeded.day.metadata_csv.decode().replace("/shorts/", "/shorts/v2/")
-    client.put_object(Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode())
+    client.put_object(
+        Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
+    )
     before = snapshot(client, seeded.bucket)
     with pytest.raises(SchemaDriftError, match="video embeddings are 512-d.*video_dim=768.*migrate-schema"):
         pipeline.run(seeded.config(strategies=("concat",)), DAY)
@@ -278,3 +310,27 @@ def test_missing_metadata_is_a_config_error_and_writes_nothing(client, seed_day)
     with pytest.raises(ConfigError, match="not found"):
         pipeline.run(seeded.config(metadata_uri=f"s3://{seeded.bucket}/nope.csv"), DAY)
     assert snapshot(client, seeded.bucket) == before
+
+
+def test_drift_found_in_a_later_batch_withdraws_the_shards_already_written(client, seed_day):
+    seeded = seed_day(videos=20, mix={"full": 1.0})
+    pipeline.run(seeded.config(strategies=("max_pool",)), DAY)
+    later, objects = synthetic.make_day(60, mix={"full": 1.0}, prefix="b", seed=1)
+    rng = np.random.default_rng(2)
+    for n, video_id in enumerate(sorted(later.cases)):
+        if n >= 10:
+            objects[f"embeddings/audio/{video_id}.npy"] = synthetic.npy_bytes(
+                rng.standard_normal(512).astype(np.float32)
+            )
+    synthetic.seed(client, seeded.bucket, seeded.root, later, objects)
+    both = seeded.day.metadata_csv + later.metadata_csv.split(b"\n", 1)[1]
+    client.put_object(Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=both)
+    before = {
+        k: v for k, v in snapshot(client, seeded.bucket).items() if "/fused/" in k or "/state/fusion_" in k
+    }
+    with pytest.raises(SchemaDriftError, match="512-d"):
+        pipeline.run(seeded.config(strategies=("max_pool",), shard_size=10), DAY)
+    after = {
+        k: v for k, v in snapshot(client, seeded.bucket).items() if "/fused/" in k or "/state/fusion_" in k
+    }
+    assert after == before
