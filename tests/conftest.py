@@ -54,10 +54,11 @@ class Seeded:
 def seed_day(client, bucket, tmp_path):
     """seed_day(videos=..., mix=..., run_date=...) seeds the test bucket and returns a Seeded."""
 
-    def _seed(videos: int = 60, run_date: date = date(2026, 3, 1), root: str = "clipfarm", **kwargs) -> Seeded:
+    def _seed(
+        videos: int = 60, run_date: date = date(2026, 3, 1), root: str = "clipfarm", **kwargs
+    ) -> Seeded:
         day, objects = synthetic.make_day(videos, run_date=run_date, **kwargs)
         synthetic.seed(client, bucket, root, day, objects, threads=8)
         return Seeded(bucket, root, day, objects, tmp_path / "state")
 
     return _seed
-

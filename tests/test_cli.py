@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from clipfarm_fusion import synthetic
 
@@ -234,3 +235,26 @@ def test_migrate_schema_accepts_new_dims_and_keeps_old_rows_readable(client, see
         shard = shards.decode(client.get_object(Bucket=seeded.bucket, Key=row["fused_key"])["Body"].read())
         assert shard["vectors"].shape[1] == row["fused_dim"]
         assert shard["video_ids"][row["shard_idx"]] == row["video_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty"),
+        (b"title,views\nx,1\n", "needs a video_id column"),
+        ("video_id,url\nabc,caf\xe9\n".encode("latin-1"), "not UTF-8"),
+    ],
+    ids=["empty", "no-columns", "latin-1"],
+)
+def test_bad_metadata_is_exit_2_and_writes_nothing(seed_day, client, body, message):
+    seeded = seed_day(videos=10)
+    client.put_object(Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=body)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=seeded.bucket)
+    before = {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+    result = cli(
+        "run", "--run-date", "2026-03-01", "--bucket", seeded.bucket, "--state-dir", str(seeded.state_dir)
+    )
+    assert result.returncode == 2 and message in result.stderr
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=seeded.bucket)
+    assert {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])} == before
+    assert not seeded.state_dir.exists()

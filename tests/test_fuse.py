@@ -61,7 +61,10 @@ def test_bit_identical_across_runs_and_batch_splits(strategy):
     first = fuse(strategy, *batch, present)
     again = fuse(strategy, *[b.copy() for b in batch], present)
     halves = np.vstack(
-        [fuse(strategy, *[b[:37] for b in batch], present[:37]), fuse(strategy, *[b[37:] for b in batch], present[37:])]
+        [
+            fuse(strategy, *[b[:37] for b in batch], present[:37]),
+            fuse(strategy, *[b[37:] for b in batch], present[37:]),
+        ]
     )
     assert first.tobytes() == again.tobytes() == halves.tobytes()
 

@@ -41,9 +41,7 @@ def test_malformed_files_are_item_errors(body, cause):
 
 def test_huge_claimed_shape_is_rejected_before_allocating():
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
-    )
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
     body = b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 16
     with pytest.raises(ItemError, match="truncated"):
         decode(body)

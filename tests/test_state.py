@@ -16,8 +16,14 @@ CREATE TABLE processed_items (
 
 def row(video_id, status="fail", retry=1, **extra):
     base = dict(
-        video_id=video_id, source_hash="h", processed_at="t", status=status, error=None,
-        artifact_key=None, vector_id=None, retry_count=retry,
+        video_id=video_id,
+        source_hash="h",
+        processed_at="t",
+        status=status,
+        error=None,
+        artifact_key=None,
+        vector_id=None,
+        retry_count=retry,
     )
     return base | extra
 

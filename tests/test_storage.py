@@ -103,8 +103,16 @@ def test_schema_lock_is_written_once(client, bucket):
 
 def test_drift_is_raised_only_when_most_disagree():
     lock = schema_lock.SchemaLock.build("concat", (4, 4, 4), True)
-    one_odd = {"video_dim": np.array([4, 4, 8]), "audio_dim": np.array([4, 4, 4]), "text_dim": np.array([4, 0, 4])}
+    one_odd = {
+        "video_dim": np.array([4, 4, 8]),
+        "audio_dim": np.array([4, 4, 4]),
+        "text_dim": np.array([4, 0, 4]),
+    }
     schema_lock.check_drift(lock, one_odd, "schema.json")
-    most_odd = {"video_dim": np.array([8, 8, 4]), "audio_dim": np.array([4, 4, 4]), "text_dim": np.array([4, 4, 4])}
+    most_odd = {
+        "video_dim": np.array([8, 8, 4]),
+        "audio_dim": np.array([4, 4, 4]),
+        "text_dim": np.array([4, 4, 4]),
+    }
     with pytest.raises(SchemaDriftError, match="2 of 3 video embeddings are 8-d.*migrate-schema"):
         schema_lock.check_drift(lock, most_odd, "schema.json")

@@ -28,7 +28,9 @@ def test_local_file_is_opened_read_only(tmp_path, client):
 def test_old_files_without_source_hash_work(tmp_path, client):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE processed_items (video_id TEXT PRIMARY KEY, processed_at TEXT, status TEXT)")
+        connection.execute(
+            "CREATE TABLE processed_items (video_id TEXT PRIMARY KEY, processed_at TEXT, status TEXT)"
+        )
         connection.execute("INSERT INTO processed_items VALUES ('v1', 't', 'no_captions')")
     rows, problem = text_state.load(client, str(path))
     assert problem is None
