@@ -1,0 +1,1 @@
+"""The Dagster skin over `pipeline.run()`: one module per kind of definition, assembled in `definitions.py`."""

@@ -1,0 +1,83 @@
+"""`FusionResource`: every knob of a run as typed Dagster config, turned into a `FusionConfig`.
+
+The S3 endpoint and credentials are not config here: `s3io.make_client` takes them from the standard
+AWS chain (`AWS_ENDPOINT_URL`, keys or profile), as the CLI does, so one deployment setting serves both.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from .. import s3io
+from ..config import DEFAULT_ROOT, DEFAULT_TEXT_TERMINAL_STATUSES, FusionConfig
+
+
+class FusionResource(ConfigurableResource):
+    """Where the data lives and how a day is fused; shown and editable in the launchpad."""
+
+    bucket: str = Field(description="S3 bucket; definitions.py reads it from CLIPFARM_BUCKET at launch.")
+    root: str = Field(default=DEFAULT_ROOT, description="Key prefix inside the bucket.")
+    metadata: str | None = Field(
+        default=None,
+        description="Metadata horizon CSV/Parquet, local path or s3:// URI "
+        "(default s3://<bucket>/<root>/metadata/shorts_metadata_horizon.csv).",
+    )
+    text_state: str | None = Field(
+        default=None,
+        description="Text stage SQLite snapshot (default s3://<bucket>/<root>/state/text_downloader.sqlite).",
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description="Local working copies of the state DBs (default: <tmp>/clipfarm_fusion/<bucket>/<root>). "
+        "The S3 mirror is the source of truth; this is a cache.",
+    )
+    shard_size: int = Field(default=2048, description="Vectors per shard, also the batch that bounds memory.")
+    max_fail_retries: int = Field(default=3, description="Failures before an item becomes fail_terminal.")
+    text_dim: int = Field(default=768, description="Placeholder text dim before a schema lock exists.")
+    include_captured_at_in_hash: bool = Field(
+        default=False, description="source_hash = sha256(url|captured_at)."
+    )
+    append_text_presence_mask: bool = Field(default=True, description="Append the text-presence mask.")
+    text_terminal_statuses: list[str] = Field(
+        default=list(DEFAULT_TEXT_TERMINAL_STATUSES),
+        description="Text stage statuses that mean no text will ever come (fuse with a placeholder).",
+    )
+    fetch_threads: int = Field(default=32, description="Concurrent S3 GETs.")
+    sample_size: int = Field(default=10, description="Sample video_ids kept per status.")
+    fail_rate_threshold: float = Field(
+        default=0.05,
+        description="The fail_rate check warns when fail + fail_terminal reach this share of the delta.",
+    )
+    pointer_sample_size: int = Field(
+        default=256, description="Manifest rows the pointer check loads back from their shards."
+    )
+
+    def fusion_config(self, strategies: tuple[str, ...]) -> FusionConfig:
+        """The run's config; the state dir is scoped by bucket and root because a working copy of another
+        bucket's state must never be continued when this bucket has no mirror yet."""
+        state_dir = Path(
+            self.state_dir or Path(tempfile.gettempdir(), "clipfarm_fusion", self.bucket, self.root)
+        )
+        return FusionConfig(
+            bucket=self.bucket,
+            root=self.root,
+            strategies=strategies,
+            metadata_uri=self.metadata,
+            text_state_uri=self.text_state,
+            state_dir=state_dir,
+            shard_size=self.shard_size,
+            max_fail_retries=self.max_fail_retries,
+            text_dim=self.text_dim,
+            include_captured_at_in_hash=self.include_captured_at_in_hash,
+            append_text_presence_mask=self.append_text_presence_mask,
+            text_terminal_statuses=tuple(self.text_terminal_statuses),
+            fetch_threads=self.fetch_threads,
+            sample_size=self.sample_size,
+        )
+
+    def client(self):
+        return s3io.make_client(self.fetch_threads)
