@@ -392,13 +392,13 @@ def _publish_batch(
         strategy_run.summary.shards_written.append(key)
 
     ids = rows["video_id"].tolist()
-    errors_by_id: dict[str, str] = {}
+    errors_by_id: dict[str, str] = {}  # failures, and why skipped items wait: shown for the samples
     for position, i in enumerate(outcome.index.tolist()):
         status = str(statuses[position])
         video_id = ids[i]
-        if i in outcome.errors:
-            errors_by_id[video_id] = outcome.errors[i]
         error = outcome.errors.get(i) or _skip_reason(status, batch, i, text_problem)
+        if error:
+            errors_by_id[video_id] = error
         artifact, vector_id = (
             (pointer[i][0], f"{pointer[i][0]}#{pointer[i][1]}") if i in pointer else (None, None)
         )
