@@ -11,6 +11,7 @@ state DB are committed, so a crash at any point leaves at worst unreferenced sha
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class StrategyRun:
     writer: ShardWriter
     summary: StrategySummary
     dims: tuple[int, int, int] | None = None
+    fresh_dims: dict[str, list[np.ndarray]] = field(default_factory=dict)  # drift evidence so far
     manifest_rows: list[pa.Table] = field(default_factory=list)
     state_rows: list[dict] = field(default_factory=list)
 
@@ -105,7 +107,20 @@ def run(
             len(work),
         )
         try:
-            _fuse_all(client, config, layout, work, runs, text_rows, text_problem, started, log, on_progress)
+            keys_per_item = len(horizon) / max(len(work), 1)
+            _fuse_all(
+                client,
+                config,
+                layout,
+                work,
+                runs,
+                text_rows,
+                text_problem,
+                keys_per_item,
+                started,
+                log,
+                on_progress,
+            )
         except SchemaDriftError:
             _withdraw_shards(client, config.bucket, runs, log)
             raise
@@ -120,7 +135,9 @@ def run(
     return summary
 
 
-def _fuse_all(client, config, layout, work, runs, text_rows, text_problem, started, log, on_progress) -> None:
+def _fuse_all(
+    client, config, layout, work, runs, text_rows, text_problem, keys_per_item, started, log, on_progress
+) -> None:
     """Fetch, judge and fuse the delta batch by batch; each batch's shards are written as it goes."""
     done = 0
     for start in range(0, len(work), config.shard_size):
@@ -132,8 +149,10 @@ def _fuse_all(client, config, layout, work, runs, text_rows, text_problem, start
             runs,
             text_rows,
             text_problem,
+            keys_per_item,
         )
-        outcomes = [_judge(config, r, batch) for r in runs]
+        last = start + config.shard_size >= len(work)
+        outcomes = [_judge(config, r, batch, last) for r in runs]
         for strategy_run, outcome in zip(runs, outcomes, strict=True):
             _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
         done += len(batch.rows)
@@ -210,19 +229,45 @@ def _text_state_columns(text_rows: pd.DataFrame | None, ids: list[str]) -> tuple
     return as_objects("status"), as_objects("source_hash")
 
 
+LIST_PAGE = 1000
+LIST_BREAK_EVEN = 0.01  # one LIST page costs what one 404 GET costs: worth it from 1 missing key in 100
+
+
+def _existing_keys(
+    client, bucket: str, prefix: str, keys: list[str], keys_per_item: float
+) -> set[str] | None:
+    """Which of `keys` exist, from a LIST of their key range, when that costs fewer requests than a
+    404 GET per missing object; None means GET every key and treat 404 as missing.
+
+    The range of a batch holds about `len(keys) * keys_per_item` keys (`keys_per_item` = horizon / delta):
+    a full day or a backfill lists a few pages per batch, a small daily delta over a big corpus would
+    list the whole prefix and so GETs instead. A prefix fuller than the horizon predicts is cut off.
+    """
+    if not keys:
+        return set()
+    pages = math.ceil(len(keys) * keys_per_item / LIST_PAGE)
+    if pages > len(keys) * LIST_BREAK_EVEN:
+        return None
+    return s3io.list_range(client, bucket, prefix, min(keys), max(keys), max_pages=2 * pages + 1)
+
+
 def _fetch(
-    client, config: FusionConfig, layout: Layout, modality: str, ids: list[str]
+    client, config: FusionConfig, layout: Layout, modality: str, ids: list[str], keys_per_item: float
 ) -> list[bytes | None | Exception]:
+    """Bodies of the modality's objects for `ids` (None where missing), without a GET for objects a
+    LIST showed are not there."""
     keys = [layout.embedding_key(modality, vid) for vid in ids]
-    bodies = s3io.get_many(client, config.bucket, keys, config.fetch_threads)
-    return [bodies[k] for k in keys]
+    existing = _existing_keys(client, config.bucket, layout.embedding_prefix(modality), keys, keys_per_item)
+    wanted = keys if existing is None else [k for k in keys if k in existing]
+    bodies = s3io.get_many(client, config.bucket, wanted, config.fetch_threads)
+    return [bodies.get(k) for k in keys]
 
 
-def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem) -> Batch:
+def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem, keys_per_item) -> Batch:
     """Read text first; read video and audio only for items the text verdict does not rule out."""
     ids = rows["video_id"].tolist()
     count = len(ids)
-    text_body = _fetch(client, config, layout, "text", ids)
+    text_body = _fetch(client, config, layout, "text", ids, keys_per_item)
     text_present = np.array([b is not None for b in text_body], dtype=bool)
     text_status, text_hash = _text_state_columns(text_rows, ids)
     source_hash = rows["source_hash"].to_numpy(dtype=object)
@@ -242,7 +287,9 @@ def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem) ->
     fetch_ids = [vid for vid, need in zip(ids, need_required, strict=True) if need]
     bodies: dict[str, list[bytes | None | Exception]] = {"text": text_body}
     for modality in ("video", "audio"):
-        fetched = dict(zip(fetch_ids, _fetch(client, config, layout, modality, fetch_ids), strict=True))
+        fetched = dict(
+            zip(fetch_ids, _fetch(client, config, layout, modality, fetch_ids, keys_per_item), strict=True)
+        )
         bodies[modality] = [fetched.get(vid, b"") for vid in ids]
     present = {m: np.array([b is not None for b in bodies[m]], dtype=bool) for m in MODALITIES}
     statuses = policy.gate(**gate_inputs, video_present=present["video"], audio_present=present["audio"])
@@ -291,7 +338,7 @@ def _dims(batch: Batch, modality: str, index: np.ndarray) -> np.ndarray:
     )
 
 
-def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch) -> Outcome:
+def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch, last: bool) -> Outcome:
     """Statuses, failures and fused vectors of one strategy for a batch. Raises on schema drift."""
     ids = batch.rows["video_id"].tolist()
     active = _active(strategy_run, ids, batch.present["text"])
@@ -306,7 +353,7 @@ def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch) -> Out
         "text_dim": _dims(batch, "text", candidates),
     }
     if strategy_run.lock is not None:
-        schema_lock.check_drift(strategy_run.lock, observed, strategy_run.summary.schema_key)
+        _check_drift(strategy_run, observed, reasons[candidates], last)
     if strategy_run.dims is None and candidates.size:
         majority = [schema_lock.majority_dim(observed[name]) for name in schema_lock.DIM_FIELDS]
         if majority[0] and majority[1]:
@@ -340,6 +387,27 @@ def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch) -> Out
             mask=config.append_text_presence_mask,
         )
     return Outcome(index, statuses, errors, fused_index, vectors, upgrade_checked)
+
+
+DRIFT_MIN_SAMPLE = 16
+
+
+def _check_drift(
+    strategy_run: StrategyRun, observed: dict[str, np.ndarray], reasons: np.ndarray, last: bool
+) -> None:
+    """Stop the run when most of its fresh items (new or changed since the last run) disagree with the lock.
+
+    Retries of items that already failed say nothing about the upstream model, so they are not evidence;
+    the evidence accumulates over the run's batches and is judged once there are DRIFT_MIN_SAMPLE fresh
+    items or the run is at its last batch, so a cluster of bad files in one batch is not taken for drift.
+    """
+    fresh = np.isin(reasons.astype(object), [delta_rules.NEW, delta_rules.HASH_CHANGED])
+    for name, dims in observed.items():
+        strategy_run.fresh_dims.setdefault(name, []).append(dims[fresh])
+    evidence = {name: np.concatenate(parts) for name, parts in strategy_run.fresh_dims.items()}
+    seen = max(int(np.count_nonzero(d)) for d in evidence.values())
+    if seen >= DRIFT_MIN_SAMPLE or last:
+        schema_lock.check_drift(strategy_run.lock, evidence, strategy_run.summary.schema_key)
 
 
 def _skip_reason(status: str, batch: Batch, i: int, text_problem: str | None) -> str | None:

@@ -175,6 +175,24 @@ def list_keys(client, bucket: str, prefix: str) -> list[str]:
     ]
 
 
+def list_range(client, bucket: str, prefix: str, first: str, last: str, max_pages: int) -> set[str] | None:
+    """Keys under `prefix` from `first` to `last` inclusive (plus a few neighbours), or None when that
+    takes more than `max_pages` LIST requests. `StartAfter` is `first` less its last character, which
+    sorts before `first` and after every key that sorts before it and could matter."""
+    found: set[str] = set()
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, StartAfter=first[:-1], PaginationConfig={"PageSize": 1000}
+    )
+    for number, page in enumerate(pages, start=1):
+        keys = [item["Key"] for item in page.get("Contents", [])]
+        found.update(keys)
+        if not keys or keys[-1] >= last:
+            return found
+        if number >= max_pages:
+            return None
+    return found
+
+
 def read_uri(client, uri: str) -> bytes | None:
     """Bytes of a local path or s3:// URI; None when it does not exist."""
     if uri.startswith("s3://"):

@@ -334,3 +334,42 @@ def test_drift_found_in_a_later_batch_withdraws_the_shards_already_written(clien
         k: v for k, v in snapshot(client, seeded.bucket).items() if "/fused/" in k or "/state/fusion_" in k
     }
     assert after == before
+
+
+def test_retries_of_odd_items_are_not_taken_for_drift(client, seed_day):
+    seeded = seed_day(videos=40, mix={"full": 0.7, "odd_dim": 0.3})
+    pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    summary = pipeline.run(seeded.config(strategies=("concat",), shard_size=4), DAY)
+    odd = [v for v, c in seeded.day.cases.items() if c == "odd_dim"]
+    assert summary.strategies["concat"].counts == {policy.FAIL: len(odd)}
+    assert (statuses(seeded, "concat").loc[odd, "retry_count"] == 2).all()
+
+
+def test_a_full_day_lists_instead_of_getting_missing_objects(client, seed_day):
+    seeded = seed_day(videos=200)
+    calls: list[tuple[str, int]] = []
+    client.meta.events.register(
+        "after-call.s3.*",
+        lambda http_response, model, **_: calls.append((model.name, http_response.status_code)),
+    )
+    summary = pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
+    assert statuses(seeded, "concat")["status"].to_dict() == {
+        v: s for v, s in seeded.day.expected_status().items() if s != policy.INVALID_VIDEO_ID
+    }
+    missing_gets = [c for c in calls if c == ("GetObject", 404)]
+    embedding_objects = len(seeded.objects)
+    gets = sum(1 for name, _ in calls if name == "GetObject")
+    assert len(missing_gets) <= 3, "only bookkeeping objects (mirror, manifest, lock) may 404"
+    assert gets <= embedding_objects + 5
+    assert sum(1 for name, _ in calls if name == "ListObjectsV2") <= 4 + len(summary.strategies)
+
+
+def test_a_small_delta_over_a_big_prefix_gets_instead_of_listing(client, seed_day):
+    seeded = seed_day(videos=200)
+    pipeline.run(seeded.config(strategies=("concat",), max_items=150), DAY)
+    calls: list[str] = []
+    client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda params, **_: calls.append(params["url_path"])
+    )
+    pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
+    assert len(calls) <= 1, f"expected no embedding LIST for a small delta, got {calls}"
