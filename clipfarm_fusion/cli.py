@@ -33,6 +33,16 @@ def _positive(value: str) -> int:
     return number
 
 
+def _weights(value: str) -> tuple[float, float, float]:
+    try:
+        weights = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 3:
+        raise argparse.ArgumentTypeError(f"not three comma-separated numbers: {value!r} (use e.g. 1,1,0.5)")
+    return weights
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipfarm-fusion",
@@ -56,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--strategy",
         default="all",
-        help="concat, sum_pool, max_pool or all (default: all, reads each object once)",
+        help="all (concat, sum_pool, max_pool; the default), or one or more of "
+        f"{', '.join(STRATEGY_NAMES)} separated by commas; every object is read once whatever the number",
     )
     run.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
     run.add_argument("--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)")
@@ -101,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-captured-at-in-hash", action="store_true", help="source_hash = sha256(url|captured_at)"
     )
     run.add_argument("--no-text-mask", action="store_true", help="do not append the text-presence mask")
+    run.add_argument(
+        "--l2-normalize",
+        action="store_true",
+        help="scale each modality to unit L2 norm before fusing (recorded in schema.json; zero stays zero)",
+    )
+    run.add_argument(
+        "--weights",
+        type=_weights,
+        default=(1.0, 1.0, 1.0),
+        metavar="V,A,T",
+        help="weighted_pool's video,audio,text weights, renormalised over the modalities present "
+        "(recorded in schema.json; default 1,1,1)",
+    )
     run.add_argument(
         "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
     )
@@ -171,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--sample", type=_positive, default=32, help="embeddings per modality to probe (default: 32)"
     )
+    migrate.add_argument(
+        "--l2-normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise modalities from now on (default: keep the locked setting)",
+    )
+    migrate.add_argument(
+        "--weights",
+        type=_weights,
+        default=None,
+        metavar="V,A,T",
+        help="new weighted_pool weights (default: keep)",
+    )
     migrate.add_argument("--dry-run", action="store_true", help="show the new lock without writing it")
     return parser
 
@@ -189,6 +226,8 @@ def migrate_schema(args: argparse.Namespace) -> int:
         args.strategy,
         dims=dims,
         mask=args.text_mask,
+        l2_normalize=args.l2_normalize,
+        weights=args.weights,
         sample=args.sample,
         dry_run=args.dry_run,
     )
@@ -214,6 +253,8 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         text_dim=args.text_dim,
         include_captured_at_in_hash=args.include_captured_at_in_hash,
         append_text_presence_mask=not args.no_text_mask,
+        l2_normalize=args.l2_normalize,
+        weights=args.weights,
         progress=sys.stderr.isatty(),
     )
 

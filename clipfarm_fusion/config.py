@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
+from .fuse import DEFAULT_STRATEGIES, STRATEGIES, FusionOptions
 
-STRATEGY_NAMES: tuple[str, ...] = ("concat", "sum_pool", "max_pool")
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every registered strategy
 DEFAULT_ROOT = "clipfarm"
 DEFAULT_TEXT_TERMINAL_STATUSES: tuple[str, ...] = ("no_captions", "fail_empty_transcript_terminal")
 
@@ -19,7 +20,7 @@ class FusionConfig:
 
     bucket: str
     root: str = DEFAULT_ROOT
-    strategies: tuple[str, ...] = STRATEGY_NAMES
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     metadata_uri: str | None = None
     text_state_uri: str | None = None
     state_dir: Path = field(default_factory=lambda: Path("state"))
@@ -29,6 +30,8 @@ class FusionConfig:
     text_dim: int = 768
     include_captured_at_in_hash: bool = False
     append_text_presence_mask: bool = True
+    l2_normalize: bool = False
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     text_terminal_statuses: tuple[str, ...] = DEFAULT_TEXT_TERMINAL_STATUSES
     fetch_threads: int = 32
     sample_size: int = 10
@@ -49,6 +52,17 @@ class FusionConfig:
             raise ConfigError(f"max_fail_retries must be >= 0, got {self.max_fail_retries}")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"max_items must be at least 1, got {self.max_items}")
+        weights = tuple(float(w) for w in self.weights)
+        if (
+            len(weights) != 3
+            or not all(0 <= w < float("inf") for w in weights)
+            or weights[0] + weights[1] <= 0
+        ):
+            raise ConfigError(
+                f"bad weights {self.weights}: give three finite, non-negative numbers for video,audio,text "
+                "with video + audio > 0"
+            )
+        object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "root", self.root.strip("/"))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 
@@ -60,14 +74,20 @@ class FusionConfig:
     def text_state_location(self) -> str:
         return self.text_state_uri or f"s3://{self.bucket}/{self.root}/state/text_downloader.sqlite"
 
+    @property
+    def options(self) -> FusionOptions:
+        return FusionOptions(
+            mask=self.append_text_presence_mask, l2_normalize=self.l2_normalize, weights=self.weights
+        )
+
     def with_strategies(self, strategies: tuple[str, ...]) -> FusionConfig:
         return replace(self, strategies=strategies)
 
 
 def parse_strategies(value: str) -> tuple[str, ...]:
-    """`all` or a comma-separated list of strategy names, in registry order."""
+    """`all` (the default set: concat, sum_pool, max_pool) or a comma-separated list of registered names."""
     if value == "all":
-        return STRATEGY_NAMES
+        return DEFAULT_STRATEGIES
     names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     unknown = [n for n in names if n not in STRATEGY_NAMES]
     if unknown or not names:

@@ -1,6 +1,8 @@
 """Pure: the fusion strategies, vectorised over a batch. `(N,Dv),(N,Da),(N,Dt),(N,)` -> `(N,F)` float32.
 
-Deterministic, no learned weights: the same inputs and config give bit-identical output.
+One registry, `STRATEGIES`: a strategy is a named, pure, vectorised kernel with a declared output width,
+and adding one is one entry. The CLI, Dagster and the schema lock all read the names from here.
+Deterministic, no learned weights: the same inputs and options give bit-identical output.
 """
 
 from __future__ import annotations
@@ -10,12 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MODALITY_COUNT = 3
 
-def _place(out: np.ndarray, parts: list[np.ndarray]) -> None:
-    offset = 0
-    for part in parts:
-        out[:, offset : offset + part.shape[1]] = part
-        offset += part.shape[1]
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """Options that change the vectors, so each is recorded in schema.json and locked with it."""
+
+    mask: bool = True  # append the text-presence mask m (1.0 text present, 0.0 placeholder)
+    l2_normalize: bool = False  # scale each modality to unit L2 norm first (a zero vector stays zero)
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # video, audio, text (weighted_pool)
+
+
+Kernel = Callable[[list[np.ndarray], np.ndarray, FusionOptions, np.ndarray], None]
 
 
 def _start_padded(out: np.ndarray, first: np.ndarray) -> None:
@@ -24,27 +33,63 @@ def _start_padded(out: np.ndarray, first: np.ndarray) -> None:
     out[:, first.shape[1] :] = 0.0
 
 
-def _concat(video: np.ndarray, audio: np.ndarray, text: np.ndarray, out: np.ndarray) -> None:
-    _place(out, [video, audio, text])
+def _concat(parts: list[np.ndarray], present: np.ndarray, options: FusionOptions, out: np.ndarray) -> None:
+    offset = 0
+    for part in parts:
+        out[:, offset : offset + part.shape[1]] = part
+        offset += part.shape[1]
 
 
-def _sum_pool(video: np.ndarray, audio: np.ndarray, text: np.ndarray, out: np.ndarray) -> None:
+def _sum_pool(parts: list[np.ndarray], present: np.ndarray, options: FusionOptions, out: np.ndarray) -> None:
     """Zero-pad each modality to the widest and add, in the fixed order video + audio + text."""
-    _start_padded(out, video)
-    for part in (audio, text):
+    _start_padded(out, parts[0])
+    for part in parts[1:]:
         width = part.shape[1]
         np.add(out[:, :width], part, out=out[:, :width])
 
 
-def _max_pool(video: np.ndarray, audio: np.ndarray, text: np.ndarray, out: np.ndarray) -> None:
+def _max_pool(parts: list[np.ndarray], present: np.ndarray, options: FusionOptions, out: np.ndarray) -> None:
     """Zero-pad each modality to the widest and take the elementwise max (padding counts as 0)."""
     widest = out.shape[1]
-    _start_padded(out, video)
-    for part in (audio, text):
+    _start_padded(out, parts[0])
+    for part in parts[1:]:
         width = part.shape[1]
         np.maximum(out[:, :width], part, out=out[:, :width])
         if width < widest:
             np.maximum(out[:, width:widest], 0.0, out=out[:, width:widest])
+
+
+def _weighted_sum(
+    parts: list[np.ndarray], present: np.ndarray, weights: tuple[float, float, float], out: np.ndarray
+) -> None:
+    """Zero-padded sum of `weights[m] * modality`, renormalised per row over the modalities present
+    (video and audio always are; a text placeholder takes no weight, so it does not dilute)."""
+    row_weights = np.empty((out.shape[0], MODALITY_COUNT), dtype=np.float32)
+    row_weights[:, 0], row_weights[:, 1] = weights[0], weights[1]
+    row_weights[:, 2] = np.where(present, np.float32(weights[2]), np.float32(0.0))
+    total = row_weights.sum(axis=1, dtype=np.float32)
+    np.divide(row_weights, total[:, None], out=row_weights, where=total[:, None] > 0)
+    out[:] = 0.0
+    for index, part in enumerate(parts):
+        width = part.shape[1]
+        out[:, :width] += row_weights[:, index : index + 1] * part
+
+
+def _mean_pool(parts: list[np.ndarray], present: np.ndarray, options: FusionOptions, out: np.ndarray) -> None:
+    """Zero-padded mean over the modalities present: a text placeholder does not dilute the mean.
+    Summed, then divided by the count (2 or 3), which rounds once where weights of 1/3 would twice."""
+    _sum_pool(parts, present, options, out)
+    out /= np.where(present, np.float32(3.0), np.float32(2.0))[:, None]
+
+
+def _weighted_pool(
+    parts: list[np.ndarray], present: np.ndarray, options: FusionOptions, out: np.ndarray
+) -> None:
+    _weighted_sum(parts, present, options.weights, out)
+
+
+def _widest(dv: int, da: int, dt: int) -> int:
+    return max(dv, da, dt)
 
 
 @dataclass(frozen=True)
@@ -53,18 +98,31 @@ class Strategy:
 
     name: str
     width: Callable[[int, int, int], int]
-    kernel: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+    kernel: Kernel
+    uses_weights: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "concat": Strategy("concat", lambda dv, da, dt: dv + da + dt, _concat),
-    "sum_pool": Strategy("sum_pool", lambda dv, da, dt: max(dv, da, dt), _sum_pool),
-    "max_pool": Strategy("max_pool", lambda dv, da, dt: max(dv, da, dt), _max_pool),
+    strategy.name: strategy
+    for strategy in (
+        Strategy("concat", lambda dv, da, dt: dv + da + dt, _concat),
+        Strategy("sum_pool", _widest, _sum_pool),
+        Strategy("max_pool", _widest, _max_pool),
+        Strategy("mean_pool", _widest, _mean_pool),
+        Strategy("weighted_pool", _widest, _weighted_pool, uses_weights=True),
+    )
 }
+DEFAULT_STRATEGIES: tuple[str, ...] = ("concat", "sum_pool", "max_pool")
 
 
 def fused_dim(strategy: str, video_dim: int, audio_dim: int, text_dim: int, mask: bool) -> int:
     return STRATEGIES[strategy].width(video_dim, audio_dim, text_dim) + int(mask)
+
+
+def l2_normalized(batch: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; an all-zero row stays zero (never NaN)."""
+    norms = np.linalg.norm(batch, axis=1, keepdims=True).astype(np.float32)
+    return np.divide(batch, norms, out=np.zeros_like(batch), where=norms > 0)
 
 
 def fuse(
@@ -73,21 +131,20 @@ def fuse(
     audio: np.ndarray,
     text: np.ndarray,
     text_present: np.ndarray,
-    mask: bool = True,
+    options: FusionOptions = FusionOptions(),
 ) -> np.ndarray:
     """Fuse a batch. Placeholder rows must carry zeros in `text`; `text_present` `(N,)` becomes the mask."""
     rows = video.shape[0]
     if not (audio.shape[0] == text.shape[0] == len(text_present) == rows):
         raise ValueError("video, audio, text and text_present must have the same number of rows")
     spec = STRATEGIES[strategy]
-    width = spec.width(video.shape[1], audio.shape[1], text.shape[1])
-    out = np.empty((rows, width + int(mask)), dtype=np.float32)
-    spec.kernel(
-        video.astype(np.float32, copy=False),
-        audio.astype(np.float32, copy=False),
-        text.astype(np.float32, copy=False),
-        out[:, :width],
-    )
-    if mask:
-        out[:, width] = np.asarray(text_present, dtype=np.float32)
+    parts = [part.astype(np.float32, copy=False) for part in (video, audio, text)]
+    if options.l2_normalize:
+        parts = [l2_normalized(part) for part in parts]
+    present = np.asarray(text_present, dtype=bool)
+    width = spec.width(*(part.shape[1] for part in parts))
+    out = np.empty((rows, width + int(options.mask)), dtype=np.float32)
+    spec.kernel(parts, present, options, out[:, :width])
+    if options.mask:
+        out[:, width] = present.astype(np.float32)
     return out

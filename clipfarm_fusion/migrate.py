@@ -16,6 +16,7 @@ import numpy as np
 
 from . import manifest, s3io, schema_lock
 from .errors import ConfigError, ItemError
+from .fuse import FusionOptions
 from .layout import MODALITIES, Layout
 from .npy import decode_vector
 from .schema_lock import SchemaLock
@@ -25,11 +26,11 @@ from .schema_lock import SchemaLock
 class Migration:
     old: SchemaLock
     new: SchemaLock
-    manifest_rows_kept: int  # rows fused under an earlier lock, still readable with their own fused_dim
+    manifest_rows_kept: int  # rows fused under an earlier lock, each still readable with its own fused_dim
 
     @property
     def changed(self) -> bool:
-        return (self.old.dims, self.old.mask_appended) != (self.new.dims, self.new.mask_appended)
+        return (self.old.dims, self.old.options) != (self.new.dims, self.new.options)
 
 
 def probe_dims(client, bucket: str, layout: Layout, sample: int) -> dict[str, int | None]:
@@ -59,6 +60,8 @@ def migrate(
     *,
     dims: dict[str, int | None],
     mask: bool | None = None,
+    l2_normalize: bool | None = None,
+    weights: tuple[float, float, float] | None = None,
     sample: int = 32,
     dry_run: bool = False,
 ) -> Migration:
@@ -82,13 +85,16 @@ def migrate(
         SchemaLock.build(
             strategy,
             (dims["video"], dims["audio"], dims["text"]),
-            old.mask_appended if mask is None else mask,
+            FusionOptions(
+                mask=old.mask_appended if mask is None else mask,
+                l2_normalize=old.l2_normalized if l2_normalize is None else l2_normalize,
+                weights=weights or old.weights or FusionOptions().weights,
+            ),
         ),
         history=(*old.history, previous),
     )
     table, _ = manifest.read(client, bucket, layout.manifest_key(strategy))
-    kept = 0 if table is None else int(np.count_nonzero(table["fused_dim"].to_numpy() != new.fused_dim))
-    migration = Migration(old, new, kept)
+    migration = Migration(old, new, 0 if table is None else table.num_rows)
     if migration.changed and not dry_run:
         s3io.put_replacing(client, bucket, key, new.to_json(), fetched.etag)
     return migration
@@ -101,11 +107,17 @@ def _now() -> str:
 def describe(migration: Migration, key: str, dry_run: bool) -> str:
     old, new = migration.old, migration.new
     if not migration.changed:
-        return f"{key} already locks dims {old.dims} mask={old.mask_appended}; nothing to do"
+        return f"{key} already locks dims {old.dims} with {_options(old)}; nothing to do"
     verb = "would change" if dry_run else "changed"
     return (
-        f"{key} {verb}: dims {old.dims} -> {new.dims}, mask {old.mask_appended} -> {new.mask_appended}, "
+        f"{key} {verb}: dims {old.dims} -> {new.dims}, {_options(old)} -> {_options(new)}, "
         f"fused_dim {old.fused_dim} -> {new.fused_dim}.\n"
-        f"{migration.manifest_rows_kept} manifest rows keep their earlier fused_dim and stay readable; "
-        "select rows by fused_dim for a uniform matrix. The old lock is kept in the new one's history."
+        f"{migration.manifest_rows_kept} manifest rows were fused under the earlier lock; they stay readable, "
+        "each with its own fused_dim (select rows by fused_dim, or by date against the history's "
+        "replaced_at, for a uniform matrix). The old lock is kept in the new one's history."
     )
+
+
+def _options(lock: SchemaLock) -> str:
+    weights = "" if lock.weights is None else f", weights={list(lock.weights)}"
+    return f"mask={lock.mask_appended}, l2={lock.l2_normalized}{weights}"

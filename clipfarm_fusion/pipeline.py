@@ -96,8 +96,8 @@ def run(
     runs = [_open_strategy(client, config, layout, name, horizon, run_date) for name in config.strategies]
     try:
         for strategy_run in runs:
-            schema_lock.check_mask(
-                strategy_run.lock, config.append_text_presence_mask, strategy_run.summary.schema_key
+            schema_lock.check_options(
+                strategy_run.lock, strategy_run.name, config.options, strategy_run.summary.schema_key
             )
             _record_invalid(strategy_run, invalid, problems, config.sample_size)
         work = _union_delta(runs, config.max_items)
@@ -384,7 +384,7 @@ def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch, last: 
                 ]
             ),
             text_present,
-            mask=config.append_text_presence_mask,
+            config.options,
         )
     return Outcome(index, statuses, errors, fused_index, vectors, upgrade_checked)
 
@@ -550,7 +550,7 @@ def _commit(
     name, summary = strategy_run.name, strategy_run.summary
     if strategy_run.manifest_rows:
         if strategy_run.lock is None:
-            lock = SchemaLock.build(name, strategy_run.dims, config.append_text_presence_mask)
+            lock = SchemaLock.build(name, strategy_run.dims, config.options)
             strategy_run.lock = schema_lock.write_if_absent(client, config.bucket, summary.schema_key, lock)
         summary.fused_dim = strategy_run.lock.fused_dim
         new_rows = pa.concat_tables(strategy_run.manifest_rows)

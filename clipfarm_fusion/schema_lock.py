@@ -14,7 +14,7 @@ import numpy as np
 
 from . import s3io
 from .errors import SchemaDriftError
-from .fuse import fused_dim
+from .fuse import STRATEGIES, FusionOptions, fused_dim
 
 DIM_FIELDS = ("video_dim", "audio_dim", "text_dim")
 
@@ -28,23 +28,32 @@ class SchemaLock:
     fused_dim: int
     mask_appended: bool
     updated_at: str
+    l2_normalized: bool = False  # absent in locks written before the option existed: it was off
+    weights: tuple[float, float, float] | None = None  # only for strategies that use them
     history: tuple[dict, ...] = ()  # earlier locks, oldest first, each with its replaced_at (migrate-schema)
 
     @classmethod
-    def build(cls, strategy: str, dims: tuple[int, int, int], mask: bool) -> SchemaLock:
+    def build(cls, strategy: str, dims: tuple[int, int, int], options: FusionOptions) -> SchemaLock:
         return cls(
             fusion_strategy=strategy,
             video_dim=dims[0],
             audio_dim=dims[1],
             text_dim=dims[2],
-            fused_dim=fused_dim(strategy, *dims, mask),
-            mask_appended=mask,
+            fused_dim=fused_dim(strategy, *dims, options.mask),
+            mask_appended=options.mask,
             updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            l2_normalized=options.l2_normalize,
+            weights=tuple(options.weights) if STRATEGIES[strategy].uses_weights else None,
         )
 
     @property
     def dims(self) -> tuple[int, int, int]:
         return (self.video_dim, self.audio_dim, self.text_dim)
+
+    @property
+    def options(self) -> tuple[bool, bool, tuple[float, ...] | None]:
+        """What besides the dims makes two vectors comparable: mask, L2, weights."""
+        return (self.mask_appended, self.l2_normalized, self.weights)
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -53,8 +62,15 @@ class SchemaLock:
 def parse(body: bytes, key: str) -> SchemaLock:
     try:
         data = json.loads(body)
-        fields = {k: data[k] for k in SchemaLock.__dataclass_fields__ if k != "history"}
-        return SchemaLock(**fields, history=tuple(data.get("history", ())))
+        optional = {"l2_normalized", "weights", "history"}
+        fields = {k: data[k] for k in SchemaLock.__dataclass_fields__ if k not in optional}
+        weights = data.get("weights")
+        return SchemaLock(
+            **fields,
+            l2_normalized=bool(data.get("l2_normalized", False)),
+            weights=None if weights is None else tuple(float(w) for w in weights),
+            history=tuple(data.get("history", ())),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise SchemaDriftError(
             f"{key} is not a valid schema lock ({exc}); repair it or run migrate-schema"
@@ -70,12 +86,10 @@ def write_if_absent(client, bucket: str, key: str, lock: SchemaLock) -> SchemaLo
     """Create the lock; if another run created it first, theirs stands and ours must match it."""
     if s3io.put_if_absent(client, bucket, key, lock.to_json()) is None:
         existing = read(client, bucket, key)
-        if existing is not None and (existing.dims, existing.mask_appended) != (
-            lock.dims,
-            lock.mask_appended,
-        ):
+        if existing is not None and (existing.dims, existing.options) != (lock.dims, lock.options):
             raise SchemaDriftError(
-                f"{key} was created concurrently with dims {existing.dims}, this run has {lock.dims}"
+                f"{key} was created concurrently with dims {existing.dims} and options {existing.options}, "
+                f"this run has {lock.dims} and {lock.options}"
             )
         return existing or lock
     return lock
@@ -90,11 +104,21 @@ def majority_dim(dims: np.ndarray) -> int | None:
     return int(values[np.argmax(counts)])
 
 
-def check_mask(lock: SchemaLock | None, mask: bool, key: str) -> None:
-    if lock is not None and lock.mask_appended != mask:
+def check_options(lock: SchemaLock | None, strategy: str, options: FusionOptions, key: str) -> None:
+    """The run's mask, L2 and weights must be the locked ones: vectors fused otherwise would not compare."""
+    if lock is None:
+        return
+    wanted = SchemaLock.build(strategy, lock.dims, options).options
+    if lock.options != wanted:
+        names = ("mask_appended", "l2_normalized", "weights")
+        differences = ", ".join(
+            f"{name} locked {old} but this run has {new}"
+            for name, old, new in zip(names, lock.options, wanted, strict=True)
+            if old != new
+        )
         raise SchemaDriftError(
-            f"{key} has mask_appended={lock.mask_appended} but this run has mask={'on' if mask else 'off'}; "
-            "run with the locked setting, or change it deliberately with clipfarm-fusion migrate-schema"
+            f"{key}: {differences}; run with the locked settings, or change them deliberately with "
+            f"clipfarm-fusion migrate-schema --strategy {strategy}"
         )
 
 

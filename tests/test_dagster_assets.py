@@ -9,12 +9,12 @@ import pandas as pd
 from dagster import AssetKey, BackfillPolicy, TimeWindowPartitionMapping, build_schedule_context, materialize
 
 from clipfarm_fusion import manifest, s3io, schema_lock, shards, synthetic
-from clipfarm_fusion.config import STRATEGY_NAMES
 from clipfarm_fusion.defs.assets import FUSION_POOL, fuse_embeddings
 from clipfarm_fusion.defs.checks import published_outputs
 from clipfarm_fusion.defs.definitions import defs
 from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.defs.schedules import fuse_daily_schedule
+from clipfarm_fusion.fuse import DEFAULT_STRATEGIES as STRATEGY_NAMES
 from clipfarm_fusion.layout import Layout
 
 LAYOUT = Layout("clipfarm")

@@ -1,5 +1,6 @@
 """The whole job through `pipeline.run()` against a moto server over HTTP and real SQLite files."""
 
+import json
 from datetime import date
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from clipfarm_fusion import manifest, pipeline, policy, shards, state, synthetic
 from clipfarm_fusion.errors import ConfigError, SchemaDriftError
-from clipfarm_fusion.fuse import fuse
+from clipfarm_fusion.fuse import FusionOptions, fuse
 from clipfarm_fusion.layout import Layout
 from clipfarm_fusion.npy import decode_vector
 
@@ -46,7 +47,7 @@ def snapshot(client, bucket):
     return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
 
 
-def expected_vector(seeded, strategy, video_id):
+def expected_vector(seeded, strategy, video_id, options=None):
     def load(modality):
         body = seeded.objects.get(f"embeddings/{modality}/{video_id}.npy")
         return None if body is None else decode_vector(body, video_id, modality)
@@ -54,7 +55,7 @@ def expected_vector(seeded, strategy, video_id):
     video, audio, text = load("video"), load("audio"), load("text")
     present = text is not None
     text = text if present else np.zeros(768, np.float32)
-    return fuse(strategy, video[None], audio[None], text[None], np.array([present]))[0]
+    return fuse(strategy, video[None], audio[None], text[None], np.array([present]), options or FusionOptions())[0]
 
 
 def manifest_table(client, seeded, strategy):
@@ -373,3 +374,30 @@ def test_a_small_delta_over_a_big_prefix_gets_instead_of_listing(client, seed_da
     )
     pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
     assert len(calls) <= 1, f"expected no embedding LIST for a small delta, got {calls}"
+
+
+def test_new_strategies_record_their_options_and_refuse_other_ones(client, seed_day):
+    seeded = seed_day(videos=30)
+    options = FusionOptions(l2_normalize=True, weights=(2.0, 1.0, 0.5))
+    config = seeded.config(strategies=("mean_pool", "weighted_pool"), l2_normalize=True, weights=(2, 1, 0.5))
+    summary = pipeline.run(config, DAY)
+    assert summary.strategies["weighted_pool"].fused_dim == 769
+    for strategy in ("mean_pool", "weighted_pool"):
+        table = manifest_table(client, seeded, strategy)
+        for row in table.to_pylist():
+            shard = shards.decode(
+                client.get_object(Bucket=seeded.bucket, Key=row["fused_key"])["Body"].read()
+            )
+            got = shard["vectors"][row["shard_idx"]]
+            assert got.tobytes() == expected_vector(seeded, strategy, row["video_id"], options).tobytes()
+        lock = json.loads(
+            client.get_object(Bucket=seeded.bucket, Key=f"clipfarm/fused/{strategy}/schema.json")[
+                "Body"
+            ].read()
+        )
+        assert lock["l2_normalized"] is True
+        assert lock["weights"] == ([2.0, 1.0, 0.5] if strategy == "weighted_pool" else None)
+    with pytest.raises(SchemaDriftError, match="weights locked"):
+        pipeline.run(seeded.config(strategies=("weighted_pool",), l2_normalize=True, weights=(1, 1, 1)), DAY)
+    with pytest.raises(SchemaDriftError, match="l2_normalized locked True"):
+        pipeline.run(seeded.config(strategies=("mean_pool",)), DAY)

@@ -8,6 +8,7 @@ import pytest
 
 from clipfarm_fusion import manifest, schema_lock, shards
 from clipfarm_fusion.errors import ConcurrentWriteError, SchemaDriftError
+from clipfarm_fusion.fuse import FusionOptions
 from clipfarm_fusion.layout import Layout
 
 DAY = date(2026, 3, 1)
@@ -92,17 +93,17 @@ def test_manifest_commit_merges_on_the_fresh_manifest_after_a_lost_race(client, 
 
 def test_schema_lock_is_written_once(client, bucket):
     key = "clipfarm/fused/concat/schema.json"
-    lock = schema_lock.SchemaLock.build("concat", (768, 768, 768), True)
+    lock = schema_lock.SchemaLock.build("concat", (768, 768, 768), FusionOptions())
     assert lock.fused_dim == 2305
     assert schema_lock.write_if_absent(client, bucket, key, lock) == lock
-    other = schema_lock.SchemaLock.build("concat", (512, 768, 768), True)
+    other = schema_lock.SchemaLock.build("concat", (512, 768, 768), FusionOptions())
     with pytest.raises(SchemaDriftError, match="created concurrently"):
         schema_lock.write_if_absent(client, bucket, key, other)
     assert schema_lock.read(client, bucket, key).dims == (768, 768, 768)
 
 
 def test_drift_is_raised_only_when_most_disagree():
-    lock = schema_lock.SchemaLock.build("concat", (4, 4, 4), True)
+    lock = schema_lock.SchemaLock.build("concat", (4, 4, 4), FusionOptions())
     one_odd = {
         "video_dim": np.array([4, 4, 8]),
         "audio_dim": np.array([4, 4, 4]),

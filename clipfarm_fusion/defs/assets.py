@@ -24,12 +24,11 @@ from dagster import (
 )
 
 from .. import pipeline, policy
-from ..config import STRATEGY_NAMES
 from ..errors import ClipfarmError, ConcurrentWriteError
 from ..summary import RunSummary, StrategySummary
 from . import checks
 from .partitions import daily_partitions, run_date
-from .resources import FusionResource
+from .resources import ASSET_STRATEGIES, FusionResource
 
 FUSION_POOL = "clipfarm_fusion"
 STATUSES: tuple[str, ...] = (
@@ -48,24 +47,26 @@ DESCRIPTIONS = {
     "concat": "Fused vectors [video | audio | text | mask], fused_dim = Dv+Da+Dt+1.",
     "sum_pool": "Fused vectors: zero-padded elementwise sum of video, audio, text, plus the mask.",
     "max_pool": "Fused vectors: zero-padded elementwise max of video, audio, text, plus the mask.",
+    "mean_pool": "Fused vectors: zero-padded mean over the modalities present, plus the mask.",
+    "weighted_pool": "Fused vectors: weighted zero-padded mean (weights in schema.json), plus the mask.",
 }
 FUSION_SPECS = [
     AssetSpec(
         name,
-        description=DESCRIPTIONS[name],
+        description=DESCRIPTIONS.get(name, f"Fused vectors of strategy {name}."),
         group_name="fused_embeddings",
         kinds={"s3", "parquet"},
         skippable=True,
         deps=[AssetDep(name, partition_mapping=TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
     )
-    for name in STRATEGY_NAMES
+    for name in ASSET_STRATEGIES
 ]
 
 
 @multi_asset(
     name="fuse_embeddings",
     specs=FUSION_SPECS,
-    check_specs=[checks.fail_rate_spec(name) for name in STRATEGY_NAMES],
+    check_specs=[checks.fail_rate_spec(name) for name in ASSET_STRATEGIES],
     partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.multi_run(1),
     can_subset=True,
@@ -78,7 +79,7 @@ def fuse_embeddings(context: AssetExecutionContext, fusion: FusionResource):
     message, which says what to do next; item failures are data and show in the metadata. Progress goes
     to the run's log through `context.log`.
     """
-    strategies = tuple(name for name in STRATEGY_NAMES if AssetKey(name) in context.selected_asset_keys)
+    strategies = tuple(name for name in ASSET_STRATEGIES if AssetKey(name) in context.selected_asset_keys)
     try:
         summary = pipeline.run(
             fusion.fusion_config(strategies),

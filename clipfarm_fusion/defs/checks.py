@@ -18,9 +18,8 @@ from dagster import (
 )
 
 from .. import verify
-from ..config import STRATEGY_NAMES
 from ..summary import StrategySummary
-from .resources import FusionResource
+from .resources import ASSET_STRATEGIES, FusionResource
 
 FAIL_RATE = "fail_rate_below_threshold"
 OUTPUT_CHECKS: dict[str, str] = {
@@ -59,7 +58,7 @@ def fail_rate_result(strategy: str, summary: StrategySummary, threshold: float) 
 @multi_asset_check(
     specs=[
         AssetCheckSpec(name, asset=strategy, description=description, blocking=True)
-        for strategy in STRATEGY_NAMES
+        for strategy in ASSET_STRATEGIES
         for name, description in OUTPUT_CHECKS.items()
     ],
     can_subset=True,
@@ -68,7 +67,7 @@ def published_outputs(context: AssetCheckExecutionContext, fusion: FusionResourc
     """Run the selected output checks, reading each strategy's manifest and lock once."""
     client = fusion.client()
     selected = context.selected_asset_check_keys
-    for strategy in STRATEGY_NAMES:
+    for strategy in ASSET_STRATEGIES:
         names = [name for name in OUTPUT_CHECKS if AssetCheckKey(AssetKey(strategy), name) in selected]
         if not names:
             continue

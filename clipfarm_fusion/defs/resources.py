@@ -6,6 +6,7 @@ AWS chain (`AWS_ENDPOINT_URL`, keys or profile), as the CLI does, so one deploym
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,12 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from .. import s3io
-from ..config import DEFAULT_ROOT, DEFAULT_TEXT_TERMINAL_STATUSES, FusionConfig
+from ..config import DEFAULT_ROOT, DEFAULT_TEXT_TERMINAL_STATUSES, FusionConfig, parse_strategies
+
+STRATEGIES_ENV = "CLIPFARM_STRATEGIES"
+# The strategies that are assets: the seed's three unless CLIPFARM_STRATEGIES names others
+# (comma-separated registry names, e.g. "concat,mean_pool,weighted_pool").
+ASSET_STRATEGIES: tuple[str, ...] = parse_strategies(os.environ.get(STRATEGIES_ENV, "all"))
 
 
 class FusionResource(ConfigurableResource):
@@ -42,6 +48,10 @@ class FusionResource(ConfigurableResource):
         default=False, description="source_hash = sha256(url|captured_at)."
     )
     append_text_presence_mask: bool = Field(default=True, description="Append the text-presence mask.")
+    l2_normalize: bool = Field(default=False, description="L2-normalise each modality before fusing.")
+    weights: list[float] = Field(
+        default=[1.0, 1.0, 1.0], description="weighted_pool's video, audio, text weights."
+    )
     text_terminal_statuses: list[str] = Field(
         default=list(DEFAULT_TEXT_TERMINAL_STATUSES),
         description="Text stage statuses that mean no text will ever come (fuse with a placeholder).",
@@ -74,6 +84,8 @@ class FusionResource(ConfigurableResource):
             text_dim=self.text_dim,
             include_captured_at_in_hash=self.include_captured_at_in_hash,
             append_text_presence_mask=self.append_text_presence_mask,
+            l2_normalize=self.l2_normalize,
+            weights=tuple(self.weights),
             text_terminal_statuses=tuple(self.text_terminal_statuses),
             fetch_threads=self.fetch_threads,
             sample_size=self.sample_size,

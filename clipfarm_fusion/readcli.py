@@ -1,0 +1,264 @@
+"""`clipfarm-fusion inspect | export`: look at what a strategy has published, and take it out as one file.
+
+Thin like cli.py: parse, then `readback.select_rows` + `readback.iter_shards` do the reading. Wired
+into cli.py with `add_commands(subparsers)` and `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import manifest, readback, s3io, schema_lock
+from .config import DEFAULT_ROOT, STRATEGY_NAMES
+from .errors import ConfigError, SchemaDriftError
+from .layout import Layout
+from .readback import BrokenPointerError, ShardRead
+
+COMMANDS = ("inspect", "export")
+EXIT_OK, EXIT_USAGE, EXIT_BROKEN = 0, 2, 5
+_DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {value!r} (use YYYY-MM-DD)") from None
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
+    parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to read")
+    parser.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
+    parser.add_argument(
+        "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
+    )
+    parser.add_argument("--date", type=_date, default=None, metavar="YYYY-MM-DD", help=date_help)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `inspect` and `export` to the `clipfarm-fusion` subcommands."""
+    inspect = subparsers.add_parser(
+        "inspect",
+        help="show a strategy's schema lock, manifest totals and, for given ids, their pointers and vectors",
+        description="Prints the schema lock (with how many earlier locks migrate-schema kept), manifest totals "
+        "by fusion_status and by shard date, and for each --video-id its pointer (fused_key#shard_idx), "
+        "status, source_hash and vector stats (dim, L2 norm, min, max, mean), read with one GET per shard. "
+        "A video with several manifest rows shows its latest. Exit codes: 0 done (unknown ids are printed "
+        "as 'not in manifest'); 2 bad usage, no bucket or no manifest; 5 a pointer does not resolve.",
+    )
+    _common_arguments(inspect, "only rows whose shard is under date=<D>/ (totals and ids)")
+    inspect.add_argument(
+        "--video-id",
+        dest="video_ids",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="video ids to look up (repeatable)",
+    )
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a strategy's vectors and manifest rows to one training-ready .parquet or .npy file",
+        description="Writes one row per video (its latest manifest row) with every manifest column and its "
+        "vector, shard by shard, so memory stays bounded by a few shards. .parquet: manifest columns plus "
+        "`vector` as fixed_size_list<float32>[F]. .npy: a structured array (strings as fixed-width unicode, "
+        "nulls as '', `vector` as (F,) float32) that loads with np.load(path, allow_pickle=False). Rows are "
+        "grouped by shard, in shard key order. The file appears only when complete. Exit codes: 0 written; "
+        "2 bad usage, no bucket, no manifest, no rows, mixed widths or another suffix; 5 a pointer does "
+        "not resolve.",
+    )
+    _common_arguments(export, "only rows whose shard is under date=<D>/")
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="PATH.parquet|PATH.npy", help="the file to write"
+    )
+    export.add_argument(
+        "--fused-dim",
+        type=_positive,
+        default=None,
+        help="only rows of this vector width (needed when migrate-schema left rows of another width)",
+    )
+    export.add_argument(
+        "--threads", type=_positive, default=8, help="shards fetched concurrently (default: 8)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `inspect` or `export`; config problems print one line and return 2, as in cli.main."""
+    command = inspect_strategy if args.command == "inspect" else export
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"clipfarm-fusion: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPointerError as exc:
+        print(f"clipfarm-fusion: broken pointer: {exc}", file=sys.stderr)
+        return EXIT_BROKEN
+
+
+def inspect_strategy(args: argparse.Namespace) -> int:
+    bucket = readback.resolve_bucket(args.bucket)
+    layout = Layout(args.root.strip("/"))
+    client = s3io.make_client(8)
+    table = readback.load_manifest(client, bucket, args.root, args.strategy)
+    table = readback.filter_rows(table, args.date)
+    print(f"strategy {args.strategy}: s3://{bucket}/{layout.strategy_prefix(args.strategy)}")
+    print(describe_lock(client, bucket, layout.schema_key(args.strategy)))
+    scope = f" for date={args.date}" if args.date else ""
+    print(f"manifest s3://{bucket}/{layout.manifest_key(args.strategy)}{scope}:")
+    print("\n".join(manifest_totals(table)))
+    if args.video_ids:
+        print("video_ids:")
+        print("\n".join(describe_ids(client, bucket, table, args.video_ids)))
+    return EXIT_OK
+
+
+def describe_lock(client, bucket: str, key: str) -> str:
+    try:
+        lock = schema_lock.read(client, bucket, key)
+    except SchemaDriftError as exc:
+        return f"schema lock: unreadable: {exc}"
+    if lock is None:
+        return f"schema lock: none at s3://{bucket}/{key}"
+    return (
+        f"schema lock s3://{bucket}/{key}: video_dim={lock.video_dim} audio_dim={lock.audio_dim} "
+        f"text_dim={lock.text_dim} fused_dim={lock.fused_dim} mask_appended={lock.mask_appended} "
+        f"updated_at={lock.updated_at}; history: {len(lock.history)} earlier lock(s)"
+    )
+
+
+def manifest_totals(table: pa.Table) -> list[str]:
+    """Row and video counts, then rows by fusion_status and rows, shards and widths by shard date."""
+    lines = [f"  {table.num_rows} rows, {pc.count_distinct(table['video_id']).as_py()} videos"]
+    by_status = table.group_by("fusion_status").aggregate([([], "count_all")]).sort_by("fusion_status")
+    lines.append("  by fusion_status:")
+    lines += [f"    {row['fusion_status']:<28} {row['count_all']:>8}" for row in by_status.to_pylist()]
+    dates = pc.struct_field(pc.extract_regex(table["fused_key"], _DATE), "date")
+    by_date = (
+        pa.table({"date": dates, "fused_key": table["fused_key"], "fused_dim": table["fused_dim"]})
+        .group_by("date")
+        .aggregate([([], "count_all"), ("fused_key", "count_distinct"), ("fused_dim", "distinct")])
+        .sort_by("date")
+    )
+    lines.append("  by date:")
+    lines += [
+        f"    {row['date']}  {row['count_all']:>8} rows  {row['fused_key_count_distinct']:>5} shards  "
+        f"fused_dim {sorted(row['fused_dim_distinct'])}"
+        for row in by_date.to_pylist()
+    ]
+    return lines
+
+
+def describe_ids(client, bucket: str, table: pa.Table, video_ids: list[str]) -> list[str]:
+    """One line per requested id, in request order: its latest row's pointer and vector stats."""
+    selection = readback.select_rows(table, video_ids)
+    requested = table.filter(pc.is_in(table["video_id"], value_set=pa.array(video_ids, pa.string())))
+    rows_per_id = {
+        item["values"]: item["counts"] for item in pc.value_counts(requested["video_id"]).to_pylist()
+    }
+    found: dict[str, str] = {}
+    for shard in readback.iter_shards(client, bucket, selection.rows, threads=8):
+        vectors = shard.vectors.astype(np.float64)
+        stats = zip(
+            np.linalg.norm(vectors, axis=1), vectors.min(1), vectors.max(1), vectors.mean(1), strict=True
+        )
+        for row, (norm, low, high, mean) in zip(shard.rows.to_pylist(), stats, strict=True):
+            total = rows_per_id[row["video_id"]]
+            found[row["video_id"]] = (
+                f"  {row['video_id']}  {row['fused_key']}#{row['shard_idx']}  {row['fusion_status']}  "
+                f"source_hash {row['source_hash']}  dim {shard.vectors.shape[1]}  norm {norm:.6g}  "
+                f"min {low:.6g}  max {high:.6g}  mean {mean:.6g}"
+                + (f"  (latest of {total} rows)" if total > 1 else "")
+            )
+    return [found.get(video_id, f"  {video_id}  not in manifest") for video_id in video_ids]
+
+
+def export(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    writer = WRITERS.get(out.suffix.lower())
+    if writer is None:
+        raise ConfigError(
+            f"--out {out}: cannot write {out.suffix or 'no suffix'}; use PATH.parquet or PATH.npy"
+        )
+    bucket = readback.resolve_bucket(args.bucket)
+    client = s3io.make_client(args.threads)
+    table = readback.load_manifest(client, bucket, args.root, args.strategy)
+    rows = readback.select_rows(table, None, args.date, args.fused_dim).rows
+    width = readback.common_dim(rows, args.strategy)
+    if width is None:
+        raise ConfigError(f"no {args.strategy} manifest rows match the filters; nothing written to {out}")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        writer(partial, rows, width, readback.iter_shards(client, bucket, rows, args.threads))
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"exported {rows.num_rows} {args.strategy} vectors ({width}-d) to {out}")
+    return EXIT_OK
+
+
+def vector_field(width: int) -> pa.Field:
+    return pa.field("vector", pa.list_(pa.float32(), width))
+
+
+def write_parquet(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
+    """Manifest columns + `vector`; one row group per shard, so the writer holds one shard at a time."""
+    field = vector_field(width)
+    with pq.ParquetWriter(path, manifest.SCHEMA.append(field), compression="zstd") as writer:
+        for shard in shard_reads:
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(shard.vectors.reshape(-1)), width)
+            writer.write_table(shard.rows.append_column(field, vectors))
+
+
+def npy_dtype(rows: pa.Table, width: int) -> np.dtype:
+    """Structured dtype: manifest columns (strings as unicode wide enough for the longest value in
+    `rows`, integers as themselves), then `vector (F,) float32`. No object fields, so no pickle."""
+    fields: list[tuple] = []
+    for field in manifest.SCHEMA:
+        if pa.types.is_string(field.type):
+            longest = pc.max(pc.utf8_length(rows[field.name])).as_py() or 0
+            fields.append((field.name, f"<U{max(longest, 1)}"))
+        else:
+            fields.append((field.name, field.type.to_pandas_dtype()))
+    fields.append(("vector", "<f4", (width,)))
+    return np.dtype(fields)
+
+
+def write_npy(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
+    """Fill a memory-mapped `.npy` of `rows.num_rows` records shard by shard."""
+    records = np.lib.format.open_memmap(path, mode="w+", dtype=npy_dtype(rows, width), shape=(rows.num_rows,))
+    offset = 0
+    for shard in shard_reads:
+        block = records[offset : offset + shard.rows.num_rows]
+        for field in manifest.SCHEMA:
+            column = shard.rows[field.name]
+            if pa.types.is_string(field.type):
+                column = column.fill_null("")
+            block[field.name] = column.to_numpy(zero_copy_only=False)
+        block["vector"] = shard.vectors
+        offset += shard.rows.num_rows
+    records.flush()
+    del records
+
+
+WRITERS: dict[str, Callable[[Path, pa.Table, int, Iterable[ShardRead]], None]] = {
+    ".parquet": write_parquet,
+    ".npy": write_npy,
+}
