@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale each modality to unit L2 norm before fusing (recorded in schema.json; zero stays zero)",
     )
     run.add_argument(
+        "--projection",
+        default=None,
+        metavar="PATH|s3://B/KEY",
+        help="the .npz artifact of strategy projection (see make-projection); its sha256 is locked in schema.json",
+    )
+    run.add_argument(
         "--weights",
         type=_weights,
         default=(1.0, 1.0, 1.0),
@@ -209,7 +215,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="new weighted_pool weights (default: keep)",
     )
     migrate.add_argument("--dry-run", action="store_true", help="show the new lock without writing it")
+
+    make = commands.add_parser(
+        "make-projection",
+        help="build a frozen projection artifact (PCA of fused vectors, or a seeded Gaussian matrix)",
+        description="Writes a .npz artifact for strategy projection: P (D_in, D) [and b], base_strategy. "
+        "D_in is the --from-strategy's locked width without the mask. pca: the top D principal axes of a "
+        "sample of its fused vectors (numpy SVD); gaussian: a seeded N(0, 1/D) matrix. The artifact is "
+        "written once and never overwritten; its sha256 is the projection_id. Then fuse with: "
+        "clipfarm-fusion run --strategy projection --projection <out>.",
+    )
+    make.add_argument("--kind", required=True, choices=("pca", "gaussian"), help="how P is made")
+    make.add_argument("--dim", required=True, type=_positive, help="output dimension D")
+    make.add_argument("--seed", type=int, default=0, help="seed of the gaussian matrix (default: 0)")
+    make.add_argument(
+        "--from-strategy",
+        default="concat",
+        choices=[name for name in STRATEGY_NAMES if name != "projection"],
+        help="the base strategy to project (default: concat)",
+    )
+    make.add_argument("--out", required=True, metavar="PATH|s3://B/KEY", help="where to write the .npz")
+    make.add_argument(
+        "--bucket", default=None, help="S3 bucket of the fused vectors (default: $CLIPFARM_BUCKET)"
+    )
+    make.add_argument("--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)")
+    make.add_argument(
+        "--sample", type=_positive, default=4096, help="fused vectors PCA learns from (default: 4096)"
+    )
     return parser
+
+
+def make_projection(args: argparse.Namespace) -> int:
+    from .projection import make
+
+    bucket = args.bucket or bucket_from_env()
+    if not bucket:
+        raise ConfigError("no bucket: pass --bucket or set CLIPFARM_BUCKET")
+    projection_id, input_dim, dim = make(
+        s3io.make_client(16),
+        bucket,
+        args.root.strip("/"),
+        kind=args.kind,
+        dim=args.dim,
+        seed=args.seed,
+        base=args.from_strategy,
+        out=args.out,
+        sample_size=args.sample,
+    )
+    print(f"wrote {args.out}: {args.kind} {input_dim} -> {dim}, projection_id {projection_id}")
+    print(
+        f"fuse with: clipfarm-fusion run --strategy projection --projection {args.out} --run-date YYYY-MM-DD"
+    )
+    return EXIT_OK
 
 
 def migrate_schema(args: argparse.Namespace) -> int:
@@ -255,6 +312,7 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         append_text_presence_mask=not args.no_text_mask,
         l2_normalize=args.l2_normalize,
         weights=args.weights,
+        projection_uri=args.projection,
         progress=sys.stderr.isatty(),
     )
 
@@ -316,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo(args)
         if args.command == "migrate-schema":
             return migrate_schema(args)
+        if args.command == "make-projection":
+            return make_projection(args)
         if args.command == "dev":
             return dev(args)
         return run_and_report(config_from_args(args), args.run_date, args.summary_json)

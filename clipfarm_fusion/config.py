@@ -32,6 +32,7 @@ class FusionConfig:
     append_text_presence_mask: bool = True
     l2_normalize: bool = False
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    projection_uri: str | None = None  # the artifact of strategy `projection`, local or s3://
     text_terminal_statuses: tuple[str, ...] = DEFAULT_TEXT_TERMINAL_STATUSES
     fetch_threads: int = 32
     sample_size: int = 10

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import projection as projections
+from .errors import ConfigError
+
 MODALITY_COUNT = 3
 
 
@@ -22,6 +25,7 @@ class FusionOptions:
     mask: bool = True  # append the text-presence mask m (1.0 text present, 0.0 placeholder)
     l2_normalize: bool = False  # scale each modality to unit L2 norm first (a zero vector stays zero)
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # video, audio, text (weighted_pool)
+    projection: projections.Projection | None = None  # the loaded artifact (strategy `projection`)
 
 
 Kernel = Callable[[list[np.ndarray], np.ndarray, FusionOptions, np.ndarray], None]
@@ -88,7 +92,29 @@ def _weighted_pool(
     _weighted_sum(parts, present, options.weights, out)
 
 
-def _widest(dv: int, da: int, dt: int) -> int:
+def _project(parts: list[np.ndarray], present: np.ndarray, options: FusionOptions, out: np.ndarray) -> None:
+    """The artifact's base strategy (without the mask), then its frozen projection."""
+    artifact = options.projection
+    base = STRATEGIES[artifact.base_strategy]
+    fused = np.empty((out.shape[0], artifact.input_dim), dtype=np.float32)
+    base.kernel(parts, present, options, fused)
+    projections.apply(artifact, fused, out)
+
+
+def _projection_width(dv: int, da: int, dt: int, options: FusionOptions) -> int:
+    artifact = options.projection
+    if artifact is None:
+        raise ConfigError("strategy projection needs an artifact: pass --projection PATH|s3://B/KEY")
+    base_width = STRATEGIES[artifact.base_strategy].width(dv, da, dt, options)
+    if base_width != artifact.input_dim:
+        raise ConfigError(
+            f"projection {artifact.projection_id[:12]} takes {artifact.input_dim}-d {artifact.base_strategy} "
+            f"vectors but these embeddings give {base_width}-d; build a projection for them (make-projection)"
+        )
+    return artifact.output_dim
+
+
+def _widest(dv: int, da: int, dt: int, options: FusionOptions) -> int:
     return max(dv, da, dt)
 
 
@@ -97,7 +123,7 @@ class Strategy:
     """A named, pure, vectorised fusion with its declared output width (before the mask)."""
 
     name: str
-    width: Callable[[int, int, int], int]
+    width: Callable[[int, int, int, FusionOptions], int]
     kernel: Kernel
     uses_weights: bool = False
 
@@ -105,18 +131,19 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {
     strategy.name: strategy
     for strategy in (
-        Strategy("concat", lambda dv, da, dt: dv + da + dt, _concat),
+        Strategy("concat", lambda dv, da, dt, options: dv + da + dt, _concat),
         Strategy("sum_pool", _widest, _sum_pool),
         Strategy("max_pool", _widest, _max_pool),
         Strategy("mean_pool", _widest, _mean_pool),
         Strategy("weighted_pool", _widest, _weighted_pool, uses_weights=True),
+        Strategy("projection", _projection_width, _project),
     )
 }
 DEFAULT_STRATEGIES: tuple[str, ...] = ("concat", "sum_pool", "max_pool")
 
 
-def fused_dim(strategy: str, video_dim: int, audio_dim: int, text_dim: int, mask: bool) -> int:
-    return STRATEGIES[strategy].width(video_dim, audio_dim, text_dim) + int(mask)
+def fused_dim(strategy: str, video_dim: int, audio_dim: int, text_dim: int, options: FusionOptions) -> int:
+    return STRATEGIES[strategy].width(video_dim, audio_dim, text_dim, options) + int(options.mask)
 
 
 def l2_normalized(batch: np.ndarray) -> np.ndarray:
@@ -142,7 +169,7 @@ def fuse(
     if options.l2_normalize:
         parts = [l2_normalized(part) for part in parts]
     present = np.asarray(text_present, dtype=bool)
-    width = spec.width(*(part.shape[1] for part in parts))
+    width = spec.width(*(part.shape[1] for part in parts), options)
     out = np.empty((rows, width + int(options.mask)), dtype=np.float32)
     spec.kernel(parts, present, options, out[:, :width])
     if options.mask:

@@ -43,6 +43,20 @@ SCHEMA = pa.schema(
         ("retry_count_at_write", pa.int32()),
     ]
 )
+# Strategy `projection` adds one column beyond DESIGN §2: the artifact's sha256 on every row.
+PROJECTION_SCHEMA = SCHEMA.append(pa.field("projection_id", pa.string()))
+
+
+def schema_for(strategy: str) -> pa.Schema:
+    return PROJECTION_SCHEMA if strategy == "projection" else SCHEMA
+
+
+def conform(table: pa.Table, schema: pa.Schema = SCHEMA) -> pa.Table:
+    """`table` with `schema`'s columns in order; a column it lacks comes back null."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
 
 
 def empty() -> pa.Table:
@@ -59,10 +73,10 @@ def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
     The latest row per key by SORT_KEYS wins; on a full tie the existing row stays, so merging the
     same rows again changes nothing and counts no update.
     """
-    new = new.cast(SCHEMA)
+    new = conform(new, SCHEMA if "projection_id" not in new.column_names else PROJECTION_SCHEMA)
     if old is None or old.num_rows == 0:
         return new, new.num_rows, 0
-    old = old.select(SCHEMA.names).cast(SCHEMA)
+    old = conform(old, new.schema)
     # Only rows whose video_id is in `new` can clash: find those cheaply on one column, and build the
     # joined (video_id, source_hash) keys for that small subset, not for the whole manifest.
     candidates = np.flatnonzero(pc.is_in(old["video_id"], value_set=new["video_id"].combine_chunks()))

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -22,10 +22,10 @@ import pandas as pd
 import pyarrow as pa
 
 from . import delta as delta_rules
-from . import manifest, metadata, policy, s3io, schema_lock, state, text_state
+from . import manifest, metadata, policy, projection, s3io, schema_lock, state, text_state
 from .config import FusionConfig
-from .errors import ItemError, SchemaDriftError
-from .fuse import fuse
+from .errors import ConfigError, ItemError, SchemaDriftError
+from .fuse import STRATEGIES, FusionOptions, fuse
 from .layout import MODALITIES, Layout, video_id_problem
 from .npy import decode_vector
 from .schema_lock import SchemaLock
@@ -46,6 +46,7 @@ class StrategyRun:
     delta: pd.DataFrame
     writer: ShardWriter
     summary: StrategySummary
+    options: FusionOptions = field(default_factory=FusionOptions)
     dims: tuple[int, int, int] | None = None
     fresh_dims: dict[str, list[np.ndarray]] = field(default_factory=dict)  # drift evidence so far
     manifest_rows: list[pa.Table] = field(default_factory=list)
@@ -93,11 +94,18 @@ def run(
     summary.text_state = text_problem or "available"
     log.info("horizon as of %s: %d videos (%d with unsafe ids)", run_date, len(horizon), len(invalid))
 
-    runs = [_open_strategy(client, config, layout, name, horizon, run_date) for name in config.strategies]
+    options = config.options
+    if "projection" in config.strategies:
+        if not config.projection_uri:
+            raise ConfigError("strategy projection needs an artifact: pass --projection PATH|s3://B/KEY")
+        options = replace(options, projection=projection.load(client, config.projection_uri, STRATEGIES))
+    runs = [
+        _open_strategy(client, config, layout, name, horizon, run_date, options) for name in config.strategies
+    ]
     try:
         for strategy_run in runs:
             schema_lock.check_options(
-                strategy_run.lock, strategy_run.name, config.options, strategy_run.summary.schema_key
+                strategy_run.lock, strategy_run.name, strategy_run.options, strategy_run.summary.schema_key
             )
             _record_invalid(strategy_run, invalid, problems, config.sample_size)
         work = _union_delta(runs, config.max_items)
@@ -172,7 +180,13 @@ def _withdraw_shards(client, bucket: str, runs: list[StrategyRun], log: logging.
 
 
 def _open_strategy(
-    client, config: FusionConfig, layout: Layout, name: str, horizon: pd.DataFrame, run_date: date
+    client,
+    config: FusionConfig,
+    layout: Layout,
+    name: str,
+    horizon: pd.DataFrame,
+    run_date: date,
+    options: FusionOptions,
 ) -> StrategyRun:
     path = layout.state_path(config.state_dir, name)
     source = state.restore(client, config.bucket, layout.state_mirror_key(name), path)
@@ -194,6 +208,7 @@ def _open_strategy(
             state_source=source,
         ),
         dims=lock.dims if lock else None,
+        options=options,
     )
 
 
@@ -384,7 +399,7 @@ def _judge(config: FusionConfig, strategy_run: StrategyRun, batch: Batch, last: 
                 ]
             ),
             text_present,
-            config.options,
+            strategy_run.options,
         )
     return Outcome(index, statuses, errors, fused_index, vectors, upgrade_checked)
 
@@ -502,7 +517,7 @@ def _manifest_rows(
     ids = rows["video_id"].tolist()
     text_present = batch.present["text"][index]
     text_status = batch.text_status[index]
-    return pa.table(
+    table = pa.table(
         {
             "video_id": ids,
             "captured_at": rows["captured_at"].tolist(),
@@ -526,6 +541,11 @@ def _manifest_rows(
         },
         schema=manifest.SCHEMA,
     )
+    if strategy_run.name == "projection":
+        table = table.append_column(
+            "projection_id", pa.array([strategy_run.options.projection.projection_id] * len(ids))
+        )
+    return table
 
 
 def _changed_state_rows(strategy_run: StrategyRun) -> list[dict]:
@@ -550,7 +570,7 @@ def _commit(
     name, summary = strategy_run.name, strategy_run.summary
     if strategy_run.manifest_rows:
         if strategy_run.lock is None:
-            lock = SchemaLock.build(name, strategy_run.dims, config.options)
+            lock = SchemaLock.build(name, strategy_run.dims, strategy_run.options)
             strategy_run.lock = schema_lock.write_if_absent(client, config.bucket, summary.schema_key, lock)
         summary.fused_dim = strategy_run.lock.fused_dim
         new_rows = pa.concat_tables(strategy_run.manifest_rows)

@@ -30,6 +30,8 @@ class SchemaLock:
     updated_at: str
     l2_normalized: bool = False  # absent in locks written before the option existed: it was off
     weights: tuple[float, float, float] | None = None  # only for strategies that use them
+    projection_id: str | None = None  # sha256 of the projection artifact (strategy `projection`)
+    base_strategy: str | None = None  # what the projection projects
     history: tuple[dict, ...] = ()  # earlier locks, oldest first, each with its replaced_at (migrate-schema)
 
     @classmethod
@@ -39,11 +41,13 @@ class SchemaLock:
             video_dim=dims[0],
             audio_dim=dims[1],
             text_dim=dims[2],
-            fused_dim=fused_dim(strategy, *dims, options.mask),
+            fused_dim=fused_dim(strategy, *dims, options),
             mask_appended=options.mask,
             updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
             l2_normalized=options.l2_normalize,
             weights=tuple(options.weights) if STRATEGIES[strategy].uses_weights else None,
+            projection_id=options.projection.projection_id if options.projection else None,
+            base_strategy=options.projection.base_strategy if options.projection else None,
         )
 
     @property
@@ -51,9 +55,9 @@ class SchemaLock:
         return (self.video_dim, self.audio_dim, self.text_dim)
 
     @property
-    def options(self) -> tuple[bool, bool, tuple[float, ...] | None]:
-        """What besides the dims makes two vectors comparable: mask, L2, weights."""
-        return (self.mask_appended, self.l2_normalized, self.weights)
+    def options(self) -> tuple[bool, bool, tuple[float, ...] | None, str | None]:
+        """What besides the dims makes two vectors comparable: mask, L2, weights, projection."""
+        return (self.mask_appended, self.l2_normalized, self.weights, self.projection_id)
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -62,13 +66,15 @@ class SchemaLock:
 def parse(body: bytes, key: str) -> SchemaLock:
     try:
         data = json.loads(body)
-        optional = {"l2_normalized", "weights", "history"}
+        optional = {"l2_normalized", "weights", "projection_id", "base_strategy", "history"}
         fields = {k: data[k] for k in SchemaLock.__dataclass_fields__ if k not in optional}
         weights = data.get("weights")
         return SchemaLock(
             **fields,
             l2_normalized=bool(data.get("l2_normalized", False)),
             weights=None if weights is None else tuple(float(w) for w in weights),
+            projection_id=data.get("projection_id"),
+            base_strategy=data.get("base_strategy"),
             history=tuple(data.get("history", ())),
         )
     except (ValueError, KeyError, TypeError) as exc:
@@ -110,7 +116,7 @@ def check_options(lock: SchemaLock | None, strategy: str, options: FusionOptions
         return
     wanted = SchemaLock.build(strategy, lock.dims, options).options
     if lock.options != wanted:
-        names = ("mask_appended", "l2_normalized", "weights")
+        names = ("mask_appended", "l2_normalized", "weights", "projection_id")
         differences = ", ".join(
             f"{name} locked {old} but this run has {new}"
             for name, old, new in zip(names, lock.options, wanted, strict=True)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from . import manifest, policy, s3io, schema_lock, shards
 from .errors import SchemaDriftError
-from .fuse import fused_dim
+from .fuse import FusionOptions, fused_dim
 from .layout import Layout
 from .schema_lock import SchemaLock
 
@@ -75,7 +75,11 @@ def schema_matches_output(client, published: Published) -> Verdict:
     if lock is None:
         problem = None if rows == 0 else "manifest has rows but there is no schema.json"
         return Verdict(problem is None, {**facts, **({"problem": problem} if problem else {})})
-    implied = fused_dim(published.strategy, *lock.dims, lock.mask_appended)
+    implied = (  # a projection's width is the artifact's, recorded in the lock itself
+        lock.fused_dim
+        if lock.projection_id
+        else fused_dim(published.strategy, *lock.dims, FusionOptions(mask=lock.mask_appended))
+    )
     allowed = {lock.fused_dim, *(int(old["fused_dim"]) for old in lock.history)}
     facts.update(locked_fused_dim=lock.fused_dim, allowed_fused_dims=sorted(allowed))
     problems = []

@@ -49,7 +49,7 @@ def test_768_inputs_give_the_documented_widths(strategy, width):
     present = rng.random(64) > 0.3
     out = fuse(strategy, *batch, present)
     assert out.shape == (64, width) and out.dtype == np.float32
-    assert fused_dim(strategy, 768, 768, 768, mask=True) == width
+    assert fused_dim(strategy, 768, 768, 768, FusionOptions()) == width
     np.testing.assert_array_equal(out[:, -1], present.astype(np.float32))
 
 

@@ -55,7 +55,9 @@ def expected_vector(seeded, strategy, video_id, options=None):
     video, audio, text = load("video"), load("audio"), load("text")
     present = text is not None
     text = text if present else np.zeros(768, np.float32)
-    return fuse(strategy, video[None], audio[None], text[None], np.array([present]), options or FusionOptions())[0]
+    return fuse(
+        strategy, video[None], audio[None], text[None], np.array([present]), options or FusionOptions()
+    )[0]
 
 
 def manifest_table(client, seeded, strategy):

@@ -49,6 +49,9 @@ class FusionResource(ConfigurableResource):
     )
     append_text_presence_mask: bool = Field(default=True, description="Append the text-presence mask.")
     l2_normalize: bool = Field(default=False, description="L2-normalise each modality before fusing.")
+    projection: str | None = Field(
+        default=None, description="The .npz artifact of strategy projection, local path or s3:// URI."
+    )
     weights: list[float] = Field(
         default=[1.0, 1.0, 1.0], description="weighted_pool's video, audio, text weights."
     )
@@ -86,6 +89,7 @@ class FusionResource(ConfigurableResource):
             append_text_presence_mask=self.append_text_presence_mask,
             l2_normalize=self.l2_normalize,
             weights=tuple(self.weights),
+            projection_uri=self.projection,
             text_terminal_statuses=tuple(self.text_terminal_statuses),
             fetch_threads=self.fetch_threads,
             sample_size=self.sample_size,
