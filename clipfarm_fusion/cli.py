@@ -10,7 +10,7 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from . import pipeline, s3io
+from . import pipeline, readcli, s3io
 from .config import STRATEGY_NAMES, FusionConfig, bucket_from_env, parse_strategies
 from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
 from .layout import Layout
@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument(
         "--sample", type=_positive, default=4096, help="fused vectors PCA learns from (default: 4096)"
     )
+    readcli.add_commands(commands)
     return parser
 
 
@@ -376,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             return migrate_schema(args)
         if args.command == "make-projection":
             return make_projection(args)
+        if args.command in readcli.COMMANDS:
+            return readcli.run(args)
         if args.command == "dev":
             return dev(args)
         return run_and_report(config_from_args(args), args.run_date, args.summary_json)

@@ -92,8 +92,9 @@ def parse_run_date(run_date: date | str | None) -> date | None:
 
 
 def load_manifest(client, bucket: str, root: str, strategy: str) -> pa.Table:
-    """The strategy's whole manifest, columns as in `manifest.SCHEMA`. ConfigError when nothing has
-    been published yet, so a typo in bucket, root or strategy says so instead of returning nothing."""
+    """The strategy's whole manifest, columns as in `manifest.schema_for(strategy)` (null where an
+    older manifest lacks one). ConfigError when nothing has been published yet, so a typo in bucket, root or
+    strategy says so instead of returning nothing."""
     if strategy not in STRATEGY_NAMES:
         raise ConfigError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGY_NAMES)}")
     key = Layout(root.strip("/")).manifest_key(strategy)
@@ -103,7 +104,7 @@ def load_manifest(client, bucket: str, root: str, strategy: str) -> pa.Table:
             f"s3://{bucket}/{key} does not exist: nothing has been fused for {strategy} under that bucket "
             "and root; run `clipfarm-fusion run` first"
         )
-    return table.select(manifest.SCHEMA.names).cast(manifest.SCHEMA)
+    return manifest.conform(table, manifest.schema_for(strategy))
 
 
 def filter_rows(table: pa.Table, run_date: date | None = None, fused_dim: int | None = None) -> pa.Table:
@@ -141,11 +142,18 @@ def select_rows(
     fused_dim: int | None = None,
 ) -> Selection:
     """The rows to read: filters first, then the latest row per video; in the order of `video_ids`
-    (an id given twice comes back twice), or sorted by video_id when no ids are given."""
-    latest = latest_per_video(filter_rows(table, run_date, fused_dim))
+    (an id given twice comes back twice), or sorted by video_id when no ids are given.
+
+    With ids, the manifest is cut to their rows before the latest row is picked: that pick sorts,
+    and sorting a million-row manifest for a hundred ids would cost seconds.
+    """
+    table = filter_rows(table, run_date, fused_dim)
     if video_ids is None:
-        return Selection(latest, [])
+        return Selection(latest_per_video(table), [])
+    if isinstance(video_ids, str):
+        raise ConfigError(f"video_ids must be a list of ids, not the string {video_ids[:80]!r}")
     requested = pa.array(list(video_ids), pa.string())
+    latest = latest_per_video(table.filter(pc.is_in(table["video_id"], value_set=requested)))
     positions = pc.index_in(requested, value_set=latest["video_id"].combine_chunks())
     found = positions.is_valid()
     missing = requested.filter(pc.invert(found)).to_pylist()
@@ -166,6 +174,8 @@ def common_dim(rows: pa.Table, strategy: str) -> int | None:
 
 def _group_by_shard(rows: pa.Table) -> list[tuple[str, np.ndarray]]:
     """`(fused_key, positions (n,))` per shard, keys sorted; positions keep selection order."""
+    if rows.num_rows == 0:
+        return []
     keys, inverse = np.unique(rows["fused_key"].to_numpy(zero_copy_only=False), return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(keys)))[:-1]
@@ -219,8 +229,8 @@ def _pointer_problem(stored_ids: np.ndarray, vectors: np.ndarray, rows: pa.Table
 def iter_shards(client, bucket: str, rows: pa.Table, threads: int) -> Iterator[ShardRead]:
     """One `ShardRead` per shard the rows point into, shards in key order, each fetched with ONE GET.
 
-    At most `threads` shards are in flight or waiting to be consumed, so a slow consumer (a file
-    writer) bounds memory at `threads` shards' selected rows, not the whole selection.
+    At most `threads` shards are fetched, decoded or waiting to be consumed at any time, so memory is
+    bounded by `threads` shards whatever the size of the selection or the speed of the consumer.
     """
     groups = _group_by_shard(rows)
     if not groups:
@@ -260,6 +270,7 @@ def read_vectors(
     - Requested ids without a row are left out and reported with a `MissingVectorsWarning`, whose
       `.missing` lists them all.
     - `bucket` defaults to $CLIPFARM_BUCKET. Each shard is fetched with one GET, `threads` at a time.
+    - Nothing selected: `([], (0, fused_dim or 0) array, empty rows)`.
 
     Raises ConfigError (no bucket, no manifest, mixed widths) and BrokenPointerError when a row's
     shard is missing or holds another video there: corrupt data never passes silently.

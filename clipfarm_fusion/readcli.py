@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import manifest, readback, s3io, schema_lock
+from . import readback, s3io, schema_lock
 from .config import DEFAULT_ROOT, STRATEGY_NAMES
 from .errors import ConfigError, SchemaDriftError
 from .layout import Layout
@@ -131,17 +132,17 @@ def inspect_strategy(args: argparse.Namespace) -> int:
 
 
 def describe_lock(client, bucket: str, key: str) -> str:
+    """Every field the lock sets (whatever options it has grown), and how many locks it replaced."""
     try:
         lock = schema_lock.read(client, bucket, key)
     except SchemaDriftError as exc:
         return f"schema lock: unreadable: {exc}"
     if lock is None:
         return f"schema lock: none at s3://{bucket}/{key}"
-    return (
-        f"schema lock s3://{bucket}/{key}: video_dim={lock.video_dim} audio_dim={lock.audio_dim} "
-        f"text_dim={lock.text_dim} fused_dim={lock.fused_dim} mask_appended={lock.mask_appended} "
-        f"updated_at={lock.updated_at}; history: {len(lock.history)} earlier lock(s)"
+    fields = " ".join(
+        f"{name}={value}" for name, value in asdict(lock).items() if name != "history" and value is not None
     )
+    return f"schema lock s3://{bucket}/{key}: {fields}; history: {len(lock.history)} earlier lock(s)"
 
 
 def manifest_totals(table: pa.Table) -> list[str]:
@@ -197,6 +198,8 @@ def export(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--out {out}: cannot write {out.suffix or 'no suffix'}; use PATH.parquet or PATH.npy"
         )
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
     bucket = readback.resolve_bucket(args.bucket)
     client = s3io.make_client(args.threads)
     table = readback.load_manifest(client, bucket, args.root, args.strategy)
@@ -221,7 +224,7 @@ def vector_field(width: int) -> pa.Field:
 def write_parquet(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
     """Manifest columns + `vector`; one row group per shard, so the writer holds one shard at a time."""
     field = vector_field(width)
-    with pq.ParquetWriter(path, manifest.SCHEMA.append(field), compression="zstd") as writer:
+    with pq.ParquetWriter(path, rows.schema.append(field), compression="zstd") as writer:
         for shard in shard_reads:
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(shard.vectors.reshape(-1)), width)
             writer.write_table(shard.rows.append_column(field, vectors))
@@ -231,7 +234,7 @@ def npy_dtype(rows: pa.Table, width: int) -> np.dtype:
     """Structured dtype: manifest columns (strings as unicode wide enough for the longest value in
     `rows`, integers as themselves), then `vector (F,) float32`. No object fields, so no pickle."""
     fields: list[tuple] = []
-    for field in manifest.SCHEMA:
+    for field in rows.schema:
         if pa.types.is_string(field.type):
             longest = pc.max(pc.utf8_length(rows[field.name])).as_py() or 0
             fields.append((field.name, f"<U{max(longest, 1)}"))
@@ -247,7 +250,7 @@ def write_npy(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[Shar
     offset = 0
     for shard in shard_reads:
         block = records[offset : offset + shard.rows.num_rows]
-        for field in manifest.SCHEMA:
+        for field in rows.schema:
             column = shard.rows[field.name]
             if pa.types.is_string(field.type):
                 column = column.fill_null("")

@@ -258,3 +258,23 @@ def test_bad_metadata_is_exit_2_and_writes_nothing(seed_day, client, body, messa
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=seeded.bucket)
     assert {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])} == before
     assert not seeded.state_dir.exists()
+
+
+def test_inspect_and_export_through_the_command_line(seed_day, tmp_path):
+    import pyarrow.parquet as pq
+
+    seeded = seed_day(videos=20, mix={"full": 0.8, "placeholder": 0.2})
+    env = {"CLIPFARM_BUCKET": seeded.bucket}
+    assert (
+        cli("run", "--run-date", "2026-03-01", "--state-dir", str(seeded.state_dir), env=env).returncode == 0
+    )
+    video_id = next(iter(seeded.day.cases))
+    shown = cli("inspect", "--strategy", "concat", "--video-id", video_id, "--video-id", "nope", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert video_id in shown.stdout and "not in manifest" in shown.stdout and "2305" in shown.stdout
+    out = tmp_path / "concat.parquet"
+    exported = cli("export", "--strategy", "concat", "--out", str(out), "--date", "2026-03-01", env=env)
+    assert exported.returncode == 0, exported.stderr
+    table = pq.read_table(out)
+    assert table.num_rows == 20 and "vector" in table.column_names
+    assert cli("export", "--strategy", "concat", "--out", str(tmp_path / "x.csv"), env=env).returncode == 2
