@@ -101,9 +101,11 @@ def test_stale_local_copy_is_replaced_by_newer_mirror(tmp_path, client, bucket):
 def test_upload_over_a_mirror_someone_else_changed_is_refused(tmp_path, client, bucket):
     key = "clipfarm/state/fusion_concat.sqlite"
     machine_a, machine_b = tmp_path / "a" / "f.sqlite", tmp_path / "b" / "f.sqlite"
-    for path in (machine_a, machine_b):
+    for path, video_id in ((machine_a, "from-a"), (machine_b, "from-b")):
         state.restore(client, bucket, key, path)
-        state.StateDB(path).close()
+        db = state.StateDB(path)
+        db.upsert([row(video_id)])
+        db.close()
     state.upload(client, bucket, key, machine_a)
     with pytest.raises(ConcurrentWriteError, match="another run"):
         state.upload(client, bucket, key, machine_b)
