@@ -11,36 +11,13 @@ from pathlib import Path
 import botocore.exceptions
 
 from . import pipeline, readcli, s3io
+from .argtypes import iso_date, positive, weights
 from .config import STRATEGY_NAMES, FusionConfig, bucket_from_env, parse_strategies
 from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
 from .layout import Layout
 
 EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT = 0, 2, 3, 4
 log = logging.getLogger("clipfarm_fusion")
-
-
-def _date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date: {value!r} (use YYYY-MM-DD)") from None
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _weights(value: str) -> tuple[float, float, float]:
-    try:
-        weights = tuple(float(part) for part in value.split(","))
-    except ValueError:
-        weights = ()
-    if len(weights) != 3:
-        raise argparse.ArgumentTypeError(f"not three comma-separated numbers: {value!r} (use e.g. 1,1,0.5)")
-    return weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "config; 3 stopped for schema drift, nothing written; 4 another run wrote the same strategy.",
     )
     run.add_argument(
-        "--run-date", type=_date, required=True, help="the day to fuse (YYYY-MM-DD); shards land in date=<it>"
+        "--run-date",
+        type=iso_date,
+        required=True,
+        help="the day to fuse (YYYY-MM-DD); shards land in date=<it>",
     )
     run.add_argument(
         "--strategy",
@@ -89,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("state"),
         help="local working copies of fusion_<s>.sqlite (default: ./state)",
     )
-    run.add_argument("--max-items", type=_positive, default=None, help="fuse at most N videos this run")
+    run.add_argument("--max-items", type=positive, default=None, help="fuse at most N videos this run")
     run.add_argument(
         "--shard-size",
-        type=_positive,
+        type=positive,
         default=2048,
         help="vectors per shard, also the batch size that bounds memory (default: 2048)",
     )
@@ -104,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--text-dim",
-        type=_positive,
+        type=positive,
         default=768,
         help="text dim for placeholders before a schema lock exists (default: 768)",
     )
@@ -125,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--weights",
-        type=_weights,
+        type=weights,
         default=(1.0, 1.0, 1.0),
         metavar="V,A,T",
         help="weighted_pool's video,audio,text weights, renormalised over the modalities present "
@@ -142,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every gating case, runs all strategies and prints the summary.",
     )
     demo.add_argument(
-        "--videos", type=_positive, default=500, help="videos in the synthetic day (default: 500)"
+        "--videos", type=positive, default=500, help="videos in the synthetic day (default: 500)"
     )
     demo.add_argument(
         "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
@@ -163,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "repo's dagster_home/ (the embedded S3 is temporary too); set DAGSTER_HOME to keep the run history.",
     )
     dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: 127.0.0.1)")
-    dev.add_argument("--port", type=_positive, default=3000, help="port of the UI (default: 3000)")
+    dev.add_argument("--port", type=positive, default=3000, help="port of the UI (default: 3000)")
     dev.add_argument(
-        "--videos", type=_positive, default=500, help="videos in the seeded demo day (default: 500)"
+        "--videos", type=positive, default=500, help="videos in the seeded demo day (default: 500)"
     )
     dev.add_argument(
         "--external-s3",
@@ -190,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for modality in ("video", "audio", "text"):
         migrate.add_argument(
-            f"--{modality}-dim", type=_positive, default=None, help=f"new {modality} dim (default: probed)"
+            f"--{modality}-dim", type=positive, default=None, help=f"new {modality} dim (default: probed)"
         )
     migrate.add_argument(
         "--text-mask",
@@ -199,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="append the text-presence mask from now on (default: keep the locked setting)",
     )
     migrate.add_argument(
-        "--sample", type=_positive, default=32, help="embeddings per modality to probe (default: 32)"
+        "--sample", type=positive, default=32, help="embeddings per modality to probe (default: 32)"
     )
     migrate.add_argument(
         "--l2-normalize",
@@ -209,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument(
         "--weights",
-        type=_weights,
+        type=weights,
         default=None,
         metavar="V,A,T",
         help="new weighted_pool weights (default: keep)",
@@ -226,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clipfarm-fusion run --strategy projection --projection <out>.",
     )
     make.add_argument("--kind", required=True, choices=("pca", "gaussian"), help="how P is made")
-    make.add_argument("--dim", required=True, type=_positive, help="output dimension D")
+    make.add_argument("--dim", required=True, type=positive, help="output dimension D")
     make.add_argument("--seed", type=int, default=0, help="seed of the gaussian matrix (default: 0)")
     make.add_argument(
         "--from-strategy",
@@ -240,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.add_argument("--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)")
     make.add_argument(
-        "--sample", type=_positive, default=4096, help="fused vectors PCA learns from (default: 4096)"
+        "--sample", type=positive, default=4096, help="fused vectors PCA learns from (default: 4096)"
     )
     readcli.add_commands(commands)
     return parser

@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import readback, s3io, schema_lock
+from .argtypes import iso_date, positive
 from .config import DEFAULT_ROOT, STRATEGY_NAMES
 from .errors import ConfigError, SchemaDriftError
 from .layout import Layout
@@ -30,27 +30,13 @@ EXIT_OK, EXIT_USAGE, EXIT_BROKEN = 0, 2, 5
 _DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
 
 
-def _date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date: {value!r} (use YYYY-MM-DD)") from None
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
 def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
     parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to read")
     parser.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
     parser.add_argument(
         "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
     )
-    parser.add_argument("--date", type=_date, default=None, metavar="YYYY-MM-DD", help=date_help)
+    parser.add_argument("--date", type=iso_date, default=None, metavar="YYYY-MM-DD", help=date_help)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -92,12 +78,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--fused-dim",
-        type=_positive,
+        type=positive,
         default=None,
         help="only rows of this vector width (needed when migrate-schema left rows of another width)",
     )
     export.add_argument(
-        "--threads", type=_positive, default=8, help="shards fetched concurrently (default: 8)"
+        "--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)"
     )
 
 

@@ -1,0 +1,33 @@
+"""argparse value types shared by every command (`cli` and `readcli`)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+
+
+def iso_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {value!r} (use YYYY-MM-DD)") from None
+
+
+def positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def weights(value: str) -> tuple[float, float, float]:
+    try:
+        parsed = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        parsed = ()
+    if len(parsed) != 3:
+        raise argparse.ArgumentTypeError(f"not three comma-separated numbers: {value!r} (use e.g. 1,1,0.5)")
+    return parsed
