@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from datetime import date
@@ -350,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("botocore", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _run_command(args)
+    finally:
+        # Free Arrow objects while Arrow is still alive: left to interpreter teardown, a collection
+        # in another thread intermittently aborts the process (apache/arrow#34314).
+        gc.collect()
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             return demo(args)

@@ -113,7 +113,7 @@ def read(client, bucket: str, key: str) -> tuple[pa.Table | None, str | None]:
     fetched = s3io.get_object(client, bucket, key)
     if fetched.body is None:
         return None, None
-    return pq.read_table(pa.BufferReader(fetched.body), use_threads=False), fetched.etag
+    return pq.read_table(pa.BufferReader(fetched.body), use_threads=False, pre_buffer=False), fetched.etag
 
 
 def encode(table: pa.Table) -> bytes:
