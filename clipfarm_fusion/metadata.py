@@ -31,7 +31,9 @@ def parse_table(body: bytes, location: str) -> pd.DataFrame:
     """Bytes of a CSV or Parquet file -> the columns we use, all as strings."""
     try:
         if location.lower().endswith((".parquet", ".pq")) or body[:4] == b"PAR1":
-            table = pq.read_table(pa.BufferReader(body), use_threads=False, pre_buffer=False)  # see manifest.read
+            table = pq.read_table(
+                pa.BufferReader(body), use_threads=False, pre_buffer=False
+            )  # see manifest.read
             present = [c for c in table.column_names if c in _WANTED]
             frame = table.select(present).to_pandas()
         else:
