@@ -131,7 +131,7 @@ def build(kind: str, dim: int, sample: np.ndarray | None, input_dim: int, base: 
     else:
         raise ConfigError(f"unknown projection kind {kind!r}: use pca or gaussian")
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, base_strategy=np.array(base), activation=np.array("relu"))
+    np.savez(buffer, **arrays, base_strategy=np.array(base), activation=np.array("relu"), allow_pickle=False)
     return buffer.getvalue()
 
 

@@ -24,6 +24,7 @@ def encode(video_ids: Sequence[str], vectors: np.ndarray, captured_at: Sequence[
         video_ids=np.asarray(list(video_ids), dtype=np.str_),
         vectors=np.ascontiguousarray(vectors, dtype=np.float32),
         captured_at=np.asarray(list(captured_at), dtype=np.str_),
+        allow_pickle=False,
     )
     return buffer.getvalue()
 

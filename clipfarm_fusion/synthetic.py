@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pandas as pd
+from numpy.lib import format as npy_format
 
 from .layout import Layout
 from .policy import (
@@ -72,9 +73,26 @@ class SyntheticDay:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    """A numeric array as `.npy` bytes (never pickled)."""
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
+    np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def object_array_npy(marker: str = "/nonexistent/clipfarm-pwned") -> bytes:
+    """Hostile `.npy` bytes: a header declaring an object array, then a pickle stream that would run
+    `touch <marker>` (GLOBAL os.system, REDUCE) if anything ever unpickled it. Written as literal
+    bytes: nothing here calls pickle. The decoder must refuse the file from its header alone."""
+    command = f"touch {marker}".encode()
+    payload = (
+        b"\x80\x02cos\nsystem\nq\x00X"
+        + len(command).to_bytes(4, "little")
+        + command
+        + b"q\x01\x85q\x02Rq\x03."
+    )
+    header = io.BytesIO()  # the header as numpy writes it, magic string included
+    npy_format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    return header.getvalue() + payload
 
 
 def url_for(video_id: str) -> str:
@@ -146,7 +164,7 @@ def make_day(
         elif case == "corrupt_truncated":
             objects[f"embeddings/video/{video_id}.npy"] = npy_bytes(vectors["video"])[:-100]
         elif case == "corrupt_object":
-            objects[f"embeddings/text/{video_id}.npy"] = npy_bytes(np.array([{"x": 1}], dtype=object))
+            objects[f"embeddings/text/{video_id}.npy"] = object_array_npy()
         elif case == "odd_dim":
             objects[f"embeddings/audio/{video_id}.npy"] = npy_bytes(
                 rng.standard_normal(dim // 2).astype(np.float32)

@@ -1,7 +1,6 @@
 """Fuzz the two parsers that read upstream bytes: no exception but our own may escape them."""
 
 import contextlib
-import io
 from datetime import date
 
 import numpy as np
@@ -12,14 +11,9 @@ from hypothesis.extra import numpy as hnp
 from clipfarm_fusion import metadata
 from clipfarm_fusion.errors import ConfigError, ItemError
 from clipfarm_fusion.npy import decode_vector
+from clipfarm_fusion.synthetic import npy_bytes
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
-    return buffer.getvalue()
 
 
 def decode_or_item_error(body: bytes):
@@ -42,7 +36,7 @@ def test_random_bytes(body):
 @FUZZ
 @given(st.binary(max_size=256), st.integers(0, 200), st.binary(max_size=64))
 def test_mutated_valid_files(noise, position, tail):
-    body = bytearray(npy(np.arange(16, dtype=np.float32)))
+    body = bytearray(npy_bytes(np.arange(16, dtype=np.float32)))
     body[position : position + len(noise)] = noise
     decode_or_item_error(bytes(body) + tail)
 
@@ -57,7 +51,7 @@ def test_mutated_valid_files(noise, position, tail):
     )
 )
 def test_any_numeric_array(array):
-    vector = decode_or_item_error(npy(array))
+    vector = decode_or_item_error(npy_bytes(array))
     if vector is not None:
         with np.errstate(over="ignore"):
             np.testing.assert_array_equal(vector, array.astype(np.float32))

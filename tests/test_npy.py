@@ -7,7 +7,7 @@ import pytest
 
 from clipfarm_fusion.errors import ItemError
 from clipfarm_fusion.npy import decode_vector
-from clipfarm_fusion.synthetic import npy_bytes
+from clipfarm_fusion.synthetic import npy_bytes, object_array_npy
 
 
 def decode(body):
@@ -17,7 +17,7 @@ def decode(body):
 @pytest.mark.parametrize(
     ("body", "cause"),
     [
-        (npy_bytes(np.array([{"a": 1}], dtype=object)), "object array"),
+        (object_array_npy(), "object array"),
         (npy_bytes(np.array([1.0, np.nan], np.float32)), "non-finite"),
         (npy_bytes(np.array([1.0, np.inf])), "non-finite"),
         (npy_bytes(np.array([1e300])), "non-finite"),
@@ -47,10 +47,11 @@ def test_huge_claimed_shape_is_rejected_before_allocating():
         decode(body)
 
 
-def test_header_that_would_unpickle_is_not_executed():
-    body = npy_bytes(np.array([object()], dtype=object))
+def test_header_that_would_unpickle_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
     with pytest.raises(ItemError, match="object array"):
-        decode(body)
+        decode(object_array_npy(str(marker)))
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("dtype", [">f4", "<f8", ">f8", "<i4"])

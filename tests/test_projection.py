@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import sys
+import zipfile
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from clipfarm_fusion import manifest, pipeline, projection, shards
 from clipfarm_fusion.errors import ConfigError, SchemaDriftError
 from clipfarm_fusion.fuse import STRATEGIES, FusionOptions, fuse
+from clipfarm_fusion.synthetic import object_array_npy
 
 from .test_pipeline import expected_vector
 
@@ -22,7 +24,7 @@ DAY = date(2026, 3, 1)
 
 def artifact(**arrays) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays, allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -63,9 +65,17 @@ def test_bad_artifacts_are_config_errors(arrays, problem):
         projection.parse(artifact(**arrays), "a.npz", STRATEGIES)
 
 
+def evil_artifact() -> bytes:
+    """An .npz whose P is an object array carrying a pickle payload."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("P.npy", object_array_npy())
+    return buffer.getvalue()
+
+
 def test_pickled_artifacts_are_refused():
     with pytest.raises(ConfigError, match="not a numeric .npz"):
-        projection.parse(artifact(P=np.array([{"x": 1}], dtype=object)), "evil.npz", STRATEGIES)
+        projection.parse(evil_artifact(), "evil.npz", STRATEGIES)
 
 
 def test_gaussian_is_seeded_and_pca_is_deterministic():
