@@ -16,8 +16,9 @@ from .argtypes import iso_date, positive, weights
 from .config import STRATEGY_NAMES, FusionConfig, bucket_from_env, parse_strategies
 from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
 from .layout import Layout
+from .readback import BrokenPointerError
 
-EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT = 0, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT, EXIT_BROKEN = 0, 2, 3, 4, 5
 log = logging.getLogger("clipfarm_fusion")
 
 
@@ -381,6 +382,9 @@ def _run_command(args: argparse.Namespace) -> int:
     except ConcurrentWriteError as exc:
         print(f"clipfarm-fusion: concurrent write: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
+    except BrokenPointerError as exc:
+        print(f"clipfarm-fusion: broken pointer: {exc}", file=sys.stderr)
+        return EXIT_BROKEN
     except botocore.exceptions.NoCredentialsError:
         print(
             "clipfarm-fusion: error: no AWS credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",

@@ -64,6 +64,8 @@ class FusionConfig:
                 "with video + audio > 0"
             )
         object.__setattr__(self, "weights", weights)
+        if "projection" in self.strategies and not self.projection_uri:
+            raise ConfigError("strategy projection needs an artifact: pass --projection PATH|s3://B/KEY")
         object.__setattr__(self, "root", self.root.strip("/"))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 

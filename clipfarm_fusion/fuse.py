@@ -104,7 +104,7 @@ def _project(parts: list[np.ndarray], present: np.ndarray, options: FusionOption
 def _projection_width(dv: int, da: int, dt: int, options: FusionOptions) -> int:
     artifact = options.projection
     if artifact is None:
-        raise ConfigError("strategy projection needs an artifact: pass --projection PATH|s3://B/KEY")
+        raise ValueError("strategy projection needs FusionOptions.projection, the loaded artifact")
     base_width = STRATEGIES[artifact.base_strategy].width(dv, da, dt, options)
     if base_width != artifact.input_dim:
         raise ConfigError(

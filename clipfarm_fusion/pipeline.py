@@ -24,7 +24,7 @@ import pyarrow as pa
 from . import delta as delta_rules
 from . import manifest, metadata, policy, projection, s3io, schema_lock, state, text_state
 from .config import FusionConfig
-from .errors import ConfigError, ItemError, SchemaDriftError
+from .errors import ItemError, SchemaDriftError
 from .fuse import STRATEGIES, FusionOptions, fuse
 from .layout import MODALITIES, Layout, video_id_problem
 from .npy import decode_vector
@@ -96,8 +96,6 @@ def run(
 
     options = config.options
     if "projection" in config.strategies:
-        if not config.projection_uri:
-            raise ConfigError("strategy projection needs an artifact: pass --projection PATH|s3://B/KEY")
         options = replace(options, projection=projection.load(client, config.projection_uri, STRATEGIES))
     runs = [
         _open_strategy(client, config, layout, name, horizon, run_date, options) for name in config.strategies
@@ -239,7 +237,7 @@ def _text_state_columns(text_rows: pd.DataFrame | None, ids: list[str]) -> tuple
     known = text_rows.reindex(ids)
 
     def as_objects(column):
-        return np.array([None if pd.isna(v) else str(v) for v in known[column]], dtype=object)  # noqa: E731
+        return np.array([None if pd.isna(v) else str(v) for v in known[column]], dtype=object)
 
     return as_objects("status"), as_objects("source_hash")
 

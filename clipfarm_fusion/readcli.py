@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,10 +22,10 @@ from .argtypes import iso_date, positive
 from .config import DEFAULT_ROOT, STRATEGY_NAMES
 from .errors import ConfigError, SchemaDriftError
 from .layout import Layout
-from .readback import BrokenPointerError, ShardRead
+from .readback import ShardRead
 
 COMMANDS = ("inspect", "export")
-EXIT_OK, EXIT_USAGE, EXIT_BROKEN = 0, 2, 5
+EXIT_OK = 0
 _DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
 
 
@@ -88,16 +87,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `inspect` or `export`; config problems print one line and return 2, as in cli.main."""
+    """Run `inspect` or `export`. Errors propagate: cli.main turns them into messages and exit codes
+    (ConfigError 2, BrokenPointerError 5), the same way for every command."""
     command = inspect_strategy if args.command == "inspect" else export
-    try:
-        return command(args)
-    except ConfigError as exc:
-        print(f"clipfarm-fusion: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPointerError as exc:
-        print(f"clipfarm-fusion: broken pointer: {exc}", file=sys.stderr)
-        return EXIT_BROKEN
+    return command(args)
 
 
 def inspect_strategy(args: argparse.Namespace) -> int:

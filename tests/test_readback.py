@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from clipfarm_fusion import manifest, pipeline, readcli, s3io, synthetic
+from clipfarm_fusion import cli, manifest, pipeline, readcli, s3io, synthetic
 from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.layout import Layout
@@ -238,15 +238,12 @@ def test_config_errors_say_what_to_do(client, two_days, monkeypatch):
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    """The commands as cli.py wires them: a `clipfarm-fusion` parser with `add_commands`."""
-    parser = argparse.ArgumentParser(prog="clipfarm-fusion")
-    readcli.add_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return cli.build_parser().parse_args(argv)
 
 
 def test_inspect_prints_lock_totals_and_each_id(client, two_days, capsys):
     ids = ("--video-id", RECAPTURED, "nope", "--video-id", "b000004")
-    code = readcli.run(parse("inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, *ids))
+    code = cli.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, *ids])
     out = capsys.readouterr().out
     assert code == 0
     assert "fused_dim=2305 mask_appended=True" in out and "history: 0 earlier lock(s)" in out
@@ -269,20 +266,14 @@ def test_inspect_prints_lock_totals_and_each_id(client, two_days, capsys):
 
 
 def test_inspect_without_a_manifest_exits_2_naming_the_key(two_days, capsys):
-    assert (
-        readcli.run(parse("inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--root", "empty"))
-        == 2
-    )
+    assert cli.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--root", "empty"]) == 2
     err = capsys.readouterr().err
     assert "empty/fused/concat/fused_manifest.parquet does not exist" in err and "clipfarm-fusion run" in err
 
 
 def test_export_parquet_holds_what_read_vectors_returns(client, two_days, tmp_path, capsys):
     out = tmp_path / "concat.parquet"
-    assert (
-        readcli.run(parse("export", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--out", str(out)))
-        == 0
-    )
+    assert cli.main(["export", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"exported 50 concat vectors (2305-d) to {out}"
     exported = pq.read_table(out).sort_by("video_id")
     assert exported.schema.field("vector").type == pa.list_(pa.float32(), 2305)
@@ -305,7 +296,7 @@ def test_export_npy_of_one_date_loads_without_pickle_and_matches(client, two_day
         "--out",
         str(out),
     )
-    assert readcli.run(parse(*argv)) == 0
+    assert cli.main(list(argv)) == 0
     records = np.load(out, allow_pickle=False)
     records = records[np.argsort(records["video_id"])]
     ids, vectors, rows = read_vectors(STRATEGY, run_date=DAY1, bucket=two_days.bucket, client=client)
@@ -319,7 +310,7 @@ def test_export_npy_of_one_date_loads_without_pickle_and_matches(client, two_day
 
 def test_export_to_another_suffix_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "vectors.csv"
-    assert readcli.run(parse("export", "--strategy", STRATEGY, "--bucket", "any", "--out", str(out))) == 2
+    assert cli.main(["export", "--strategy", STRATEGY, "--bucket", "any", "--out", str(out)]) == 2
     assert "use PATH.parquet or PATH.npy" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
