@@ -13,7 +13,7 @@ import botocore.exceptions
 
 from . import pipeline, readcli, s3io
 from .argtypes import iso_date, positive, weights
-from .config import STRATEGY_NAMES, FusionConfig, bucket_from_env, parse_strategies
+from .config import STRATEGY_NAMES, FusionConfig, parse_strategies, resolve_bucket
 from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
 from .layout import Layout
 from .readback import BrokenPointerError
@@ -231,9 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 def make_projection(args: argparse.Namespace) -> int:
     from .projection import make
 
-    bucket = args.bucket or bucket_from_env()
-    if not bucket:
-        raise ConfigError("no bucket: pass --bucket or set CLIPFARM_BUCKET")
+    bucket = resolve_bucket(args.bucket)
     projection_id, input_dim, dim = make(
         s3io.make_client(16),
         bucket,
@@ -255,9 +253,7 @@ def make_projection(args: argparse.Namespace) -> int:
 def migrate_schema(args: argparse.Namespace) -> int:
     from .migrate import describe, migrate
 
-    bucket = args.bucket or bucket_from_env()
-    if not bucket:
-        raise ConfigError("no bucket: pass --bucket or set CLIPFARM_BUCKET")
+    bucket = resolve_bucket(args.bucket)
     dims = {"video": args.video_dim, "audio": args.audio_dim, "text": args.text_dim}
     migration = migrate(
         s3io.make_client(8),
@@ -281,7 +277,7 @@ def migrate_schema(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> FusionConfig:
     return FusionConfig(
-        bucket=args.bucket or bucket_from_env(),
+        bucket=resolve_bucket(args.bucket),
         root=args.root,
         strategies=parse_strategies(args.strategy),
         metadata_uri=args.metadata,

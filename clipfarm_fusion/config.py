@@ -11,6 +11,7 @@ from .fuse import DEFAULT_STRATEGIES, STRATEGIES, FusionOptions
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every registered strategy
 DEFAULT_ROOT = "clipfarm"
+NO_BUCKET = "no bucket: pass --bucket (bucket= from Python) or set CLIPFARM_BUCKET"
 DEFAULT_TEXT_TERMINAL_STATUSES: tuple[str, ...] = ("no_captions", "fail_empty_transcript_terminal")
 
 
@@ -40,7 +41,7 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         if not self.bucket:
-            raise ConfigError("no bucket: pass --bucket or set CLIPFARM_BUCKET")
+            raise ConfigError(NO_BUCKET)
         if not self.root or self.root.startswith("/") or ".." in self.root.split("/"):
             raise ConfigError(f"bad --root {self.root!r}: use a relative prefix such as 'clipfarm'")
         unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
@@ -100,3 +101,11 @@ def parse_strategies(value: str) -> tuple[str, ...]:
 
 def bucket_from_env() -> str:
     return os.environ.get("CLIPFARM_BUCKET", "")
+
+
+def resolve_bucket(bucket: str | None) -> str:
+    """The bucket given, else $CLIPFARM_BUCKET; ConfigError saying what to set when neither is."""
+    resolved = bucket or bucket_from_env()
+    if not resolved:
+        raise ConfigError(NO_BUCKET)
+    return resolved

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import manifest, s3io, shards
-from .config import DEFAULT_ROOT, STRATEGY_NAMES, bucket_from_env
+from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from .errors import ClipfarmError, ConfigError
 from .layout import Layout
 
@@ -73,13 +73,6 @@ class ShardRead(NamedTuple):
     positions: np.ndarray
     rows: pa.Table
     vectors: np.ndarray
-
-
-def resolve_bucket(bucket: str | None) -> str:
-    resolved = bucket or bucket_from_env()
-    if not resolved:
-        raise ConfigError("no bucket: pass bucket= / --bucket or set CLIPFARM_BUCKET")
-    return resolved
 
 
 def parse_run_date(run_date: date | str | None) -> date | None:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from . import readback, s3io, schema_lock
 from .argtypes import iso_date, positive
-from .config import DEFAULT_ROOT, STRATEGY_NAMES
+from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from .errors import ConfigError, SchemaDriftError
 from .layout import Layout
 from .readback import ShardRead
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def inspect_strategy(args: argparse.Namespace) -> int:
-    bucket = readback.resolve_bucket(args.bucket)
+    bucket = resolve_bucket(args.bucket)
     layout = Layout(args.root.strip("/"))
     client = s3io.make_client(8)
     table = readback.load_manifest(client, bucket, args.root, args.strategy)
@@ -179,7 +179,7 @@ def export(args: argparse.Namespace) -> int:
         )
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
-    bucket = readback.resolve_bucket(args.bucket)
+    bucket = resolve_bucket(args.bucket)
     client = s3io.make_client(args.threads)
     table = readback.load_manifest(client, bucket, args.root, args.strategy)
     rows = readback.select_rows(table, None, args.date, args.fused_dim).rows
