@@ -1,4 +1,5 @@
-"""clipfarm-fusion: daily embedding fusion on S3. `read_vectors` reads the published vectors back.
+"""clipfarm-fusion: daily embedding fusion on S3. `read_manifest` and `read_state` read what runs
+published; `read_vectors` reads the fused vectors back.
 
 The export is resolved lazily (PEP 562) so that importing a pure module such as
 `clipfarm_fusion.fuse` does not pull boto3 and pandas in with the package.
@@ -10,13 +11,15 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .readback import MissingVectorsWarning, read_vectors
+    from .readers import read_manifest, read_state
 
-__all__ = ["MissingVectorsWarning", "read_vectors"]
+__all__ = ["MissingVectorsWarning", "read_manifest", "read_state", "read_vectors"]
+_HOMES = {"MissingVectorsWarning": "readback", "read_vectors": "readback"}
 
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import readback
+        from importlib import import_module
 
-        return getattr(readback, name)
+        return getattr(import_module(f".{_HOMES.get(name, 'readers')}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

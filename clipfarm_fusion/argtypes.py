@@ -13,14 +13,29 @@ def iso_date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date: {value!r} (use YYYY-MM-DD)") from None
 
 
-def positive(value: str) -> int:
+def _whole(value: str, least: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {number}")
     return number
+
+
+def positive(value: str) -> int:
+    return _whole(value, 1)
+
+
+def non_negative(value: str) -> int:
+    return _whole(value, 0)
+
+
+def comma_list(value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of names: {value!r}")
+    return names
 
 
 def weights(value: str) -> tuple[float, float, float]:

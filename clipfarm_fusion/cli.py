@@ -6,19 +6,45 @@ import argparse
 import gc
 import logging
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import botocore.exceptions
 
 from . import pipeline, readcli, s3io
-from .argtypes import iso_date, positive, weights
-from .config import STRATEGY_NAMES, FusionConfig, parse_strategies, resolve_bucket
-from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError
+from .argtypes import comma_list, iso_date, non_negative, positive, weights
+from .config import (
+    DEFAULT_TEXT_TERMINAL_STATUSES,
+    STRATEGY_NAMES,
+    FusionConfig,
+    parse_strategies,
+    resolve_bucket,
+)
+from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError, StoreError
 from .layout import Layout
 from .readback import BrokenPointerError
 
-EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT, EXIT_BROKEN = 0, 2, 3, 4, 5
+EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT, EXIT_BROKEN, EXIT_STORE = 0, 2, 3, 4, 5, 7
+# The seed script's flag spellings, accepted (not shown in --help) so a workflow that called it can
+# switch by changing only the command. Each maps to the flag it means.
+SEED_ALIASES = {
+    "--run_date": "--run-date",
+    "--fusion_strategy": "--strategy",
+    "--s3_bucket": "--bucket",
+    "--metadata_csv": "--metadata",
+    "--max_items": "--max-items",
+    "--shard_size": "--shard-size",
+    "--text_dim": "--text-dim",
+    "--max_fail_retries": "--max-fail-retries",
+    "--include_captured_at_in_hash": "--include-captured-at-in-hash",
+    "--no-append_text_presence_mask": "--no-text-mask",
+    "--no_append_text_presence_mask": "--no-text-mask",
+    "--state_dir": "--state-dir",
+    "--text_state": "--text-state",
+    "--summary_json": "--summary-json",
+    "--terminal_text_statuses": "--terminal-text-statuses",
+    "--sample_size": "--sample-size",
+}
 log = logging.getLogger("clipfarm_fusion")
 
 
@@ -37,13 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fuse one day's delta and publish shards, manifest, schema lock and state",
         description="Fuse every video of the metadata horizon (as of --run-date) whose fused vector is missing "
         "or stale. Exit codes: 0 run completed (item failures are data, see the summary); 2 bad usage or "
-        "config; 3 stopped for schema drift, nothing written; 4 another run wrote the same strategy.",
+        "config; 3 a strategy stopped for schema drift (named on stderr; it wrote nothing, the others "
+        "published); 4 another run wrote the same strategy; 7 a published store (state mirror) is unreadable.",
     )
     run.add_argument(
         "--run-date",
         type=iso_date,
-        required=True,
-        help="the day to fuse (YYYY-MM-DD); shards land in date=<it>",
+        default=None,
+        help="the day to fuse (YYYY-MM-DD; default: today, UTC); shards land in date=<it>. A date after "
+        "today is refused",
     )
     run.add_argument(
         "--strategy",
@@ -71,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("state"),
         help="local working copies of fusion_<s>.sqlite (default: ./state)",
     )
-    run.add_argument("--max-items", type=positive, default=None, help="fuse at most N videos this run")
+    run.add_argument(
+        "--max-items",
+        type=non_negative,
+        default=None,
+        help="work on at most N videos of the delta this run; the rest is reported as deferred "
+        "(default and 0: no cap)",
+    )
     run.add_argument(
         "--shard-size",
         type=positive,
@@ -94,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-captured-at-in-hash", action="store_true", help="source_hash = sha256(url|captured_at)"
     )
     run.add_argument("--no-text-mask", action="store_true", help="do not append the text-presence mask")
+    run.add_argument(  # the seed's spelling of the default; --no-append_text_presence_mask is an alias
+        "--append_text_presence_mask", dest="no_text_mask", action="store_false", help=argparse.SUPPRESS
+    )
+    run.add_argument(
+        "--terminal-text-statuses",
+        type=comma_list,
+        default=DEFAULT_TEXT_TERMINAL_STATUSES,
+        metavar="A,B",
+        help="text stage statuses that mean no text will ever come, so the video is fused with a zero "
+        f"text vector (default: {','.join(DEFAULT_TEXT_TERMINAL_STATUSES)})",
+    )
+    run.add_argument(
+        "--sample-size",
+        type=positive,
+        default=10,
+        help="sample video_ids (with their errors) kept per status in the summary (default: 10)",
+    )
     run.add_argument(
         "--l2-normalize",
         action="store_true",
@@ -116,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
     )
+    add_aliases(run, SEED_ALIASES)
 
     demo = commands.add_parser(
         "demo",
@@ -138,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser(
         "dev",
-        help="open the Dagster UI on a demo day: embedded S3, seeded bucket, `dagster dev`",
+        help="open the Dagster UI on a demo day: embedded S3, seeded bucket, `dg dev`",
         description="Starts an embedded S3 server (moto, loopback), seeds the synthetic demo day into "
-        "$CLIPFARM_BUCKET (default clipfarm-demo) if that bucket is empty, and runs `dagster dev` on "
-        "clipfarm_fusion.defs.definitions until Ctrl-C. DAGSTER_HOME defaults to a temporary copy of the "
-        "repo's dagster_home/ (the embedded S3 is temporary too); set DAGSTER_HOME to keep the run history.",
+        "$CLIPFARM_BUCKET (default clipfarm-demo) if that bucket is empty, and runs `dg dev` on "
+        "clipfarm_fusion.defs.definitions until Ctrl-C (needs the dev extra). DAGSTER_HOME defaults to a "
+        "temporary one with the package's dagster.yaml (the embedded S3 is temporary too); set DAGSTER_HOME "
+        "to keep the run history.",
     )
     dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: 127.0.0.1)")
     dev.add_argument("--port", type=positive, default=3000, help="port of the UI (default: 3000)")
@@ -196,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="V,A,T",
         help="new weighted_pool weights (default: keep)",
     )
+    migrate.add_argument(
+        "--projection",
+        default=None,
+        metavar="PATH|s3://B/KEY",
+        help="strategy projection only (required there): the artifact to lock, e.g. a new version from "
+        "make-projection; its sha256 becomes the locked projection_id",
+    )
     migrate.add_argument("--dry-run", action="store_true", help="show the new lock without writing it")
 
     make = commands.add_parser(
@@ -226,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     readcli.add_commands(commands)
     return parser
+
+
+def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
+    """Accept each alias as the option it names, without listing it in --help (argparse has no public
+    way to hide one spelling of an option, so the alias is registered on the option's own action)."""
+    for alias, option in aliases.items():
+        parser._option_string_actions[alias] = parser._option_string_actions[option]
 
 
 def make_projection(args: argparse.Namespace) -> int:
@@ -264,6 +331,7 @@ def migrate_schema(args: argparse.Namespace) -> int:
         mask=args.text_mask,
         l2_normalize=args.l2_normalize,
         weights=args.weights,
+        projection_uri=args.projection,
         sample=args.sample,
         dry_run=args.dry_run,
     )
@@ -284,6 +352,8 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         text_state_uri=args.text_state,
         state_dir=args.state_dir,
         max_items=args.max_items,
+        text_terminal_statuses=args.terminal_text_statuses,
+        sample_size=args.sample_size,
         shard_size=args.shard_size,
         max_fail_retries=args.max_fail_retries,
         text_dim=args.text_dim,
@@ -312,18 +382,28 @@ def progress_bar(enabled: bool):
     return update, bar.close
 
 
-def run_and_report(config: FusionConfig, run_date: date, summary_json: Path | None) -> int:
+def run_and_report(config: FusionConfig, run_date: date | None, summary_json: Path | None) -> int:
+    """Run one day and print its summary table once (stdout); exit 3 when a strategy stopped."""
+    run_date = run_date or datetime.now(UTC).date()
     on_progress, close = progress_bar(config.progress)
     try:
         summary = pipeline.run(config, run_date, on_progress=on_progress)
     finally:
         close()
-    table = summary.to_table()
-    log.info("run summary\n%s", table)
-    print(table)
+    print(summary.to_table())
     if summary_json:
         summary.write_json(summary_json)
         print(f"summary written to {summary_json}")
+    for name, why in summary.stopped.items():
+        print(
+            f"clipfarm-fusion: schema drift: {name} stopped, nothing of it published: {why}", file=sys.stderr
+        )
+    if summary.stopped:
+        published = ", ".join(summary.strategies) or "none"
+        print(
+            f"clipfarm-fusion: stopped: {', '.join(summary.stopped)}; published: {published}", file=sys.stderr
+        )
+        return EXIT_DRIFT
     return EXIT_OK
 
 
@@ -378,9 +458,24 @@ def _run_command(args: argparse.Namespace) -> int:
     except ConcurrentWriteError as exc:
         print(f"clipfarm-fusion: concurrent write: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
+    except StoreError as exc:
+        print(f"clipfarm-fusion: unreadable store: {exc}", file=sys.stderr)
+        return EXIT_STORE
     except BrokenPointerError as exc:
         print(f"clipfarm-fusion: broken pointer: {exc}", file=sys.stderr)
         return EXIT_BROKEN
+    except botocore.exceptions.ProfileNotFound as exc:
+        print(
+            f"clipfarm-fusion: error: {exc}; set AWS_PROFILE to a configured profile or unset it",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except botocore.exceptions.ParamValidationError as exc:
+        print(
+            f"clipfarm-fusion: error: S3 rejected a parameter ({exc}); check --bucket and --root",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except botocore.exceptions.NoCredentialsError:
         print(
             "clipfarm-fusion: error: no AWS credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",

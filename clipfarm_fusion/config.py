@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from .fuse import DEFAULT_STRATEGIES, STRATEGIES, FusionOptions
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every registered strategy
 DEFAULT_ROOT = "clipfarm"
-NO_BUCKET = "no bucket: pass --bucket (bucket= from Python) or set CLIPFARM_BUCKET"
+NO_BUCKET = "no bucket: pass --bucket (bucket= from Python) or set CLIPFARM_BUCKET (or S3_BUCKET)"
+BUCKET_ENV = ("CLIPFARM_BUCKET", "S3_BUCKET")  # S3_BUCKET: the seed script's spelling
+# S3's bucket naming rules (3-63 characters: lowercase letters, digits, dots, hyphens; alphanumeric ends).
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 DEFAULT_TEXT_TERMINAL_STATUSES: tuple[str, ...] = ("no_captions", "fail_empty_transcript_terminal")
 
 
@@ -40,8 +44,7 @@ class FusionConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ConfigError(NO_BUCKET)
+        check_bucket_name(self.bucket)
         if not self.root or self.root.startswith("/") or ".." in self.root.split("/"):
             raise ConfigError(f"bad --root {self.root!r}: use a relative prefix such as 'clipfarm'")
         unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
@@ -52,8 +55,14 @@ class FusionConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_fail_retries < 0:
             raise ConfigError(f"max_fail_retries must be >= 0, got {self.max_fail_retries}")
-        if self.max_items is not None and self.max_items < 1:
-            raise ConfigError(f"max_items must be at least 1, got {self.max_items}")
+        if self.max_items is not None and self.max_items < 0:
+            raise ConfigError(f"max_items must be 0 (no cap) or more, got {self.max_items}")
+        if self.max_items == 0:
+            object.__setattr__(self, "max_items", None)
+        statuses = tuple(s.strip() for s in self.text_terminal_statuses if s.strip())
+        if not statuses:
+            raise ConfigError("text_terminal_statuses is empty: name at least one, e.g. no_captions")
+        object.__setattr__(self, "text_terminal_statuses", statuses)
         weights = tuple(float(w) for w in self.weights)
         if (
             len(weights) != 3
@@ -100,12 +109,22 @@ def parse_strategies(value: str) -> tuple[str, ...]:
 
 
 def bucket_from_env() -> str:
-    return os.environ.get("CLIPFARM_BUCKET", "")
+    """$CLIPFARM_BUCKET, else the seed script's $S3_BUCKET, else empty."""
+    return next((os.environ[name] for name in BUCKET_ENV if os.environ.get(name)), "")
+
+
+def check_bucket_name(bucket: str) -> str:
+    """ConfigError saying what to fix, before a bad name reaches botocore as a traceback."""
+    if not bucket:
+        raise ConfigError(NO_BUCKET)
+    if not _BUCKET_NAME.match(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"bad bucket name {bucket!r}: S3 bucket names are 3-63 characters of lowercase letters, digits, "
+            "dots and hyphens, starting and ending with a letter or digit; check --bucket or $CLIPFARM_BUCKET"
+        )
+    return bucket
 
 
 def resolve_bucket(bucket: str | None) -> str:
-    """The bucket given, else $CLIPFARM_BUCKET; ConfigError saying what to set when neither is."""
-    resolved = bucket or bucket_from_env()
-    if not resolved:
-        raise ConfigError(NO_BUCKET)
-    return resolved
+    """The bucket given, else $CLIPFARM_BUCKET / $S3_BUCKET, checked; ConfigError saying what to set."""
+    return check_bucket_name(bucket or bucket_from_env())

@@ -3,6 +3,11 @@
 By default S3 is an embedded moto server (gone when dev stops), so Dagster's run history goes into a
 temporary DAGSTER_HOME too: a history that points at vanished data would mislead. Set DAGSTER_HOME to
 keep it, e.g. with `--external-s3` against the MinIO of infra/.
+
+The UI is Dagster's `dg dev` (dagster-dg-cli, in the `dev` extra), run with this interpreter. From a
+checkout (the package's folder sits next to a pyproject.toml with `[tool.dg]`), dg serves the project
+that pyproject describes. From an installed wheel there is no project for dg to find, so dg is given
+the module with `-m`, which serves the installed package from any directory.
 """
 
 from __future__ import annotations
@@ -10,25 +15,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import botocore.exceptions
 
-from . import s3io, synthetic
+from . import package_data, s3io, synthetic
 from .config import bucket_from_env
 from .demo import DEMO_BUCKET
 from .embedded_s3 import embedded_s3
+from .errors import ConfigError
 
 log = logging.getLogger("clipfarm_fusion")
 DEFS_MODULE = "clipfarm_fusion.defs.definitions"
-REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
+DG_MISSING = (
+    "`clipfarm-fusion dev` runs Dagster's `dg` (dagster-dg-cli), which is not installed: "
+    "pip install 'clipfarm-fusion[dev]'"
+)
 SHUTDOWN_GRACE_SECONDS = 30
 
 
@@ -48,19 +57,43 @@ def seed_if_empty(client, bucket: str, root: str, videos: int) -> date | None:
 
 @contextlib.contextmanager
 def dagster_home() -> Iterator[Path]:
-    """$DAGSTER_HOME when set; else a temporary copy of the repo's dagster_home/ (pools, queue, no
-    telemetry), so the repo stays clean."""
+    """$DAGSTER_HOME when set; else a temporary one holding the packaged dagster_home/dagster.yaml
+    (pools, queue, no telemetry), so the working directory stays clean."""
     if os.environ.get("DAGSTER_HOME"):
         yield Path(os.environ["DAGSTER_HOME"])
         return
     with tempfile.TemporaryDirectory(prefix="clipfarm-dagster-home-") as home:
-        if REPO_DAGSTER_YAML.exists():
-            shutil.copy(REPO_DAGSTER_YAML, home)
-        else:
-            log.warning(
-                "no %s (not a source checkout): Dagster defaults apply, pool limits unset", REPO_DAGSTER_YAML
-            )
+        Path(home, "dagster.yaml").write_text(package_data.dagster_yaml(), encoding="utf-8")
         yield Path(home)
+
+
+def dg_project_root() -> Path | None:
+    """The checkout this package runs from when it is a dg project (pyproject.toml with `[tool.dg]`
+    whose root_module is this package), else None: an installed wheel, or a copy without the config."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    dg = config.get("tool", {}).get("dg", {})
+    if dg.get("directory_type") == "project" and dg.get("project", {}).get("root_module") == __package__:
+        return root
+    return None
+
+
+def dg_dev_command(host: str, port: int) -> list[str]:
+    """`dg dev` with this interpreter (so no uv and no project .venv are involved): on the dg project
+    of the checkout, or on the module when installed from a wheel (dg passes `-m` on to Dagster's
+    dev server, no project needed)."""
+    try:
+        import dagster_dg_cli  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"{DG_MISSING} ({exc})") from None
+    command = [sys.executable, "-m", "dagster_dg_cli.cli", "dev", "--host", host, "--port", str(port)]
+    root = dg_project_root()
+    if root is None:
+        return [*command, "-m", DEFS_MODULE]
+    return [*command, "--target-path", str(root), "--use-active-venv"]
 
 
 @contextlib.contextmanager
@@ -73,8 +106,9 @@ def s3_endpoint(external: bool) -> Iterator[str]:
 
 
 def run_dev(host: str, port: int, videos: int, external_s3: bool) -> int:
-    """Start S3, seed the demo day if needed, then `dagster dev` in the foreground until Ctrl-C."""
+    """Start S3, seed the demo day if needed, then `dg dev` in the foreground until Ctrl-C."""
     bucket = bucket_from_env() or DEMO_BUCKET
+    command = dg_dev_command(host, port)
     with s3_endpoint(external_s3) as endpoint, dagster_home() as home:
         seeded = seed_if_empty(s3io.make_client(), bucket, "clipfarm", videos)
         contents = (
@@ -85,21 +119,10 @@ def run_dev(host: str, port: int, videos: int, external_s3: bool) -> int:
         print(f"S3 at {endpoint}: s3://{bucket}/clipfarm/ {contents}\nDAGSTER_HOME={home}", flush=True)
         print(f"Dagster UI: http://{host}:{port}", flush=True)
         env = {**os.environ, "CLIPFARM_BUCKET": bucket, "DAGSTER_HOME": str(home)}
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-m",
-            DEFS_MODULE,
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
         # Ctrl-C and SIGTERM both mean "stop": Python's own handler also un-ignores SIGINT for the child
         # when a shell started us in the background. The child gets its own process group, so it hears
-        # exactly one SIGINT (ours), which `dagster dev` takes as "shut down webserver and daemon cleanly".
+        # exactly one SIGINT (ours), which `dg dev` (Dagster's dev server) takes as "shut down webserver
+        # and daemon cleanly".
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         process = subprocess.Popen(command, env=env, process_group=0)
@@ -110,7 +133,7 @@ def run_dev(host: str, port: int, videos: int, external_s3: bool) -> int:
 
 
 def _stop(process: subprocess.Popen) -> int:
-    """Stop `dagster dev` before the embedded S3 goes away; terminate it only if it hangs."""
+    """Stop `dg dev` before the embedded S3 goes away; terminate it only if it hangs."""
     process.send_signal(signal.SIGINT)
     try:
         return process.wait(timeout=SHUTDOWN_GRACE_SECONDS)

@@ -3,7 +3,8 @@
 Either in-process (`embedded_s3`, no extra process to manage: the demo) or as a child process
 (`moto_server_process`, so the server's CPU does not compete with ours for the GIL: tests, bench).
 Both set the standard AWS variables for this process, so everything else talks to the server
-exactly as it would to real S3 or MinIO.
+exactly as it would to real S3 or MinIO. moto is not a runtime dependency: it comes with the `demo`
+extra (and `dev`, which includes it); without it both raise ConfigError (CLI exit code 2) saying so.
 """
 
 from __future__ import annotations
@@ -18,11 +19,22 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .errors import ConfigError
+
+MOTO_MISSING = "the embedded S3 needs moto, which is not installed: pip install 'clipfarm-fusion[demo]'"
 DEMO_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "clipfarm-demo",
     "AWS_SECRET_ACCESS_KEY": "clipfarm-demo",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def require_moto() -> None:
+    """Raise ConfigError naming the extra to install unless moto's server can be imported."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"{MOTO_MISSING} ({exc})") from None
 
 
 @contextmanager
@@ -43,6 +55,7 @@ def _aws_env(endpoint: str) -> Iterator[str]:
 @contextmanager
 def embedded_s3() -> Iterator[str]:
     """Start moto's server in this process on 127.0.0.1 and a free port; yields its endpoint URL."""
+    require_moto()
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -65,6 +78,7 @@ def free_port() -> int:
 @contextmanager
 def moto_server_process(startup_timeout: float = 30.0) -> Iterator[str]:
     """Run `python -m moto.server` as a child process on a free loopback port; yields its endpoint URL."""
+    require_moto()
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(

@@ -26,3 +26,13 @@ class SchemaDriftError(ClipfarmError):
 
 class ConcurrentWriteError(ClipfarmError):
     """Another writer changed an object we were about to replace; nothing of ours overwrote theirs."""
+
+
+class StoreError(ClipfarmError):
+    """A published store (state mirror, manifest, schema lock) cannot be read: the run stops before it
+    writes anything, and the message names the object and how to repair it."""
+
+
+class S3UnavailableError(ClipfarmError):
+    """S3 stayed unreachable (connection errors, timeouts, 5xx or throttling) past the run's patience:
+    the run stops with nothing recorded against any item (exit code 6: retry later)."""

@@ -1,8 +1,9 @@
 """The fused manifest: one parquet row per `(video_id, source_hash)`, upserted with pyarrow.
 
-Upsert = old ∪ new, keeping the last row per key ordered by
-`(video_id, source_hash, captured_at, fused_key)`. Only rows whose key the run touched are sorted;
-the rest of a large manifest passes through untouched. The commit is a conditional PUT on the ETag
+Upsert = old ∪ new, keeping one row per key `(video_id, source_hash)` by the rule of `latest`: the
+latest captured_at as a parsed UTC instant (not as text: `...+02:00` and `...Z` compare by the clock;
+empty or unparseable is oldest), then the larger fused_key, and on a full tie the existing row. Only
+rows whose key the run touched are sorted; the rest of a large manifest passes through untouched. The commit is a conditional PUT on the ETag
 that was read, retried on the fresh manifest when another writer got there first.
 """
 
@@ -15,12 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import s3io
+from . import latest, s3io
 from .errors import ConcurrentWriteError
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
-SORT_KEYS = ("video_id", "source_hash", "captured_at", "fused_key")
+KEY_COLUMNS = ("video_id", "source_hash")
+INSTANT_COLUMN = "captured_at"
+TIEBREAK_COLUMNS = ("fused_key",)
 
 SCHEMA = pa.schema(
     [
@@ -70,8 +73,9 @@ def _keys(table: pa.Table) -> pa.ChunkedArray:
 def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
     """(merged, rows added, rows updated). `new` must have one row per key.
 
-    The latest row per key by SORT_KEYS wins; on a full tie the existing row stays, so merging the
-    same rows again changes nothing and counts no update.
+    The latest row per key wins (`latest.latest_index`: captured_at as an instant, then fused_key);
+    on a full tie the existing row stays, so merging the same rows again changes nothing and counts
+    no update.
     """
     new = conform(new, SCHEMA if "projection_id" not in new.column_names else PROJECTION_SCHEMA)
     if old is None or old.num_rows == 0:
@@ -89,14 +93,18 @@ def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
     if clashing == 0:
         return pa.concat_tables([old, new]), added, 0
     contested = pa.concat_tables(
-        [
+        [  # the existing rows first: on a full tie the first row wins
             old.take(clashing_rows).append_column("_new", pa.array(np.zeros(clashing, np.int8))),
             new.append_column("_new", pa.array(np.ones(new.num_rows, np.int8))),
         ]
-    ).sort_by([*((name, "ascending") for name in SORT_KEYS), ("_new", "descending")])
-    keys = _keys(contested).to_numpy(zero_copy_only=False)
-    is_last = np.append(keys[1:] != keys[:-1], True)
-    winners = contested.filter(pa.array(is_last))
+    )
+    winners = contested.take(
+        latest.latest_index(
+            [contested[name] for name in KEY_COLUMNS],
+            latest.instants(contested[INSTANT_COLUMN]),
+            [contested[name] for name in TIEBREAK_COLUMNS],
+        )
+    )
     updated = (pc.sum(winners["_new"]).as_py() or 0) - added
     keep = np.ones(old.num_rows, dtype=bool)
     keep[clashing_rows] = False

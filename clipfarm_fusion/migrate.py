@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from . import manifest, s3io, schema_lock
+from . import manifest, projection, s3io, schema_lock
 from .errors import ConfigError, ItemError
-from .fuse import FusionOptions
+from .fuse import STRATEGIES, FusionOptions
 from .layout import MODALITIES, Layout
 from .npy import decode_vector
 from .schema_lock import SchemaLock
@@ -62,11 +62,25 @@ def migrate(
     mask: bool | None = None,
     l2_normalize: bool | None = None,
     weights: tuple[float, float, float] | None = None,
+    projection_uri: str | None = None,
     sample: int = 32,
     dry_run: bool = False,
 ) -> Migration:
-    """Replace the lock of `strategy` with the given (or probed) dims; returns what changed."""
+    """Replace the lock of `strategy` with the given (or probed) dims; returns what changed.
+
+    Strategy `projection` needs the artifact to lock (`projection_uri`): the lock keeps only its sha256,
+    and its width is part of fused_dim. Giving a new artifact is how a new projection version is accepted.
+    """
     layout = Layout(root)
+    artifact = None
+    if strategy == "projection":
+        if not projection_uri:
+            raise ConfigError(
+                "migrate-schema --strategy projection needs the artifact to lock: pass --projection PATH|s3://B/KEY"
+            )
+        artifact = projection.load(client, projection_uri, STRATEGIES)
+    elif projection_uri:
+        raise ConfigError(f"--projection is only for strategy projection, not {strategy}")
     key = layout.schema_key(strategy)
     fetched = s3io.get_object(client, bucket, key)
     if fetched.body is None:
@@ -89,6 +103,7 @@ def migrate(
                 mask=old.mask_appended if mask is None else mask,
                 l2_normalize=old.l2_normalized if l2_normalize is None else l2_normalize,
                 weights=weights or old.weights or FusionOptions().weights,
+                projection=artifact,
             ),
         ),
         history=(*old.history, previous),
@@ -120,4 +135,5 @@ def describe(migration: Migration, key: str, dry_run: bool) -> str:
 
 def _options(lock: SchemaLock) -> str:
     weights = "" if lock.weights is None else f", weights={list(lock.weights)}"
-    return f"mask={lock.mask_appended}, l2={lock.l2_normalized}{weights}"
+    artifact = "" if lock.projection_id is None else f", projection_id={lock.projection_id[:12]}"
+    return f"mask={lock.mask_appended}, l2={lock.l2_normalized}{weights}{artifact}"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ import pyarrow as pa
 from . import delta as delta_rules
 from . import manifest, metadata, policy, projection, s3io, schema_lock, state, text_state
 from .config import FusionConfig
-from .errors import ItemError, SchemaDriftError
+from .errors import ConfigError, ItemError, SchemaDriftError
 from .fuse import STRATEGIES, FusionOptions, fuse
 from .layout import MODALITIES, Layout, video_id_problem
 from .npy import decode_vector
@@ -40,7 +41,7 @@ class StrategyRun:
     """Everything one strategy accumulates during a run, committed at the end."""
 
     name: str
-    db: state.StateDB
+    state_path: Path
     prior: pd.DataFrame
     lock: SchemaLock | None
     delta: pd.DataFrame
@@ -74,9 +75,14 @@ def run(
     log: logging.Logger | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RunSummary:
-    """Fuse the day's delta for every configured strategy and publish it. Raises ConfigError for bad
-    input (nothing written) and SchemaDriftError when most of the run disagrees with a lock."""
+    """Fuse the day's delta for every configured strategy and publish it.
+
+    Raises ConfigError for bad input (nothing written). A strategy that must stop (schema drift, or
+    options that differ from its lock) stops alone: its shards are withdrawn, it is named in
+    `summary.stopped`, and the other strategies publish.
+    """
     log = log or logging.getLogger("clipfarm_fusion")
+    check_run_date(run_date)
     client = client or s3io.make_client(config.fetch_threads)
     layout = Layout(config.root)
     started = time.monotonic()
@@ -97,56 +103,101 @@ def run(
     options = config.options
     if "projection" in config.strategies:
         options = replace(options, projection=projection.load(client, config.projection_uri, STRATEGIES))
-    runs = [
-        _open_strategy(client, config, layout, name, horizon, run_date, options) for name in config.strategies
-    ]
-    try:
-        for strategy_run in runs:
-            schema_lock.check_options(
-                strategy_run.lock, strategy_run.name, strategy_run.options, strategy_run.summary.schema_key
-            )
-            _record_invalid(strategy_run, invalid, problems, config.sample_size)
-        work = _union_delta(runs, config.max_items)
-        log.info(
-            "delta: %s; %d videos to read",
-            ", ".join(f"{r.name}={len(r.delta)}" for r in runs),
-            len(work),
-        )
+    runs: list[StrategyRun] = []
+    for name in config.strategies:
+        strategy_run = _open_strategy(client, config, layout, name, horizon, run_date, options)
         try:
-            keys_per_item = len(horizon) / max(len(work), 1)
-            _fuse_all(
-                client,
-                config,
-                layout,
-                work,
-                runs,
-                text_rows,
-                text_problem,
-                keys_per_item,
-                started,
-                log,
-                on_progress,
+            schema_lock.check_options(
+                strategy_run.lock, name, strategy_run.options, strategy_run.summary.schema_key
             )
-        except SchemaDriftError:
-            _withdraw_shards(client, config.bucket, runs, log)
-            raise
-        for strategy_run in runs:
+        except SchemaDriftError as exc:
+            _stop(summary, strategy_run, exc, client, config.bucket, log)
+            continue
+        _record_invalid(strategy_run, invalid, problems, config.sample_size)
+        strategy_run.summary.delta = len(strategy_run.delta) + len(invalid)
+        runs.append(strategy_run)
+    work = _union_delta(runs, config.max_items)
+    for strategy_run in runs:
+        strategy_run.summary.deferred = int(
+            np.count_nonzero(~strategy_run.delta.index.isin(work["video_id"]))
+        )
+    log.info(
+        "delta: %s; %d videos to read%s",
+        ", ".join(f"{r.name}={r.summary.delta}" for r in runs) or "none",
+        len(work),
+        f" (--max-items {config.max_items})" if config.max_items else "",
+    )
+    keys_per_item = len(horizon) / max(len(work), 1)
+    _fuse_all(
+        client,
+        config,
+        layout,
+        work,
+        runs,
+        summary,
+        text_rows,
+        text_problem,
+        keys_per_item,
+        started,
+        log,
+        on_progress,
+    )
+    for strategy_run in list(runs):
+        try:
             _commit(client, config, layout, strategy_run, log)
-            strategy_run.summary.seconds = round(time.monotonic() - started, 3)
-            summary.strategies[strategy_run.name] = strategy_run.summary
-    finally:
-        for strategy_run in runs:
-            strategy_run.db.close()
+        except SchemaDriftError as exc:
+            _stop(summary, strategy_run, exc, client, config.bucket, log)
+            continue
+        strategy_run.summary.seconds = round(time.monotonic() - started, 3)
+        summary.strategies[strategy_run.name] = strategy_run.summary
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 
 
-def _fuse_all(
-    client, config, layout, work, runs, text_rows, text_problem, keys_per_item, started, log, on_progress
+def check_run_date(run_date: date) -> None:
+    """A run is pinned to a day that has happened: a future date would mark videos done under a date
+    they were never fused for (DESIGN §3)."""
+    today = datetime.now(UTC).date()
+    if run_date > today:
+        raise ConfigError(
+            f"run date {run_date} is after today ({today} UTC): fuse a day that has happened, "
+            "or leave --run-date out for today"
+        )
+
+
+def _stop(
+    summary: RunSummary, strategy_run: StrategyRun, exc: SchemaDriftError, client, bucket: str, log
 ) -> None:
-    """Fetch, judge and fuse the delta batch by batch; each batch's shards are written as it goes."""
+    """Take one strategy out of the run: withdraw the shards it wrote (nothing references them yet, so
+    the bucket is left as the run found it) and name it in the summary. The others go on."""
+    for key in strategy_run.writer.written:
+        client.delete_object(Bucket=bucket, Key=key)
+        log.info("withdrew unreferenced shard %s", key)
+    strategy_run.writer.written.clear()
+    summary.stopped[strategy_run.name] = str(exc)
+    log.error("%s stopped, nothing of it published: %s", strategy_run.name, exc)
+
+
+def _fuse_all(
+    client,
+    config,
+    layout,
+    work,
+    runs,
+    summary,
+    text_rows,
+    text_problem,
+    keys_per_item,
+    started,
+    log,
+    on_progress,
+) -> None:
+    """Fetch, judge and fuse the delta batch by batch; each batch's shards are written as it goes.
+    A strategy that shows schema drift is stopped and dropped from `runs`; the others go on."""
     done = 0
     for start in range(0, len(work), config.shard_size):
+        if not runs:
+            break
         batch = _fetch_batch(
             client,
             config,
@@ -158,23 +209,19 @@ def _fuse_all(
             keys_per_item,
         )
         last = start + config.shard_size >= len(work)
-        outcomes = [_judge(config, r, batch, last) for r in runs]
-        for strategy_run, outcome in zip(runs, outcomes, strict=True):
+        for strategy_run in list(runs):
+            try:
+                outcome = _judge(config, strategy_run, batch, last)
+            except SchemaDriftError as exc:
+                _stop(summary, strategy_run, exc, client, config.bucket, log)
+                runs.remove(strategy_run)
+                continue
             _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
         done += len(batch.rows)
         elapsed = time.monotonic() - started
         log.info("fused %d/%d videos (%.0f/s)", done, len(work), done / elapsed if elapsed else 0.0)
         if on_progress:
             on_progress(done, len(work))
-
-
-def _withdraw_shards(client, bucket: str, runs: list[StrategyRun], log: logging.Logger) -> None:
-    """Delete the shards this run wrote before a later batch showed schema drift. Nothing references
-    them yet (the manifest is committed only at the end), so the bucket is left as the run found it."""
-    for strategy_run in runs:
-        for key in strategy_run.writer.written:
-            client.delete_object(Bucket=bucket, Key=key)
-            log.info("withdrew unreferenced shard %s after schema drift", key)
 
 
 def _open_strategy(
@@ -188,13 +235,12 @@ def _open_strategy(
 ) -> StrategyRun:
     path = layout.state_path(config.state_dir, name)
     source = state.restore(client, config.bucket, layout.state_mirror_key(name), path)
-    db = state.StateDB(path)
-    prior = db.read_all()
+    prior = state.read_rows(path)
     schema_key = layout.schema_key(name)
     lock = schema_lock.read(client, config.bucket, schema_key)
     return StrategyRun(
         name=name,
-        db=db,
+        state_path=path,
         prior=prior,
         lock=lock,
         delta=delta_rules.compute(horizon, prior).set_index("video_id"),
@@ -224,6 +270,8 @@ def _record_invalid(
 def _union_delta(runs: list[StrategyRun], max_items: int | None) -> pd.DataFrame:
     """Videos any strategy needs, in video_id order, each read once for all strategies."""
     frames = [r.delta[["url", "captured_at", "source_hash"]] for r in runs]
+    if not frames:
+        return pd.DataFrame(columns=["video_id", "url", "captured_at", "source_hash"])
     union = pd.concat(frames)
     union = union[~union.index.duplicated()].sort_index()
     if max_items is not None:
@@ -432,11 +480,17 @@ def _skip_reason(status: str, batch: Batch, i: int, text_problem: str | None) ->
     if status == policy.MISSING_TEXT_UNAVAILABLE:
         return f"text embedding missing and {text_problem}"
     if status == policy.MISSING_TEXT_PENDING:
-        return (
-            f"text embedding missing; text stage status {text_status!r}"
-            if text_status
-            else "text embedding missing; no text stage row"
-        )
+        if not text_status:
+            return "text embedding missing; no text stage row yet"
+        if policy.text_hash_mismatch(batch.text_hash[i : i + 1], batch.rows["source_hash"].iloc[i : i + 1])[
+            0
+        ]:
+            return (
+                f"text embedding missing; the text stage's row (status {text_status!r}) is for another "
+                f"source_hash ({batch.text_hash[i][:12]}…, this URL hashes to "
+                f"{batch.rows.at[i, 'source_hash'][:12]}…): waiting for the text stage to process the current URL"
+            )
+        return f"text embedding missing; text stage status {text_status!r} is not terminal yet"
     return None
 
 
@@ -527,13 +581,14 @@ def _manifest_rows(
             "shard_n": np.full(len(ids), len(ids), dtype=np.int32),
             "video_emb_key": [layout.embedding_key("video", v) for v in ids],
             "audio_emb_key": [layout.embedding_key("audio", v) for v in ids],
-            "text_emb_key": [
-                layout.embedding_key("text", v) if p else None for v, p in zip(ids, text_present, strict=True)
-            ],
+            "text_emb_key": [layout.embedding_key("text", v) for v in ids],
             "text_present": text_present.astype(np.int8),
             "text_source": np.where(text_present, "full", "placeholder").tolist(),
-            "text_state_status": list(text_status),
-            "text_missing_reason": [None if p else s for p, s in zip(text_present, text_status, strict=True)],
+            "text_state_status": ["" if s is None else s for s in text_status],
+            "text_missing_reason": [
+                "" if p else f"terminal_text_status:{s}"
+                for p, s in zip(text_present, text_status, strict=True)
+            ],
             "fusion_status": np.where(text_present, policy.SUCCESS_FULL, policy.SUCCESS_PLACEHOLDER).tolist(),
             "retry_count_at_write": retry_base[index].astype(np.int32),
         },
@@ -579,9 +634,7 @@ def _commit(
         summary.fused_dim = strategy_run.lock.fused_dim
     changed = _changed_state_rows(strategy_run)
     if changed:
-        strategy_run.db.upsert(changed)
-        strategy_run.db.close()
-        state.upload(client, config.bucket, summary.state_key, strategy_run.db.path)
+        state.commit(client, config.bucket, summary.state_key, strategy_run.state_path, changed)
     log.info(
         "%s: %d shards, manifest +%d/~%d rows, %d state rows written",
         name,

@@ -19,11 +19,10 @@ from datetime import date
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import manifest, s3io, shards
+from . import latest, manifest, s3io, shards
 from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from .errors import ClipfarmError, ConfigError
 from .layout import Layout
@@ -110,22 +109,20 @@ def filter_rows(table: pa.Table, run_date: date | None = None, fused_dim: int | 
 
 
 def latest_per_video(table: pa.Table) -> pa.Table:
-    """One row per video_id, sorted by video_id: the latest by `(captured_at, fused_key)`.
+    """One row per video_id, sorted by video_id: the latest by `(captured_at, fused_key)`, by the one
+    rule of `latest.latest_index`.
 
     captured_at is compared as a parsed UTC instant, not as text: the manifest keeps the metadata's
-    own spelling, and `...Z` and `...+00:00` must not sort by their suffix. A row without one loses
-    to any dated row, as in `metadata.dedupe_latest`.
+    own spelling, and `...Z`, `...+00:00` and `...+02:00` must compare by the clock, not by their
+    suffix. A row without one (or an unparseable one) loses to any dated row, as in
+    `metadata.dedupe_latest`; at the same instant the larger fused_key wins.
     """
     if table.num_rows == 0:
         return table
-    captured = pd.to_datetime(table["captured_at"].to_pandas(), utc=True, errors="coerce", format="ISO8601")
-    instants = pa.array(pd.DatetimeIndex(captured).asi8)  # NaT is int64 min: sorts first
-    ordered = table.append_column("_instant", instants).sort_by(
-        [("video_id", "ascending"), ("_instant", "ascending"), ("fused_key", "ascending")]
+    winners = latest.latest_index(
+        [table["video_id"]], latest.instants(table["captured_at"]), [table["fused_key"]]
     )
-    ids = ordered["video_id"].to_numpy(zero_copy_only=False)
-    is_last = np.append(ids[1:] != ids[:-1], True)
-    return ordered.filter(pa.array(is_last)).drop_columns(["_instant"])
+    return table.take(winners)
 
 
 def select_rows(

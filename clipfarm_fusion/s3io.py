@@ -7,18 +7,42 @@ against real S3, MinIO and a moto server.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from .errors import ConcurrentWriteError, ConfigError
+from .errors import ConcurrentWriteError, ConfigError, S3UnavailableError
 
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 BODY_READ_ATTEMPTS = 4
+DEFAULT_PATIENCE_S = 60.0  # how long an outage is ridden out before the run stops (exit 6)
+_FAULT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+}
+_FAULT_ERRORS = (
+    botocore.exceptions.ConnectionError,  # endpoint unreachable, connection closed, connect/read timeouts
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+)
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _BODY_ERRORS = (
     botocore.exceptions.IncompleteReadError,
@@ -28,16 +52,31 @@ _BODY_ERRORS = (
 )
 
 
-def make_client(max_pool_connections: int = 32):
-    """The S3 client every module uses: standard retry mode and a pool as wide as our thread pool."""
+def make_client(
+    max_pool_connections: int = 32,
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    profile_name: str | None = None,
+):
+    """The S3 client every module uses: standard retry mode and a pool as wide as our thread pool.
+
+    Endpoint, region and profile default to boto3's own chain (`AWS_ENDPOINT_URL`, `AWS_PROFILE`,
+    `AWS_DEFAULT_REGION`); `AWS_REGION`, which the seed script and many tools set, is honoured too.
+    An unknown profile is a ConfigError, not a botocore traceback.
+    """
     config = Config(
         retries={"mode": "standard", "max_attempts": 8},
         max_pool_connections=max(10, max_pool_connections),
         connect_timeout=10,
         read_timeout=60,
     )
-    region = boto3.session.Session().region_name or "us-east-1"
-    return boto3.client("s3", config=config, region_name=region)
+    try:
+        session = boto3.session.Session(profile_name=profile_name or None)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise ConfigError(f"{exc}; set AWS_PROFILE to a profile in ~/.aws/config, or unset it") from None
+    region = region_name or session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
+    return session.client("s3", config=config, region_name=region, endpoint_url=endpoint_url or None)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -56,6 +95,49 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
 
 def is_missing(exc: Exception) -> bool:
     return isinstance(exc, botocore.exceptions.ClientError) and error_code(exc) in _MISSING_CODES
+
+
+def is_fault(exc: BaseException) -> bool:
+    """An infrastructure fault (the connection, a timeout, a 5xx or throttling answer), as opposed to
+    an answer about the object itself: faults are never recorded against an item."""
+    if isinstance(exc, _FAULT_ERRORS):
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error_code(exc) in _FAULT_CODES or status >= 500 or status == 429
+    return False
+
+
+def unavailable(exc: BaseException, what: str) -> S3UnavailableError:
+    return S3UnavailableError(
+        f"S3 unavailable while {what} ({type(exc).__name__}: {str(exc)[:300]}); the run stopped, nothing was "
+        "recorded against any item and no retries were used: retry later (if it persists, check "
+        "AWS_ENDPOINT_URL and the network)"
+    )
+
+
+def with_patience(call: Callable[[], T], what: str, patience_s: float, stop: threading.Event | None = None) -> T:
+    """`call()`, riding out infrastructure faults for up to `patience_s` seconds with capped backoff.
+
+    botocore already retries each request, but its retry quota is spent within a second when every
+    request fails at once; this outer loop is what carries a run over a blip. Past the patience (or once
+    another thread of the same operation gave up, `stop`), S3UnavailableError.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.25
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_fault(exc):
+                raise
+            if (stop is not None and stop.is_set()) or time.monotonic() + delay > deadline:
+                if stop is not None:
+                    stop.set()
+                raise unavailable(exc, what) from exc
+            log.warning("S3 fault while %s (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def is_precondition_failed(exc: Exception) -> bool:
@@ -103,16 +185,25 @@ def get_many(
     keys: Iterable[str],
     threads: int,
     on_done: Callable[[], None] | None = None,
+    patience_s: float = DEFAULT_PATIENCE_S,
 ) -> dict[str, bytes | None | Exception]:
     """GET every key concurrently: bytes, None when missing, or the exception that item hit.
 
-    An error is returned, not raised, so one bad object fails one item and not the run.
+    An answer about one object (e.g. AccessDenied) is returned, not raised, so it fails one item and not
+    the run. An infrastructure fault is ridden out for `patience_s`, then raises S3UnavailableError for
+    the whole call: an outage is never one item's failure.
     """
+    gave_up = threading.Event()
 
     def fetch(key: str) -> tuple[str, bytes | None | Exception]:
         try:
-            return key, get_object(client, bucket, key).body
-        except Exception as exc:  # noqa: BLE001 - per-item failure is data
+            body = with_patience(
+                lambda: get_object(client, bucket, key).body, f"reading s3://{bucket}/{key}", patience_s, gave_up
+            )
+            return key, body
+        except S3UnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an answer about this object is the item's failure
             return key, exc
         finally:
             if on_done:
@@ -158,7 +249,12 @@ def put_replacing(client, bucket: str, key: str, body: bytes, expected_etag: str
     except botocore.exceptions.ClientError as exc:
         if is_precondition_failed(exc) and (etag := _our_earlier_attempt(client, bucket, key, body)):
             return etag
-        if is_precondition_failed(exc) or (expected_etag and is_missing(exc)):
+        if expected_etag and is_missing(exc):
+            # Deleted since we read it: nobody else's version is there to lose, so this is no
+            # concurrent write (exit 4 is for those); create it afresh, still never over another's.
+            log.warning("s3://%s/%s was deleted while this run worked; writing it afresh", bucket, key)
+            return put_replacing(client, bucket, key, body, None)
+        if is_precondition_failed(exc):
             raise ConcurrentWriteError(
                 f"s3://{bucket}/{key} changed while this run was writing it; another run is writing "
                 "the same strategy. Nothing was overwritten: rerun once the other run has finished."

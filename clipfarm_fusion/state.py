@@ -1,24 +1,41 @@
 """The fusion state DB: one SQLite file per strategy, written through SQLAlchemy, mirrored to S3.
 
-The S3 mirror is the source of truth and the local file a working copy. A run restores the mirror
-when the local copy is missing or the mirror's ETag differs from the one recorded at our last
-sync (a conditional GET, so an unchanged mirror costs one 304 and no body). The upload is
-conditional on that ETag, so two machines never silently overwrite each other's state.
+The S3 mirror is the source of truth; the local file is only a cache of one mirror. A sidecar
+(`fusion_<s>.sqlite.mirror.json`) records which mirror (`s3://bucket/key`) the cache belongs to and
+the ETag it had at our last download or upload, so:
+
+- a cache of another bucket, root or strategy is never used (it is set aside);
+- a cache whose mirror has since disappeared (deleted, or the bucket recreated) is set aside and the
+  run starts from empty state, never continuing state that describes objects which no longer exist;
+- an unchanged mirror costs one conditional GET (304) and no body;
+- a mirror that cannot be a state DB (empty, random bytes, another table) stops the run before it
+  replaces anything.
+
+Commits change the cache only together with the mirror: rows go into a scratch copy, the scratch copy
+is uploaded with `If-Match`, and only then does it replace the cache. A failed upload leaves the cache
+exactly as the run found it. "Set aside" is a rename, never a delete, and the log says where.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import sqlite3
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import s3io
+from . import package_data, s3io
+from .errors import StoreError
 
-DDL_PATH = Path(__file__).resolve().parent.parent / "sql" / "state.sql"
+log = logging.getLogger(__name__)
 WRITE_BATCH = 5000
 STATE_COLUMNS = (
     "video_id",
@@ -30,6 +47,7 @@ STATE_COLUMNS = (
     "vector_id",
     "retry_count",
 )
+REQUIRED_COLUMNS = ("video_id", "status")  # what even the oldest state files have
 
 metadata = sa.MetaData()
 processed_items = sa.Table(
@@ -47,7 +65,7 @@ processed_items = sa.Table(
 
 
 class StateDB:
-    """A working copy of `fusion_<strategy>.sqlite`: read once at the start, written in batches at the end."""
+    """A SQLite file with the `processed_items` table: read once at the start, written in batches at the end."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -59,7 +77,7 @@ class StateDB:
         """Apply the DDL; files from the seed-era script already match it and are left as they are."""
         with self.engine.begin() as connection:
             raw = connection.connection.driver_connection
-            raw.executescript(DDL_PATH.read_text())
+            raw.executescript(package_data.state_ddl())
             present = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(processed_items)")}
             for column in STATE_COLUMNS:
                 if column not in present:
@@ -90,13 +108,49 @@ class StateDB:
         self.engine.dispose()
 
 
-def _etag_path(path: Path) -> Path:
-    return path.with_name(path.name + ".etag")
+def read_rows(path: Path) -> pd.DataFrame:
+    """The rows of a state file, indexed by video_id (empty when the file does not exist)."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=list(STATE_COLUMNS)).set_index("video_id")
+    db = StateDB(path)
+    try:
+        return db.read_all()
+    finally:
+        db.close()
 
 
-def recorded_etag(path: Path) -> str | None:
-    etag_file = _etag_path(path)
-    return etag_file.read_text().strip() or None if etag_file.exists() and path.exists() else None
+@dataclass(frozen=True)
+class MirrorRecord:
+    """Which mirror a working copy belongs to and the ETag it had when the two last agreed."""
+
+    uri: str
+    etag: str
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".mirror.json")
+
+
+def _legacy_etag_path(path: Path) -> Path:
+    return path.with_name(path.name + ".etag")  # written by 0.1: an ETag, no identity
+
+
+def read_record(path: Path, uri: str) -> MirrorRecord | None:
+    """The working copy's record; a 0.1 `.etag` sidecar is taken to belong to `uri`."""
+    record_file, legacy = _record_path(path), _legacy_etag_path(path)
+    if record_file.exists():
+        try:
+            return MirrorRecord(**json.loads(record_file.read_text()))
+        except (ValueError, TypeError):
+            return None
+    if legacy.exists() and legacy.read_text().strip():
+        return MirrorRecord(uri=uri, etag=legacy.read_text().strip())
+    return None
+
+
+def _write_record(path: Path, record: MirrorRecord) -> None:
+    _write_atomically(_record_path(path), json.dumps(asdict(record)).encode())
+    _legacy_etag_path(path).unlink(missing_ok=True)
 
 
 def _write_atomically(path: Path, body: bytes) -> None:
@@ -108,22 +162,89 @@ def _write_atomically(path: Path, body: bytes) -> None:
     os.replace(scratch, path)
 
 
+def set_aside(path: Path, why: str) -> Path:
+    """Rename the working copy (and its record) out of the way; never delete it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.set-aside-{stamp}")
+    os.replace(path, target)
+    for sidecar in (_record_path(path), _legacy_etag_path(path)):
+        if sidecar.exists():
+            os.replace(sidecar, target.with_name(target.name + sidecar.name[len(path.name) :]))
+    log.warning("state working copy %s set aside as %s: %s", path, target, why)
+    return target
+
+
+def check_snapshot(body: bytes, where: str) -> None:
+    """Raise StoreError unless `body` is a readable SQLite file with a `processed_items` table."""
+    repair = (
+        f"{where} is not a usable fusion state DB; nothing was changed. Restore it from a good copy "
+        "(a bucket version, or a working copy from --state-dir) or delete it on purpose to start over"
+    )
+    if not body.startswith(b"SQLite format 3\x00"):
+        raise StoreError(f"{repair} ({len(body)} bytes, no SQLite header)")
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.deserialize(body)
+        if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise StoreError(f"{repair} (integrity check failed)")
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(processed_items)")}
+    except sqlite3.Error as exc:
+        raise StoreError(f"{repair} ({exc})") from None
+    finally:
+        connection.close()
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise StoreError(f"{repair} (no processed_items table with {', '.join(missing)})")
+
+
 def restore(client, bucket: str, key: str, path: Path) -> str:
-    """Bring the local copy up to the mirror; say which copy the run starts from."""
+    """Make the working copy at `path` a faithful copy of the mirror `s3://bucket/key`; say what it is."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    etag = recorded_etag(path)
-    fetched = s3io.get_object(client, bucket, key, if_none_match=etag)
+    uri = f"s3://{bucket}/{key}"
+    record = read_record(path, uri) if path.exists() else None
+    set_aside_note = ""
+    if record is not None and record.uri != uri:
+        target = set_aside(path, f"it is a copy of {record.uri}, not of {uri}")
+        record, set_aside_note = None, f"; a copy of another mirror was set aside as {target.name}"
+    fetched = s3io.get_object(client, bucket, key, if_none_match=record.etag if record else None)
     if fetched is None:
         return "local copy (mirror unchanged)"
     if fetched.body is None:
-        return "local copy (no mirror yet)" if path.exists() else "new state DB"
+        if record is not None:
+            target = set_aside(
+                path,
+                f"its mirror {uri} is gone (deleted, or the bucket was recreated); starting from empty state",
+            )
+            return f"new state DB (mirror gone; the old working copy was set aside as {target.name})"
+        if path.exists():
+            return "local copy (no mirror yet)"
+        return "new state DB" + set_aside_note
+    check_snapshot(fetched.body, uri)
     _write_atomically(path, fetched.body)
-    _etag_path(path).write_text(fetched.etag or "")
-    return "restored from mirror"
+    _write_record(path, MirrorRecord(uri, fetched.etag or ""))
+    return "restored from mirror" + set_aside_note
 
 
-def upload(client, bucket: str, key: str, path: Path) -> str:
-    """Conditional PUT of the local copy over the version we last saw; records the new ETag."""
-    etag = s3io.put_replacing(client, bucket, key, path.read_bytes(), recorded_etag(path))
-    _etag_path(path).write_text(etag)
+def commit(client, bucket: str, key: str, path: Path, rows: list[dict]) -> str:
+    """Upsert `rows` and publish: the mirror first (conditional on the ETag we last saw), the working
+    copy only once the mirror has it, so a refused or failed upload leaves both as they were."""
+    uri = f"s3://{bucket}/{key}"
+    scratch = path.with_name(path.name + ".commit")
+    if path.exists():
+        shutil.copyfile(path, scratch)
+    else:
+        scratch.unlink(missing_ok=True)
+    db = StateDB(scratch)
+    try:
+        db.upsert(rows)
+    finally:
+        db.close()
+    record = read_record(path, uri) if path.exists() else None
+    try:
+        etag = s3io.put_replacing(client, bucket, key, scratch.read_bytes(), record.etag if record else None)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
+    os.replace(scratch, path)
+    _write_record(path, MirrorRecord(uri, etag))
     return etag

@@ -12,6 +12,11 @@ from .policy import FUSED_STATUSES
 
 @dataclass
 class StrategySummary:
+    """One strategy's run. `delta` counts every horizon video that needs work (DESIGN §3, unsafe ids
+    included); each of them ends in exactly one place: a status count, `upgrade_checked` (a placeholder
+    whose text is still missing) or `deferred` (left for the next run by --max-items). So
+    `delta == sum(counts) + upgrade_checked + deferred`, in the log, the table, the JSON and Dagster."""
+
     delta: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
@@ -21,6 +26,7 @@ class StrategySummary:
     manifest_added: int = 0
     manifest_updated: int = 0
     upgrade_checked: int = 0
+    deferred: int = 0
     manifest_key: str = ""
     schema_key: str = ""
     state_key: str = ""
@@ -31,7 +37,6 @@ class StrategySummary:
         self, statuses: list[str], video_ids: list[str], errors: dict[str, str], sample_size: int
     ) -> None:
         """Count a batch's outcomes; keep up to `sample_size` ids per status and the errors of the samples."""
-        self.delta += len(statuses)
         for status, count in Counter(statuses).items():
             self.counts[status] = self.counts.get(status, 0) + count
         for video_id, status in zip(video_ids, statuses, strict=True):
@@ -54,6 +59,9 @@ class RunSummary:
     strategies: dict[str, StrategySummary] = field(default_factory=dict)
     text_state: str = "available"
     seconds: float = 0.0
+    stopped: dict[str, str] = field(
+        default_factory=dict
+    )  # strategy -> why it stopped (drift), nothing published
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +85,10 @@ class RunSummary:
             (status, [str(self.strategies[n].counts.get(status, 0)) for n in names]) for status in statuses
         ]
         rows += [
+            ("placeholder_unchanged", [str(self.strategies[n].upgrade_checked) for n in names]),
+            ("deferred", [str(self.strategies[n].deferred) for n in names]),
+        ]
+        rows += [
             ("fused_dim", [str(self.strategies[n].fused_dim or "-") for n in names]),
             ("shards_written", [str(len(self.strategies[n].shards_written)) for n in names]),
             ("manifest_added", [str(self.strategies[n].manifest_added) for n in names]),
@@ -94,4 +106,5 @@ class RunSummary:
             for label, values in rows
         ]
         lines.append(f"total {self.seconds:.2f}s, {self.items_per_second():.0f} fused items/s")
+        lines += [f"STOPPED {name}: {why}" for name, why in self.stopped.items()]
         return "\n".join(lines)

@@ -104,7 +104,9 @@ def test_no_bucket_is_exit_2_saying_what_to_set(tmp_path):
 
 def test_bad_usage_is_exit_2(tmp_path):
     assert cli("run", "--run-date", "yesterday", cwd=tmp_path).returncode == 2
-    result = cli("run", "--run-date", "2026-03-01", "--bucket", "b", "--strategy", "median", cwd=tmp_path)
+    result = cli(
+        "run", "--run-date", "2026-03-01", "--bucket", "some-bucket", "--strategy", "median", cwd=tmp_path
+    )
     assert result.returncode == 2 and "concat, sum_pool, max_pool" in result.stderr
 
 

@@ -2,22 +2,43 @@
 that date, metadata per strategy, days in order, errors that fail the run with their message."""
 
 import io
+import shutil
+import tempfile
+import uuid
 from collections import Counter
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pandas as pd
-from dagster import AssetKey, BackfillPolicy, TimeWindowPartitionMapping, build_schedule_context, materialize
+import pytest
+from dagster import (
+    AssetKey,
+    BackfillPolicy,
+    DagsterInstance,
+    TimeWindowPartitionMapping,
+    build_schedule_context,
+    materialize,
+)
 
+import clipfarm_fusion
 from clipfarm_fusion import manifest, s3io, schema_lock, shards, synthetic
-from clipfarm_fusion.defs.assets import FUSION_POOL, fuse_embeddings
+from clipfarm_fusion.defs.assets import FUSION_POOL, UPSTREAM_SPECS, fuse_embeddings
 from clipfarm_fusion.defs.checks import published_outputs
 from clipfarm_fusion.defs.definitions import defs
 from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.defs.schedules import fuse_daily_schedule
 from clipfarm_fusion.fuse import DEFAULT_STRATEGIES as STRATEGY_NAMES
+from clipfarm_fusion.fuse import FusionOptions
 from clipfarm_fusion.layout import Layout
 
 LAYOUT = Layout("clipfarm")
+UPSTREAM_KEYS = {
+    AssetKey(["embeddings", "video"]),
+    AssetKey(["embeddings", "audio"]),
+    AssetKey(["embeddings", "text"]),
+    AssetKey("metadata_horizon"),
+    AssetKey("text_stage_state"),
+}
 
 
 def fusion(seeded, **overrides) -> dict[str, FusionResource]:
@@ -77,6 +98,9 @@ def test_partition_materialises_all_strategies_with_metadata(seed_day, client):
     assert len(checks) == 12
     assert all(e.passed for (_, name), e in checks.items() if name != "fail_rate_below_threshold")
     assert checks[("concat", "fail_rate_below_threshold")].severity.value == "WARN"
+    for evaluation in checks.values():  # the unpartitioned output checks too: they follow this day's run
+        assert evaluation.metadata["partition"].value == "2026-03-01"
+        assert evaluation.description.startswith("Partition 2026-03-01: ")
 
 
 def test_single_strategy_materialises_only_that_strategy(seed_day, client):
@@ -150,3 +174,95 @@ def test_schedule_fuses_yesterday():
     requests = schedule.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["2026-03-01"]
     assert schedule.cron_schedule == "0 2 * * *" and schedule.job_name == "fuse_daily"
+
+
+def test_upstream_inputs_are_external_assets_upstream_of_every_fused_asset():
+    graph = defs.resolve_asset_graph()
+    for spec in UPSTREAM_SPECS:
+        node = graph.get(spec.key)
+        assert not node.is_materializable and not node.is_executable and node.group_name == "upstream"
+        assert spec.description and spec.metadata["path_pattern"].value.startswith("s3://<bucket>/<root>/")
+    patterns = {spec.key: spec.metadata["path_pattern"].value for spec in UPSTREAM_SPECS}
+    assert (
+        patterns[AssetKey(["embeddings", "video"])] == "s3://<bucket>/<root>/embeddings/video/<video_id>.npy"
+    )
+    assert patterns[AssetKey("text_stage_state")] == "s3://<bucket>/<root>/state/text_downloader.sqlite"
+    for strategy in STRATEGY_NAMES:
+        key = AssetKey(strategy)
+        assert graph.get(key).parent_keys == UPSTREAM_KEYS | {key}
+    assert {k for k in graph.materializable_asset_keys} == {AssetKey(s) for s in STRATEGY_NAMES}
+
+
+def test_endpoint_from_the_resource_reaches_s3_without_the_aws_env(seed_day, s3_endpoint, monkeypatch):
+    seeded = seed_day(videos=10)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert FusionResource(bucket=seeded.bucket).client().meta.endpoint_url != s3_endpoint
+    resources = fusion(seeded, endpoint_url=s3_endpoint, region_name="us-east-1")
+    assert resources["fusion"].client().meta.endpoint_url == s3_endpoint
+    result = materialize(
+        [fuse_embeddings], partition_key="2026-03-01", resources=resources, selection=["sum_pool"]
+    )
+    assert result.success and materialized(result)["sum_pool"]["delta"] == 10
+
+
+def test_nothing_imports_dagster_aws():
+    package = Path(clipfarm_fusion.__file__).parent
+    assert not [p for p in package.rglob("*.py") if "dagster_aws" in p.read_text()]
+
+
+def test_a_strategy_that_must_stop_fails_alone_and_the_others_materialise(seed_day, client):
+    """concat's lock says 999-d video: concat stops (nothing of it written), the other two publish, and
+    the step fails naming concat, so the UI shows two materialisations and one failed asset."""
+    seeded = seed_day(videos=20)
+    wrong = schema_lock.SchemaLock.build("concat", (999, 768, 768), FusionOptions())
+    client.put_object(Bucket=seeded.bucket, Key=LAYOUT.schema_key("concat"), Body=wrong.to_json())
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [fuse_embeddings],
+            partition_key="2026-03-01",
+            resources=fusion(seeded),
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert set(materialized(result)) == {"sum_pool", "max_pool"}
+        assert instance.get_latest_materialization_event(AssetKey("concat")) is None
+        assert instance.get_latest_materialization_event(AssetKey("sum_pool")) is not None
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
+    assert "concat: " in failure.description and "999" in failure.description
+    assert set(failure.metadata) == {"stopped/concat"}
+    assert manifest.read(client, seeded.bucket, LAYOUT.manifest_key("concat"))[0] is None
+    assert manifest.read(client, seeded.bucket, LAYOUT.manifest_key("max_pool"))[0] is not None
+
+
+@pytest.fixture
+def fresh_bucket(client):
+    """A bucket name no other test uses, and the default state dir of that bucket removed afterwards."""
+    name = f"dagster-recreated-{uuid.uuid4().hex[:12]}"
+    yield name
+    shutil.rmtree(Path(tempfile.gettempdir(), "clipfarm_fusion", name), ignore_errors=True)
+
+
+def test_a_recreated_bucket_fuses_again_with_the_default_state_dir(client, fresh_bucket):
+    """The default state dir is keyed by bucket name only; a bucket deleted and recreated under the same
+    name must not be mistaken for the old one whose state the working copy remembers."""
+    resources = {"fusion": FusionResource(bucket=fresh_bucket, shard_size=16, fetch_threads=8)}
+
+    def seed_and_materialize() -> dict[str, dict]:
+        client.create_bucket(Bucket=fresh_bucket)
+        day, objects = synthetic.make_day(20)
+        synthetic.seed(client, fresh_bucket, "clipfarm", day, objects, threads=8)
+        result = materialize([fuse_embeddings], partition_key="2026-03-01", resources=resources)
+        assert result.success
+        return materialized(result)
+
+    first = seed_and_materialize()
+    assert first["concat"]["fused"] > 0
+    for key in s3io.list_keys(client, fresh_bucket, ""):
+        client.delete_object(Bucket=fresh_bucket, Key=key)
+    client.delete_bucket(Bucket=fresh_bucket)
+
+    second = seed_and_materialize()
+    assert {name: values["fused"] for name, values in second.items()} == {
+        name: values["fused"] for name, values in first.items()
+    }

@@ -3,12 +3,13 @@
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
 from dagster import DagsterInstance
 
-from clipfarm_fusion import dev, s3io, synthetic
+from clipfarm_fusion import dev, package_data, s3io, synthetic
 from clipfarm_fusion.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,10 +76,32 @@ def test_dev_seeds_a_bucket_that_does_not_exist_yet(client):
 
 
 def test_dev_home_is_a_temporary_copy_unless_dagster_home_is_set(monkeypatch, tmp_path):
+    """The copy comes from the package data, which is dagster_home/dagster.yaml itself (one source)."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    repo_yaml = (REPO / "dagster_home" / "dagster.yaml").read_text()
+    assert package_data.dagster_yaml() == repo_yaml
     with dev.dagster_home() as home:
-        assert (home / "dagster.yaml").read_text() == (REPO / "dagster_home" / "dagster.yaml").read_text()
+        assert (home / "dagster.yaml").read_text() == repo_yaml
+        assert [path.name for path in home.iterdir()] == ["dagster.yaml"]
     assert not home.exists()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dev.dagster_home() as home:
         assert home == tmp_path
+
+
+def test_image_installs_a_wheel_built_from_the_package_sources():
+    """infra/Dockerfile builds a wheel and installs it (no editable checkout); its first stage copies
+    every folder pyproject.toml maps into the package, so the package data is in the wheel."""
+    lines = [line.strip() for line in (REPO / "infra" / "Dockerfile").read_text().splitlines()]
+    runs = [line for line in lines if line.startswith("RUN ")]
+    assert any("pip wheel" in run and "--no-deps" in run for run in runs)
+    installs = [run for run in runs if "pip install" in run]
+    assert installs and all(" -e " not in run and "clipfarm_fusion-*.whl" in run for run in installs)
+    copied = {
+        source.rstrip("/").split("/")[0]
+        for line in lines
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {"pyproject.toml", "README.md", "clipfarm_fusion", *setuptools["package-dir"].values()} <= copied

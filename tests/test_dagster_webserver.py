@@ -1,5 +1,6 @@
 """Smoke test of the UI: a real dagster-webserver on the code location and a tmp instance shows the
-three assets and the metadata of a partition materialised into that instance."""
+three assets downstream of the external upstream inputs, and the metadata of a partition materialised
+into that instance."""
 
 import json
 import os
@@ -34,6 +35,9 @@ def webserver(s3_endpoint, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    # Create the SQLite storages before the server does: two processes migrating a fresh DB at once can
+    # both stamp its alembic version, and the code location then fails to load ("more than one head").
+    DagsterInstance.from_config(str(home)).dispose()
     port = free_port()
     process = subprocess.Popen(
         [
@@ -64,18 +68,36 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
+LOCATIONS = """
+{
+  workspaceOrError {
+    ... on Workspace {
+      locationEntries { loadStatus locationOrLoadError { __typename ... on PythonError { message } } }
+    }
+  }
+}
+"""
+
+
 def wait_until_up(url: str, process: subprocess.Popen) -> None:
+    """Until the code location has loaded: the server answers before that, with an empty asset list."""
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         assert process.poll() is None, "dagster-webserver exited during startup"
         try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                return
+            entries = graphql(url, LOCATIONS)["workspaceOrError"]["locationEntries"]
         except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    pytest.fail(f"dagster-webserver not up after {STARTUP_SECONDS}s")
+            entries = []
+        if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+            errors = [e["locationOrLoadError"] for e in entries if "message" in e["locationOrLoadError"]]
+            assert not errors, errors
+            return
+        time.sleep(0.5)
+    pytest.fail(f"dagster-webserver and its code location not up after {STARTUP_SECONDS}s")
 
 
+UPSTREAM = {"embeddings/video", "embeddings/audio", "embeddings/text", "metadata_horizon", "text_stage_state"}
+ASSET_NODES = "{ assetNodes { assetKey { path } groupName isMaterializable dependencyKeys { path } } }"
 LAST_MATERIALIZATION = """
 query ($key: AssetKeyInput!) {
   assetOrError(assetKey: $key) {
@@ -102,8 +124,13 @@ def test_ui_lists_the_assets_and_shows_a_materialisation(webserver, seed_day):
         ).success
 
     wait_until_up(url, process)
-    nodes = graphql(url, "{ assetNodes { assetKey { path } } }")["assetNodes"]
-    assert {"/".join(n["assetKey"]["path"]) for n in nodes} == {"concat", "sum_pool", "max_pool"}
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(url, ASSET_NODES)["assetNodes"]}
+    assert {k for k, n in nodes.items() if n["isMaterializable"]} == {"concat", "sum_pool", "max_pool"}
+    assert {k for k, n in nodes.items() if n["groupName"] == "upstream"} == UPSTREAM
+    assert not any(nodes[k]["isMaterializable"] for k in UPSTREAM)
+    for strategy in ("concat", "sum_pool", "max_pool"):
+        upstream = {"/".join(d["path"]) for d in nodes[strategy]["dependencyKeys"]}
+        assert upstream == UPSTREAM | {strategy}
     asset = graphql(url, LAST_MATERIALIZATION, {"key": {"path": ["concat"]}})["assetOrError"]
     [last] = asset["assetMaterializations"]
     entries = {e["label"]: e.get("intValue", e.get("path")) for e in last["metadataEntries"]}

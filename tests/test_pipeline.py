@@ -1,14 +1,15 @@
 """The whole job through `pipeline.run()` against a moto server over HTTP and real SQLite files."""
 
 import json
+import re
 from datetime import date
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from clipfarm_fusion import manifest, pipeline, policy, shards, state, synthetic
-from clipfarm_fusion.errors import ConfigError, SchemaDriftError
+from clipfarm_fusion import manifest, pipeline, policy, read_manifest, read_state, shards, state, synthetic
+from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.fuse import FusionOptions, fuse
 from clipfarm_fusion.layout import Layout
 from clipfarm_fusion.npy import decode_vector
@@ -105,15 +106,21 @@ def test_every_gating_case_gets_its_status_in_all_strategies(client, seed_day):
     assert summary.strategies["sum_pool"].fused_dim == summary.strategies["max_pool"].fused_dim == 769
 
 
-def test_placeholder_rows_carry_zero_text_and_mask(client, seed_day):
+def test_manifest_values_are_the_seed_scripts_spellings(client, seed_day):
+    """text_emb_key is always the text key; text_missing_reason is terminal_text_status:<status> for
+    placeholders and empty for full rows (training filters written against the seed depend on these)."""
     seeded = seed_day(videos=40)
     pipeline.run(seeded.config(strategies=("concat",)), DAY)
-    rows = manifest_table(client, seeded, "concat").to_pandas().set_index("video_id")
+    rows = read_manifest("concat", bucket=seeded.bucket).set_index("video_id")
     placeholder = [v for v, c in seeded.day.cases.items() if c == "placeholder"]
+    full = rows.index[rows["text_present"] == 1]
+    assert len(full) and len(placeholder)
     assert (rows.loc[placeholder, "text_source"] == "placeholder").all()
     assert (rows.loc[placeholder, "text_present"] == 0).all()
-    assert rows.loc[placeholder, "text_emb_key"].isna().all()
-    assert (rows.loc[placeholder, "text_missing_reason"] == "no_captions").all()
+    assert (rows["text_emb_key"] == [f"clipfarm/embeddings/text/{v}.npy" for v in rows.index]).all()
+    assert (rows.loc[placeholder, "text_missing_reason"] == "terminal_text_status:no_captions").all()
+    assert (rows.loc[full, "text_missing_reason"] == "").all()
+    assert rows["text_state_status"].notna().all()
 
 
 def test_rerun_with_nothing_new_writes_no_shard_and_keeps_manifest_rows(client, seed_day):
@@ -172,6 +179,12 @@ def test_text_pending_items_skip_the_video_and_audio_fetch(client, seed_day):
     for video_id in pending:
         assert not any(f"/embeddings/video/{video_id}.npy" in g for g in gets)
         assert any(f"/embeddings/text/{video_id}.npy" in g for g in gets)
+
+
+def assert_stopped(summary, strategy: str, pattern: str) -> None:
+    """The strategy stopped alone: named with its reason, and nothing of it in the published summary."""
+    assert strategy in summary.stopped and strategy not in summary.strategies
+    assert re.search(pattern, summary.stopped[strategy]), summary.stopped[strategy]
 
 
 def test_placeholder_is_upgraded_when_text_appears(client, seed_day):
@@ -264,7 +277,9 @@ def test_max_items_and_small_shards(client, seed_day):
     seeded = seed_day(videos=60)
     summary = pipeline.run(seeded.config(strategies=("max_pool",), max_items=25, shard_size=10), DAY)
     run = summary.strategies["max_pool"]
-    assert run.delta == 25 + run.counts.get(policy.INVALID_VIDEO_ID, 0)
+    invalid = run.counts.get(policy.INVALID_VIDEO_ID, 0)
+    assert sum(run.counts.values()) == 25 + invalid
+    assert run.delta == len(seeded.day.cases) and run.deferred == run.delta - 25 - invalid
     assert [k.rsplit("/", 1)[1] for k in run.shards_written] == [
         "part-0000.npz",
         "part-0001.npz",
@@ -301,8 +316,8 @@ def test_schema_drift_stops_before_writing_and_burns_no_retries(client, seed_day
         Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
     )
     before = snapshot(client, seeded.bucket)
-    with pytest.raises(SchemaDriftError, match="video embeddings are 512-d.*video_dim=768.*migrate-schema"):
-        pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    summary = pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    assert_stopped(summary, "concat", "video embeddings are 512-d.*video_dim=768.*migrate-schema")
     assert snapshot(client, seeded.bucket) == before
     pd.testing.assert_frame_equal(statuses(seeded, "concat"), db_before)
 
@@ -331,8 +346,8 @@ def test_drift_found_in_a_later_batch_withdraws_the_shards_already_written(clien
     before = {
         k: v for k, v in snapshot(client, seeded.bucket).items() if "/fused/" in k or "/state/fusion_" in k
     }
-    with pytest.raises(SchemaDriftError, match="512-d"):
-        pipeline.run(seeded.config(strategies=("max_pool",), shard_size=10), DAY)
+    summary = pipeline.run(seeded.config(strategies=("max_pool",), shard_size=10), DAY)
+    assert_stopped(summary, "max_pool", "512-d")
     after = {
         k: v for k, v in snapshot(client, seeded.bucket).items() if "/fused/" in k or "/state/fusion_" in k
     }
@@ -399,7 +414,41 @@ def test_new_strategies_record_their_options_and_refuse_other_ones(client, seed_
         )
         assert lock["l2_normalized"] is True
         assert lock["weights"] == ([2.0, 1.0, 0.5] if strategy == "weighted_pool" else None)
-    with pytest.raises(SchemaDriftError, match="weights locked"):
-        pipeline.run(seeded.config(strategies=("weighted_pool",), l2_normalize=True, weights=(1, 1, 1)), DAY)
-    with pytest.raises(SchemaDriftError, match="l2_normalized locked True"):
-        pipeline.run(seeded.config(strategies=("mean_pool",)), DAY)
+    summary = pipeline.run(
+        seeded.config(strategies=("weighted_pool",), l2_normalize=True, weights=(1, 1, 1)), DAY
+    )
+    assert_stopped(summary, "weighted_pool", "weights locked")
+    assert_stopped(
+        pipeline.run(seeded.config(strategies=("mean_pool",)), DAY), "mean_pool", "l2_normalized locked True"
+    )
+
+
+def test_a_text_row_for_another_source_hash_is_named_as_the_cause(seed_day):
+    seeded = seed_day(videos=60, mix={"full": 0.5, "pending_hash": 0.3, "pending_status": 0.2})
+    pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    frame = statuses(seeded, "concat")
+    stale = [v for v, c in seeded.day.cases.items() if c == "pending_hash"]
+    waiting = [v for v, c in seeded.day.cases.items() if c == "pending_status"]
+    assert (frame.loc[stale, "status"] == policy.MISSING_TEXT_PENDING).all()
+    assert frame.loc[stale, "error"].str.contains("is for another source_hash").all()
+    assert not frame.loc[waiting, "error"].str.contains("source_hash").any()
+
+
+def test_public_readers_return_the_contract_columns(seed_day):
+    seeded = seed_day(videos=40)
+    summary = pipeline.run(seeded.config(strategies=("concat",)), DAY)
+    rows = read_manifest("concat", bucket=seeded.bucket)
+    assert list(rows.columns) == manifest.SCHEMA.names
+    assert len(rows) == summary.strategies["concat"].fused
+    assert not rows.duplicated(["video_id", "source_hash"]).any()
+    items = read_state("concat", bucket=seeded.bucket)
+    assert list(items.columns) == list(state.STATE_COLUMNS)
+    counts = summary.strategies["concat"].counts
+    recorded = sum(counts.values()) - counts.get(policy.INVALID_VIDEO_ID, 0)  # unsafe ids are never stored
+    assert items["video_id"].is_unique and len(items) == recorded
+    fused = items[items["status"].isin(policy.FUSED_STATUSES)]
+    assert set(fused["video_id"]) == set(rows["video_id"])
+    assert (
+        read_manifest("sum_pool", bucket=seeded.bucket).empty
+        and read_state("sum_pool", bucket=seeded.bucket).empty
+    )

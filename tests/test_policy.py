@@ -45,6 +45,34 @@ def test_text_missing_and_hash_differs_is_pending():
 
 
 @pytest.mark.parametrize("status", TERMINAL)
+def test_text_missing_and_empty_text_hash_counts_as_matching(status):
+    assert verdict(status=status, text_hash="") == policy.SUCCESS_PLACEHOLDER
+
+
+@pytest.mark.parametrize("status", [*TERMINAL, "queued"])
+def test_text_missing_and_text_row_for_another_source_hash_is_pending(status):
+    assert verdict(status=status, text_hash=H.upper()) == policy.MISSING_TEXT_PENDING
+    assert verdict(status=status, text_hash=" " + H) == policy.MISSING_TEXT_PENDING
+
+
+def test_text_hash_mismatch_flags_rows_for_another_source_hash_only():
+    text_hash = np.array([H, "b" * 64, None, "", "b" * 64], dtype=object)
+    source_hash = np.array([H, H, H, H, "b" * 64], dtype=object)
+    mismatch = policy.text_hash_mismatch(text_hash, source_hash)
+    assert mismatch.dtype == bool
+    assert mismatch.tolist() == [False, True, False, False, False]
+    statuses = policy.gate(
+        text_present=np.zeros(5, dtype=bool),
+        text_state_available=True,
+        text_status=np.array(["no_captions"] * 5, dtype=object),
+        text_hash=text_hash,
+        source_hash=source_hash,
+        text_terminal_statuses=TERMINAL,
+    )
+    assert (statuses == policy.MISSING_TEXT_PENDING).tolist() == mismatch.tolist()
+
+
+@pytest.mark.parametrize("status", TERMINAL)
 def test_text_missing_and_terminal_status_is_placeholder(status):
     assert verdict(status=status) == policy.SUCCESS_PLACEHOLDER
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from clipfarm_fusion import manifest, pipeline, projection, shards
-from clipfarm_fusion.errors import ConfigError, SchemaDriftError
+from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.fuse import STRATEGIES, FusionOptions, fuse
 from clipfarm_fusion.synthetic import object_array_npy
 
@@ -156,7 +156,22 @@ def test_make_projection_then_fuse_lock_and_drift(client, seed_day, tmp_path):
     client.put_object(
         Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
     )
-    with pytest.raises(SchemaDriftError, match="projection_id locked"):
-        pipeline.run(seeded.config(strategies=("projection",), projection_uri=str(other)), DAY)
+    stopped = pipeline.run(seeded.config(strategies=("projection",), projection_uri=str(other)), DAY)
+    assert "projection_id locked" in stopped.stopped["projection"] and not stopped.strategies
     with pytest.raises(ConfigError, match="needs an artifact"):
         pipeline.run(seeded.config(strategies=("projection",)), DAY)
+
+    migrate = [CLI, "migrate-schema", "--strategy", "projection", "--bucket", seeded.bucket]
+    refused = subprocess.run(migrate, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--projection" in refused.stderr
+    accepted = subprocess.run(
+        [*migrate, "--projection", str(other)], capture_output=True, text=True, timeout=300
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    new_id = projection.parse(other.read_bytes(), str(other), STRATEGIES).projection_id
+    lock = json.loads(
+        client.get_object(Bucket=seeded.bucket, Key="clipfarm/fused/projection/schema.json")["Body"].read()
+    )
+    assert lock["projection_id"] == new_id and lock["history"][-1]["projection_id"] == loaded.projection_id
+    after = pipeline.run(seeded.config(strategies=("projection",), projection_uri=str(other)), DAY)
+    assert not after.stopped and after.strategies["projection"].fused > 0

@@ -134,6 +134,25 @@ def test_latest_is_judged_by_instant_not_by_how_captured_at_is_spelled():
     assert latest_per_video(table)["fused_key"].to_pylist() == ["k2", "k4"]
 
 
+def test_latest_compares_mixed_offsets_as_instants_and_breaks_ties_by_fused_key():
+    table = pa.table(
+        {
+            "video_id": ["a", "a", "b", "b", "c", "c"],
+            "captured_at": [
+                "2026-03-01T10:00:00+02:00",  # 08:00Z
+                "2026-03-01T09:00:00Z",
+                "2026-03-01T08:00:00Z",
+                "2026-03-01T10:00:00+02:00",  # the same instant: the larger fused_key wins
+                "2026-03-01T08:00:00Z",
+                "2026-03-01T10:00:00+02:00",
+            ],
+            "fused_key": ["k9", "k1", "k2", "k3", "k8", None],
+        }
+    )
+    for ordered in (table, table.take(list(range(table.num_rows))[::-1])):
+        assert latest_per_video(ordered)["fused_key"].to_pylist() == ["k1", "k3", "k8"]
+
+
 def test_ids_come_back_in_the_requested_order_across_shards_and_dates(client, two_days):
     wanted = ["b000005", "vid000010", RECAPTURED, "b000000", "vid000029", "vid000010"]
     ids, vectors, rows = read_vectors(STRATEGY, wanted, bucket=two_days.bucket, client=client)

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from clipfarm_fusion import state
-from clipfarm_fusion.errors import ConcurrentWriteError
+from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
 
 SEED_ERA_DDL = """
 CREATE TABLE processed_items (
@@ -66,47 +66,94 @@ def test_upsert_is_batched_in_transactions(tmp_path, monkeypatch):
     assert len(db.read_all()) == 250
 
 
+KEY = "clipfarm/state/fusion_concat.sqlite"
+
+
 def test_mirror_round_trip_and_restore_on_fresh_machine(tmp_path, client, bucket):
-    key = "clipfarm/state/fusion_concat.sqlite"
     first = tmp_path / "a" / "fusion_concat.sqlite"
-    assert state.restore(client, bucket, key, first) == "new state DB"
-    db = state.StateDB(first)
-    db.upsert([row("v1")])
-    db.close()
-    state.upload(client, bucket, key, first)
-    assert state.restore(client, bucket, key, first) == "local copy (mirror unchanged)"
+    assert state.restore(client, bucket, KEY, first) == "new state DB"
+    state.commit(client, bucket, KEY, first, [row("v1")])
+    assert state.restore(client, bucket, KEY, first) == "local copy (mirror unchanged)"
 
     fresh = tmp_path / "b" / "fusion_concat.sqlite"
-    assert state.restore(client, bucket, key, fresh) == "restored from mirror"
-    assert state.StateDB(fresh).read_all().index.tolist() == ["v1"]
+    assert state.restore(client, bucket, KEY, fresh) == "restored from mirror"
+    assert state.read_rows(fresh).index.tolist() == ["v1"]
 
 
 def test_stale_local_copy_is_replaced_by_newer_mirror(tmp_path, client, bucket):
-    key = "clipfarm/state/fusion_concat.sqlite"
     machine_a, machine_b = tmp_path / "a" / "f.sqlite", tmp_path / "b" / "f.sqlite"
-    state.restore(client, bucket, key, machine_a)
-    db = state.StateDB(machine_a)
-    db.upsert([row("v1")])
-    db.close()
-    state.upload(client, bucket, key, machine_a)
-    state.restore(client, bucket, key, machine_b)
-    db = state.StateDB(machine_b)
-    db.upsert([row("v2")])
-    db.close()
-    state.upload(client, bucket, key, machine_b)
-    assert state.restore(client, bucket, key, machine_a) == "restored from mirror"
-    assert sorted(state.StateDB(machine_a).read_all().index) == ["v1", "v2"]
+    state.restore(client, bucket, KEY, machine_a)
+    state.commit(client, bucket, KEY, machine_a, [row("v1")])
+    state.restore(client, bucket, KEY, machine_b)
+    state.commit(client, bucket, KEY, machine_b, [row("v2")])
+    assert state.restore(client, bucket, KEY, machine_a) == "restored from mirror"
+    assert sorted(state.read_rows(machine_a).index) == ["v1", "v2"]
 
 
-def test_upload_over_a_mirror_someone_else_changed_is_refused(tmp_path, client, bucket):
-    key = "clipfarm/state/fusion_concat.sqlite"
+def test_upload_over_a_mirror_someone_else_changed_is_refused_and_the_cache_is_kept(tmp_path, client, bucket):
     machine_a, machine_b = tmp_path / "a" / "f.sqlite", tmp_path / "b" / "f.sqlite"
-    for path, video_id in ((machine_a, "from-a"), (machine_b, "from-b")):
-        state.restore(client, bucket, key, path)
-        db = state.StateDB(path)
-        db.upsert([row(video_id)])
-        db.close()
-    state.upload(client, bucket, key, machine_a)
+    for path in (machine_a, machine_b):
+        state.restore(client, bucket, KEY, path)
+    state.commit(client, bucket, KEY, machine_a, [row("from-a")])
     with pytest.raises(ConcurrentWriteError, match="another run"):
-        state.upload(client, bucket, key, machine_b)
-    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == machine_a.read_bytes()
+        state.commit(client, bucket, KEY, machine_b, [row("from-b")])
+    assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == machine_a.read_bytes()
+    assert not machine_b.exists()  # the refused rows never reached the working copy either
+
+
+def test_a_copy_whose_mirror_is_gone_is_set_aside_not_continued(tmp_path, client, bucket):
+    path = tmp_path / "f.sqlite"
+    state.restore(client, bucket, KEY, path)
+    state.commit(client, bucket, KEY, path, [row("old")])
+    client.delete_object(Bucket=bucket, Key=KEY)  # the mirror is deleted, or the bucket recreated
+    source = state.restore(client, bucket, KEY, path)
+    assert source.startswith("new state DB (mirror gone")
+    assert not path.exists()
+    kept = [p for p in tmp_path.iterdir() if ".set-aside-" in p.name and not p.name.endswith(".mirror.json")]
+    assert len(kept) == 1 and state.read_rows(kept[0]).index.tolist() == ["old"]  # renamed, never deleted
+    state.commit(client, bucket, KEY, path, [row("new")])  # no exit 4: nobody else's object is there
+    assert state.read_rows(path).index.tolist() == ["new"]
+
+
+def test_a_copy_of_another_bucket_is_never_used(tmp_path, client, bucket):
+    other = f"{bucket}-other"
+    client.create_bucket(Bucket=other)
+    path = tmp_path / "f.sqlite"
+    state.restore(client, other, KEY, path)
+    state.commit(client, other, KEY, path, [row("from-other-bucket")])
+    assert state.restore(
+        client, bucket, KEY, path
+    ) == "new state DB; a copy of another mirror was set aside as " + next(
+        p.name for p in tmp_path.iterdir() if p.name.startswith("f.sqlite.set-aside-") and p.suffix != ".json"
+    )
+    assert state.read_rows(path).empty
+
+
+def test_a_copy_never_uploaded_is_continued_when_there_is_no_mirror(tmp_path, client, bucket):
+    path = tmp_path / "fusion_concat.sqlite"
+    with sqlite3.connect(path) as connection:  # a seed-era working copy, never mirrored
+        connection.execute(SEED_ERA_DDL)
+        connection.execute("INSERT INTO processed_items VALUES ('old1','h','t','fail',NULL,NULL,NULL,2)")
+    assert state.restore(client, bucket, KEY, path) == "local copy (no mirror yet)"
+    assert state.read_rows(path).loc["old1", "retry_count"] == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\x00garbage" * 100, "sqlite-other-table"],
+    ids=["empty", "random-bytes", "another-table"],
+)
+def test_a_corrupt_mirror_stops_before_replacing_a_good_copy(tmp_path, client, bucket, body):
+    path = tmp_path / "f.sqlite"
+    state.restore(client, bucket, KEY, path)
+    state.commit(client, bucket, KEY, path, [row("good")])
+    good = path.read_bytes()
+    if body == "sqlite-other-table":
+        other = tmp_path / "other.sqlite"
+        with sqlite3.connect(other) as connection:
+            connection.execute("CREATE TABLE something_else (x TEXT)")
+        body = other.read_bytes()
+    client.put_object(Bucket=bucket, Key=KEY, Body=body)
+    with pytest.raises(StoreError, match="not a usable fusion state DB"):
+        state.restore(client, bucket, KEY, path)
+    assert path.read_bytes() == good

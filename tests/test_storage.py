@@ -77,6 +77,43 @@ def test_manifest_upsert_keeps_latest_row_per_key():
     assert again.sort_by("video_id").equals(merged.sort_by("video_id"))
 
 
+def one_row(captured, key, video_id="a", source_hash="h1", status="success_full"):
+    row = manifest_rows([video_id], [source_hash], key, captured=captured)
+    return row.set_column(row.schema.get_field_index("fusion_status"), "fusion_status", pa.array([status]))
+
+
+@pytest.mark.parametrize(
+    ("old_captured", "new_captured", "winner"),
+    [
+        ("2026-03-01T09:00:00Z", "2026-03-01T10:00:00+02:00", "old"),  # new is 08:00Z: older
+        ("2026-03-01T10:00:00+02:00", "2026-03-01T09:00:00Z", "new"),  # old is 08:00Z: older
+        ("2026-03-01T09:00:00-02:00", "2026-03-01T10:00:00Z", "old"),  # old is 11:00Z
+        ("", "2026-03-01", "new"),  # no date is the oldest
+        ("2026-03-01", "not a date", "old"),
+    ],
+)
+def test_manifest_merge_compares_captured_at_as_instants_not_strings(old_captured, new_captured, winner):
+    old = one_row(old_captured, "k/date=2026-03-01/part-0000.npz")
+    new = one_row(new_captured, "k/date=2026-03-01/part-0001.npz")
+    merged, added, updated = manifest.merge(old, new)
+    assert (added, updated) == (0, int(winner == "new"))
+    assert merged.num_rows == 1
+    assert merged["captured_at"][0].as_py() == (new_captured if winner == "new" else old_captured)
+
+
+def test_manifest_merge_tie_at_the_same_instant_goes_to_the_larger_fused_key_else_the_existing_row():
+    earlier_key, later_key = "k/date=2026-03-01/part-0001.npz", "k/date=2026-03-01/part-0002.npz"
+    old = one_row("2026-03-01T08:00:00Z", later_key)
+    new = one_row("2026-03-01T10:00:00+02:00", earlier_key)  # the same instant
+    merged, added, updated = manifest.merge(old, new)
+    assert (added, updated, merged["fused_key"][0].as_py()) == (0, 0, later_key)
+    merged, added, updated = manifest.merge(new, old)
+    assert (added, updated, merged["fused_key"][0].as_py()) == (0, 1, later_key)
+    same = one_row("2026-03-01T08:00:00+00:00", later_key, status="success_text_placeholder")
+    merged, added, updated = manifest.merge(old, same)  # a full tie: the existing row stays
+    assert (added, updated, merged["fusion_status"][0].as_py()) == (0, 0, "success_full")
+
+
 def test_manifest_commit_merges_on_the_fresh_manifest_after_a_lost_race(client, bucket):
     key = "clipfarm/fused/concat/fused_manifest.parquet"
     manifest.commit(client, bucket, key, manifest_rows(["a"], ["h"], "k0"))

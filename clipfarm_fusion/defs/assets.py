@@ -8,6 +8,13 @@ Each strategy depends on its own previous day (a self-dependency) because it doe
 whatever day D-1 left in the state DB. Dagster then backfills the days oldest first, one run per day
 (`BackfillPolicy.multi_run(1)`), and never starts a day before the one before it has materialised, so a
 backfill gives exactly what running the days one by one in order gives.
+
+The inputs are declared too, as external assets (group `upstream`, never materialised here): the three
+embedding prefixes, the metadata horizon and the text stage's DB. Each fused asset lists them as deps, so
+the lineage shows where its vectors come from and the metadata names each input's S3 path pattern.
+
+Under several strategies, one that must stop (its schema.json disagrees with the inputs or the options)
+stops alone: the others publish and materialise, then the step fails naming the stopped ones.
 """
 
 from dagster import (
@@ -25,6 +32,7 @@ from dagster import (
 
 from .. import pipeline, policy
 from ..errors import ClipfarmError, ConcurrentWriteError
+from ..layout import MODALITIES, Layout
 from ..summary import RunSummary, StrategySummary
 from . import checks
 from .partitions import daily_partitions, run_date
@@ -50,6 +58,42 @@ DESCRIPTIONS = {
     "mean_pool": "Fused vectors: zero-padded mean over the modalities present, plus the mask.",
     "weighted_pool": "Fused vectors: weighted zero-padded mean (weights in schema.json), plus the mask.",
 }
+# The bucket and root are run config, so the paths are patterns; the layout module builds them.
+_PATTERN = Layout("<root>")
+_S3 = "s3://<bucket>/"
+UPSTREAM_SPECS = [
+    *(
+        AssetSpec(
+            ["embeddings", modality],
+            description=f"One {modality} embedding per video (.npy, float32), written by the upstream "
+            f"{modality} embedding stage; a video whose object is missing is not fused that day.",
+            metadata={
+                "path_pattern": MetadataValue.text(_S3 + _PATTERN.embedding_key(modality, "<video_id>")),
+                "prefix": MetadataValue.text(_S3 + _PATTERN.embedding_prefix(modality)),
+            },
+            group_name="upstream",
+            kinds={"s3", "numpy"},
+        )
+        for modality in MODALITIES
+    ),
+    AssetSpec(
+        "metadata_horizon",
+        description="The videos to fuse (video_id, url, captured_at): a day's run reads the rows captured "
+        "on or before its date. The resource's `metadata` field can point elsewhere.",
+        metadata={"path_pattern": MetadataValue.text(_S3 + _PATTERN.metadata_key())},
+        group_name="upstream",
+        kinds={"s3", "csv"},
+    ),
+    AssetSpec(
+        "text_stage_state",
+        description="The text downloader's SQLite snapshot: whether a video's text is still owed (the item "
+        "waits) or will never come (fused with a placeholder). The resource's `text_state` field can "
+        "point elsewhere.",
+        metadata={"path_pattern": MetadataValue.text(_S3 + _PATTERN.text_state_key())},
+        group_name="upstream",
+        kinds={"s3", "sqlite"},
+    ),
+]
 FUSION_SPECS = [
     AssetSpec(
         name,
@@ -57,7 +101,10 @@ FUSION_SPECS = [
         group_name="fused_embeddings",
         kinds={"s3", "parquet"},
         skippable=True,
-        deps=[AssetDep(name, partition_mapping=TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
+        deps=[
+            AssetDep(name, partition_mapping=TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
+            *(spec.key for spec in UPSTREAM_SPECS),
+        ],
     )
     for name in ASSET_STRATEGIES
 ]
@@ -75,8 +122,9 @@ FUSION_SPECS = [
 def fuse_embeddings(context: AssetExecutionContext, fusion: FusionResource):
     """Fuse the partition's day for the selected strategies in one pass over S3.
 
-    Errors of our own hierarchy (bad config, schema drift, a concurrent writer) fail the run with their
-    message, which says what to do next; item failures are data and show in the metadata. Progress goes
+    Errors of our own hierarchy (bad config, schema drift of the whole run, a concurrent writer) fail the
+    run with their message, which says what to do next; a strategy that stopped alone fails the step only
+    after the others have materialised; item failures are data and show in the metadata. Progress goes
     to the run's log through `context.log`.
     """
     strategies = tuple(name for name in ASSET_STRATEGIES if AssetKey(name) in context.selected_asset_keys)
@@ -92,16 +140,34 @@ def fuse_embeddings(context: AssetExecutionContext, fusion: FusionResource):
         transient = isinstance(exc, ConcurrentWriteError)
         raise Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=transient) from exc
     context.log.info("run summary\n%s", summary.to_table())
-    for name in strategies:
-        strategy_summary = summary.strategies[name]
-        check_results = (
-            [checks.fail_rate_result(name, strategy_summary, fusion.fail_rate_threshold)]
-            if checks.fail_rate_key(name) in context.selected_asset_check_keys
-            else []
-        )
+    for name in (name for name in strategies if name in summary.strategies):
         yield MaterializeResult(
-            asset_key=name, metadata=strategy_metadata(summary, name), check_results=check_results
+            asset_key=name,
+            metadata=strategy_metadata(summary, name),
+            check_results=fail_rate_results(context, name, summary.strategies[name], fusion),
         )
+    if summary.stopped:
+        raise stopped_failure(summary.stopped)
+
+
+def fail_rate_results(
+    context: AssetExecutionContext, name: str, strategy: StrategySummary, fusion: FusionResource
+) -> list:
+    """The day's fail-rate check result, when the check is selected; it names the partition."""
+    if checks.fail_rate_key(name) not in context.selected_asset_check_keys:
+        return []
+    return [checks.fail_rate_result(name, strategy, fusion.fail_rate_threshold, context.partition_key)]
+
+
+def stopped_failure(stopped: dict[str, str]) -> Failure:
+    """The step fails after the other strategies have materialised: a stopped strategy needs a person
+    (`clipfarm-fusion migrate-schema`), so no retry."""
+    lines = [f"{name}: {message}" for name, message in stopped.items()]
+    return Failure(
+        description="Stopped (nothing of theirs published; the other strategies did):\n" + "\n".join(lines),
+        metadata={f"stopped/{name}": MetadataValue.text(message) for name, message in stopped.items()},
+        allow_retries=False,
+    )
 
 
 def strategy_metadata(summary: RunSummary, name: str) -> dict[str, MetadataValue]:

@@ -1,7 +1,8 @@
 """`FusionResource`: every knob of a run as typed Dagster config, turned into a `FusionConfig`.
 
-The S3 endpoint and credentials are not config here: `s3io.make_client` takes them from the standard
-AWS chain (`AWS_ENDPOINT_URL`, keys or profile), as the CLI does, so one deployment setting serves both.
+Endpoint, region and profile are optional fields so they can be set the Dagster way (launchpad, run
+config); left unset they come from the standard AWS chain, as in the CLI, so one deployment setting
+serves both. Credentials stay with that chain (keys, profile, instance role) and are never config.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ class FusionResource(ConfigurableResource):
 
     bucket: str = Field(description="S3 bucket; definitions.py reads it from CLIPFARM_BUCKET at launch.")
     root: str = Field(default=DEFAULT_ROOT, description="Key prefix inside the bucket.")
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint, e.g. http://minio:9000 (default: the standard AWS chain, AWS_ENDPOINT_URL).",
+    )
+    region_name: str | None = Field(
+        default=None,
+        description="AWS region (default: the standard AWS chain, AWS_REGION / AWS_DEFAULT_REGION, "
+        "else us-east-1).",
+    )
+    profile_name: str | None = Field(
+        default=None,
+        description="AWS profile in ~/.aws/config (default: the standard AWS chain, AWS_PROFILE).",
+    )
     metadata: str | None = Field(
         default=None,
         description="Metadata horizon CSV/Parquet, local path or s3:// URI "
@@ -40,6 +54,11 @@ class FusionResource(ConfigurableResource):
         default=None,
         description="Local working copies of the state DBs (default: <tmp>/clipfarm_fusion/<bucket>/<root>). "
         "The S3 mirror is the source of truth; this is a cache.",
+    )
+    max_items: int | None = Field(
+        default=None,
+        description="Fuse at most this many items of the day's delta (None or 0: no cap); the rest stay "
+        "in the delta for the next run.",
     )
     shard_size: int = Field(default=2048, description="Vectors per shard, also the batch that bounds memory.")
     max_fail_retries: int = Field(default=3, description="Failures before an item becomes fail_terminal.")
@@ -82,6 +101,7 @@ class FusionResource(ConfigurableResource):
             metadata_uri=self.metadata,
             text_state_uri=self.text_state,
             state_dir=state_dir,
+            max_items=self.max_items,
             shard_size=self.shard_size,
             max_fail_retries=self.max_fail_retries,
             text_dim=self.text_dim,
@@ -96,4 +116,10 @@ class FusionResource(ConfigurableResource):
         )
 
     def client(self):
-        return s3io.make_client(self.fetch_threads)
+        """An S3 client from the fields set here, the standard AWS chain for the rest."""
+        return s3io.make_client(
+            self.fetch_threads,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
+            profile_name=self.profile_name,
+        )
