@@ -11,6 +11,10 @@ response. Faults are decided before forwarding, so a faulted PUT never reached t
 decisions come from one seeded RNG in arrival order, so a sequential client sees the same faults
 on every run.
 
+Outages (for "faults are not failures" tests): `handle.outage(seconds, after=N, kinds=("GET",))` makes
+every request of those kinds fail (503 SlowDown, or a dropped connection with `mode="drop"`) for
+`seconds`, starting at the N-th such request from now, so a run can be cut off mid-way deterministically.
+
 Library: `handle = start_proxy("http://127.0.0.1:5000", latency_ms=20)`; point `AWS_ENDPOINT_URL`
 at `handle.url`; read `handle.counts()`; `handle.reset()`; `handle.stop()`.
 CLI: `python bench/proxy.py --upstream http://127.0.0.1:5000 --port 8001 --latency 20`.
@@ -66,11 +70,31 @@ class _Shared:
     rng: random.Random
     lock: threading.Lock = field(default_factory=threading.Lock)
     counts: Counter = field(default_factory=Counter)
+    outage_kinds: frozenset[str] = frozenset()
+    outage_mode: str = "error"
+    outage_after: int = 0  # matching requests still let through before the outage starts
+    outage_seconds: float = 0.0
+    outage_until: float | None = None  # set when the outage starts
+
+    def _in_outage(self, kind: str) -> bool:
+        if kind not in self.outage_kinds:
+            return False
+        if self.outage_until is None:
+            if self.outage_after > 0:
+                self.outage_after -= 1
+                return False
+            self.outage_until = time.monotonic() + self.outage_seconds
+            self.counts["outage_started"] += 1
+        return time.monotonic() < self.outage_until
 
     def decide(self, kind: str) -> str:
         """Count the request and choose its fate: `ok`, `error` or `drop`."""
         with self.lock:
             self.counts[kind] += 1
+            if self._in_outage(kind):
+                self.counts["outage"] += 1
+                self.counts[self.outage_mode] += 1
+                return self.outage_mode
             draw = self.rng.random() if (self.fault_rate or self.drop_rate) else 1.0
             fate = (
                 "drop"
@@ -85,7 +109,7 @@ class _Shared:
 
     def error(self) -> tuple[int, str, str]:
         with self.lock:
-            return self.rng.choice(_ERRORS)
+            return _ERRORS[1] if self.outage_until is not None else self.rng.choice(_ERRORS)
 
 
 class _Server(ThreadingHTTPServer):
@@ -214,6 +238,18 @@ class ProxyHandle:
     def reset(self) -> None:
         with self._shared.lock:
             self._shared.counts.clear()
+
+    def outage(
+        self, seconds: float, after: int = 0, kinds: tuple[str, ...] = METHODS, mode: str = "error"
+    ) -> None:
+        """Fail every request of `kinds` for `seconds` (503 SlowDown, or `mode="drop"`: close the
+        connection unanswered), starting once `after` more of them have gone through."""
+        with self._shared.lock:
+            self._shared.outage_kinds = frozenset(kinds)
+            self._shared.outage_mode = mode
+            self._shared.outage_after = after
+            self._shared.outage_seconds = seconds
+            self._shared.outage_until = None
 
     def stop(self) -> None:
         self._server.shutdown()

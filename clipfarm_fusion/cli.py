@@ -20,11 +20,19 @@ from .config import (
     parse_strategies,
     resolve_bucket,
 )
-from .errors import ConcurrentWriteError, ConfigError, SchemaDriftError, StoreError
+from .errors import ConcurrentWriteError, ConfigError, S3UnavailableError, SchemaDriftError, StoreError
 from .layout import Layout
 from .readback import BrokenPointerError
 
-EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT, EXIT_BROKEN, EXIT_STORE = 0, 2, 3, 4, 5, 7
+EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT, EXIT_BROKEN, EXIT_UNAVAILABLE, EXIT_STORE = (
+    0,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+)
 # The seed script's flag spellings, accepted (not shown in --help) so a workflow that called it can
 # switch by changing only the command. Each maps to the flag it means.
 SEED_ALIASES = {
@@ -64,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fuse every video of the metadata horizon (as of --run-date) whose fused vector is missing "
         "or stale. Exit codes: 0 run completed (item failures are data, see the summary); 2 bad usage or "
         "config; 3 a strategy stopped for schema drift (named on stderr; it wrote nothing, the others "
-        "published); 4 another run wrote the same strategy; 7 a published store (state mirror) is unreadable.",
+        "published); 4 another run wrote the same strategy; 6 S3 unavailable past --s3-patience, nothing "
+        "recorded against any item: retry later; 7 a published store (state mirror, manifest, schema.json) "
+        "cannot be read: repair it, nothing was written.",
     )
     run.add_argument(
         "--run-date",
@@ -138,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A,B",
         help="text stage statuses that mean no text will ever come, so the video is fused with a zero "
         f"text vector (default: {','.join(DEFAULT_TEXT_TERMINAL_STATUSES)})",
+    )
+    run.add_argument(
+        "--strict-dates",
+        action="store_true",
+        help="refuse (exit 2) a metadata file whose captured_at values are not ISO 8601; by default they "
+        "count as undated and the summary reports how many",
+    )
+    run.add_argument(
+        "--s3-patience",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to ride out an S3 outage (connection errors, 5xx, SlowDown) before stopping with exit "
+        "6; an outage never counts as an item failure (default: 60)",
     )
     run.add_argument(
         "--sample-size",
@@ -354,6 +378,8 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         max_items=args.max_items,
         text_terminal_statuses=args.terminal_text_statuses,
         sample_size=args.sample_size,
+        strict_dates=args.strict_dates,
+        s3_patience_seconds=args.s3_patience,
         shard_size=args.shard_size,
         max_fail_retries=args.max_fail_retries,
         text_dim=args.text_dim,
@@ -449,51 +475,58 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.command == "dev":
             return dev(args)
         return run_and_report(config_from_args(args), args.run_date, args.summary_json)
-    except ConfigError as exc:
-        print(f"clipfarm-fusion: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SchemaDriftError as exc:
-        print(f"clipfarm-fusion: schema drift: {exc}", file=sys.stderr)
-        return EXIT_DRIFT
-    except ConcurrentWriteError as exc:
-        print(f"clipfarm-fusion: concurrent write: {exc}", file=sys.stderr)
-        return EXIT_CONFLICT
-    except StoreError as exc:
-        print(f"clipfarm-fusion: unreadable store: {exc}", file=sys.stderr)
-        return EXIT_STORE
-    except BrokenPointerError as exc:
-        print(f"clipfarm-fusion: broken pointer: {exc}", file=sys.stderr)
-        return EXIT_BROKEN
-    except botocore.exceptions.ProfileNotFound as exc:
-        print(
-            f"clipfarm-fusion: error: {exc}; set AWS_PROFILE to a configured profile or unset it",
-            file=sys.stderr,
+    except Exception as exc:
+        verdict = exit_for(exc)
+        if verdict is None:
+            raise
+        code, message = verdict
+        print(f"clipfarm-fusion: {message}", file=sys.stderr)
+        return code
+
+
+# Our errors, then botocore's that mean "fix your setup": (type, exit code, message prefix, hint).
+_EXITS: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (ConfigError, EXIT_USAGE, "error", ""),
+    (SchemaDriftError, EXIT_DRIFT, "schema drift", ""),
+    (ConcurrentWriteError, EXIT_CONFLICT, "concurrent write", ""),
+    (StoreError, EXIT_STORE, "unreadable store", ""),
+    (S3UnavailableError, EXIT_UNAVAILABLE, "", ""),
+    (BrokenPointerError, EXIT_BROKEN, "broken pointer", ""),
+    (
+        botocore.exceptions.ProfileNotFound,
+        EXIT_USAGE,
+        "error",
+        "; set AWS_PROFILE to a configured profile or unset it",
+    ),
+    (
+        botocore.exceptions.ParamValidationError,
+        EXIT_USAGE,
+        "error: S3 rejected a parameter",
+        "; check --bucket and --root",
+    ),
+    (
+        botocore.exceptions.NoCredentialsError,
+        EXIT_USAGE,
+        "error",
+        "; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+    ),
+)
+_SETUP_CODES = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+def exit_for(exc: BaseException) -> tuple[int, str] | None:
+    """The one place that maps an error to (exit code, message); None for a bug (let it raise)."""
+    for kind, code, prefix, hint in _EXITS:
+        if isinstance(exc, kind):
+            return code, f"{prefix}: {exc}{hint}" if prefix else f"{exc}{hint}"
+    if isinstance(exc, botocore.exceptions.ClientError) and s3io.error_code(exc) in _SETUP_CODES:
+        return (
+            EXIT_USAGE,
+            f"error: S3 said {s3io.error_code(exc)} ({exc}); check --bucket and your AWS credentials",
         )
-        return EXIT_USAGE
-    except botocore.exceptions.ParamValidationError as exc:
-        print(
-            f"clipfarm-fusion: error: S3 rejected a parameter ({exc}); check --bucket and --root",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    except botocore.exceptions.NoCredentialsError:
-        print(
-            "clipfarm-fusion: error: no AWS credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    except botocore.exceptions.EndpointConnectionError as exc:
-        print(f"clipfarm-fusion: error: cannot reach S3 ({exc}); check AWS_ENDPOINT_URL", file=sys.stderr)
-        return EXIT_USAGE
-    except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            print(
-                f"clipfarm-fusion: error: S3 said {code} ({exc}); check --bucket and your AWS credentials",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        raise
+    if s3io.is_fault(exc):  # any command: an outage is "retry later", never a traceback
+        return EXIT_UNAVAILABLE, str(s3io.unavailable(exc, "talking to it"))
+    return None
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class FusionConfig:
     projection_uri: str | None = None  # the artifact of strategy `projection`, local or s3://
     text_terminal_statuses: tuple[str, ...] = DEFAULT_TEXT_TERMINAL_STATUSES
     fetch_threads: int = 32
+    s3_patience_seconds: float = 60.0  # an outage longer than this stops the run (S3UnavailableError)
+    strict_dates: bool = False  # a captured_at that is not ISO 8601 is a ConfigError instead of undated
     sample_size: int = 10
     progress: bool = False
 
@@ -53,6 +55,8 @@ class FusionConfig:
         for name in ("shard_size", "text_dim", "fetch_threads", "sample_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.s3_patience_seconds < float("inf"):
+            raise ConfigError(f"s3_patience_seconds must be 0 or more, got {self.s3_patience_seconds}")
         if self.max_fail_retries < 0:
             raise ConfigError(f"max_fail_retries must be >= 0, got {self.max_fail_retries}")
         if self.max_items is not None and self.max_items < 0:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import latest, s3io
-from .errors import ConcurrentWriteError
+from .errors import ConcurrentWriteError, StoreError
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
@@ -112,16 +112,62 @@ def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
     return merged, added, updated
 
 
-def read(client, bucket: str, key: str) -> tuple[pa.Table | None, str | None]:
-    """(table, etag) of the current manifest, (None, None) when there is none yet.
+REQUIRED = (
+    "video_id",
+    "source_hash",
+    "captured_at",
+    "fused_key",
+    "shard_idx",
+)  # what a merge and a reader need
+
+
+def _repair(where: str) -> str:
+    return (
+        f"{where} is not a readable fused manifest; nothing was written. Restore the previous version "
+        "(bucket versioning), or move the object away on purpose: a run then starts a new manifest, and "
+        "`clipfarm-fusion verify` shows what the old one pointed at"
+    )
+
+
+def _opened(body: bytes, where: str) -> pq.ParquetFile:
+    """The parquet file with the manifest's columns, from its footer alone; StoreError otherwise."""
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(body), pre_buffer=False)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StoreError(f"{_repair(where)} ({len(body)} bytes: {str(exc)[:200]})") from None
+    missing = [name for name in REQUIRED if name not in parquet.schema_arrow.names]
+    if missing:
+        raise StoreError(f"{_repair(where)} (no column {', '.join(missing)})")
+    return parquet
+
+
+def check(body: bytes, where: str) -> None:
+    """StoreError unless `body` looks like a manifest (footer and columns): cheap enough to run before a
+    run writes its first shard, without holding the table for the whole run."""
+    _opened(body, where)
+
+
+def parse(body: bytes, where: str) -> pa.Table:
+    """Parquet bytes -> the manifest table; StoreError naming the object and the repair otherwise.
 
     Read without Arrow's thread pool: with it, a short-lived process (the CLI) intermittently aborts
     at exit with "terminate called without an active exception" (apache/arrow#34314).
     """
-    fetched = s3io.get_object(client, bucket, key)
-    if fetched.body is None:
-        return None, None
-    return pq.read_table(pa.BufferReader(fetched.body), use_threads=False, pre_buffer=False), fetched.etag
+    parquet = _opened(body, where)
+    try:
+        return parquet.read(use_threads=False)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StoreError(f"{_repair(where)} ({str(exc)[:200]})") from None
+
+
+def read(client, bucket: str, key: str) -> tuple[pa.Table | None, str | None]:
+    """(table, etag) of the current manifest, (None, None) when there is none yet; StoreError when the
+    object is there but is not a manifest."""
+    return decode(s3io.get_object(client, bucket, key), f"s3://{bucket}/{key}")
+
+
+def decode(fetched: s3io.Fetched, where: str) -> tuple[pa.Table | None, str | None]:
+    return (None, None) if fetched.body is None else (parse(fetched.body, where), fetched.etag)
 
 
 def encode(table: pa.Table) -> bytes:
@@ -132,10 +178,18 @@ def encode(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def commit(client, bucket: str, key: str, new: pa.Table) -> tuple[int, int]:
-    """Upsert `new` into the manifest at `key`; never overwrites rows a concurrent writer added."""
+def commit(
+    client, bucket: str, key: str, new: pa.Table, current: s3io.Fetched | None = None
+) -> tuple[int, int]:
+    """Upsert `new` into the manifest at `key`; never overwrites rows a concurrent writer added.
+
+    `current` is the manifest object as the run fetched (and checked) it at its start: the first attempt
+    merges into it, and the conditional PUT fails if anyone changed it since; later attempts read afresh.
+    """
+    where = f"s3://{bucket}/{key}"
     for attempt in range(COMMIT_ATTEMPTS):
-        old, etag = read(client, bucket, key)
+        fetched = current if attempt == 0 and current is not None else s3io.get_object(client, bucket, key)
+        old, etag = decode(fetched, where)
         merged, added, updated = merge(old, new)
         try:
             s3io.put_replacing(client, bucket, key, encode(merged), etag)

@@ -173,6 +173,13 @@ def as_of(frame: pd.DataFrame, run_date: date) -> pd.DataFrame:
     return frame[keep]
 
 
+def unparseable_dates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose captured_at is written but is not ISO 8601 (`03/10/2026 10:00`): they count as undated,
+    so the as-of filter keeps them whatever day they were captured; the run reports them."""
+    written = frame["captured_at"].str.strip() != ""
+    return frame[written & frame["captured_ts"].isna()]
+
+
 def dedupe_latest(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per video_id, sorted by video_id, by the one rule of `latest`: the latest captured_ts
     (rows without one lose to any dated row); at the same instant the larger source_hash wins, then the
@@ -185,13 +192,22 @@ def dedupe_latest(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[winners].reset_index(drop=True)
 
 
-def load_horizon(
-    body: bytes | None, location: str, run_date: date, include_captured_at_in_hash: bool
-) -> pd.DataFrame:
-    """The run's candidate videos: parsed, as-of `run_date`, deduplicated, sorted by video_id."""
+def read_rows(body: bytes | None, location: str, include_captured_at_in_hash: bool) -> pd.DataFrame:
+    """Every row of the horizon file with its id, URL, dates and hash (before as-of and dedupe)."""
     if body is None:
         raise ConfigError(f"metadata {location} not found; pass --metadata PATH|s3://BUCKET/KEY")
     if not body.strip():
         raise ConfigError(f"metadata {location}: file is empty; check the upstream export")
-    frame = prepare(parse_table(body, location), location, include_captured_at_in_hash)
-    return dedupe_latest(as_of(frame, run_date))
+    return prepare(parse_table(body, location), location, include_captured_at_in_hash)
+
+
+def horizon(rows: pd.DataFrame, run_date: date) -> pd.DataFrame:
+    """The run's candidate videos: as-of `run_date`, deduplicated, sorted by video_id."""
+    return dedupe_latest(as_of(rows, run_date))
+
+
+def load_horizon(
+    body: bytes | None, location: str, run_date: date, include_captured_at_in_hash: bool
+) -> pd.DataFrame:
+    """The run's candidate videos: parsed, as-of `run_date`, deduplicated, sorted by video_id."""
+    return horizon(read_rows(body, location, include_captured_at_in_hash), run_date)

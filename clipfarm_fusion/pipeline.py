@@ -44,6 +44,7 @@ class StrategyRun:
     state_path: Path
     prior: pd.DataFrame
     lock: SchemaLock | None
+    published: s3io.Fetched  # the manifest object, checked before the first shard is written
     delta: pd.DataFrame
     writer: ShardWriter
     summary: StrategySummary
@@ -65,6 +66,7 @@ class Batch:
     statuses: np.ndarray
     vectors: dict[str, list[np.ndarray | None]]
     errors: dict[int, str]
+    reads: int  # items whose video and audio were read: what --max-items counts
 
 
 def run(
@@ -77,23 +79,36 @@ def run(
 ) -> RunSummary:
     """Fuse the day's delta for every configured strategy and publish it.
 
-    Raises ConfigError for bad input (nothing written). A strategy that must stop (schema drift, or
-    options that differ from its lock) stops alone: its shards are withdrawn, it is named in
-    `summary.stopped`, and the other strategies publish.
+    Raises ConfigError for bad input and StoreError for a published store that cannot be read (nothing
+    written either way), S3UnavailableError when S3 stays unreachable past `config.s3_patience_seconds`
+    (nothing recorded against any item). A strategy that must stop (schema drift, or options that differ
+    from its lock) stops alone: its shards are withdrawn, it is named in `summary.stopped`, and the
+    other strategies publish.
     """
     log = log or logging.getLogger("clipfarm_fusion")
     check_run_date(run_date)
     client = client or s3io.make_client(config.fetch_threads)
+    try:
+        return _run(config, run_date, client, log, on_progress)
+    except Exception as exc:
+        if s3io.is_fault(exc):  # past botocore's own retries: an outage, not a bug and not the items
+            raise s3io.unavailable(exc, "running the day") from exc
+        raise
+
+
+def _run(config: FusionConfig, run_date: date, client, log: logging.Logger, on_progress) -> RunSummary:
     layout = Layout(config.root)
     started = time.monotonic()
     summary = RunSummary(run_date=run_date.isoformat(), bucket=config.bucket, root=config.root)
 
-    horizon = metadata.load_horizon(
+    rows = metadata.read_rows(
         s3io.read_uri(client, config.metadata_location),
         config.metadata_location,
-        run_date,
         config.include_captured_at_in_hash,
     )
+    _report_bad_dates(summary, metadata.unparseable_dates(rows), config, log)
+    horizon = metadata.horizon(rows, run_date)
+    del rows
     problems = horizon["video_id"].map(video_id_problem)
     invalid, horizon = horizon[problems.notna()], horizon[problems.isna()]
     text_rows, text_problem = text_state.load(client, config.text_state_location)
@@ -116,19 +131,15 @@ def run(
         _record_invalid(strategy_run, invalid, problems, config.sample_size)
         strategy_run.summary.delta = len(strategy_run.delta) + len(invalid)
         runs.append(strategy_run)
-    work = _union_delta(runs, config.max_items)
-    for strategy_run in runs:
-        strategy_run.summary.deferred = int(
-            np.count_nonzero(~strategy_run.delta.index.isin(work["video_id"]))
-        )
+    work = _union_delta(runs)
     log.info(
-        "delta: %s; %d videos to read%s",
+        "delta: %s; %d videos to look at%s",
         ", ".join(f"{r.name}={r.summary.delta}" for r in runs) or "none",
         len(work),
-        f" (--max-items {config.max_items})" if config.max_items else "",
+        f", of which at most {config.max_items} are read (--max-items)" if config.max_items else "",
     )
     keys_per_item = len(horizon) / max(len(work), 1)
-    _fuse_all(
+    looked_at = _fuse_all(
         client,
         config,
         layout,
@@ -142,6 +153,8 @@ def run(
         log,
         on_progress,
     )
+    for strategy_run in runs:
+        strategy_run.summary.deferred = int(np.count_nonzero(~strategy_run.delta.index.isin(looked_at)))
     for strategy_run in list(runs):
         try:
             _commit(client, config, layout, strategy_run, log)
@@ -152,6 +165,31 @@ def run(
         summary.strategies[strategy_run.name] = strategy_run.summary
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
+
+
+def _report_bad_dates(summary: RunSummary, bad_dates: pd.DataFrame, config: FusionConfig, log) -> None:
+    """captured_at values that are not ISO 8601 count as undated (so the as-of filter keeps them): say so,
+    with samples, or refuse the run under --strict-dates."""
+    if bad_dates.empty:
+        return
+    samples = [
+        f"{v}: {c!r}" for v, c in bad_dates[["video_id", "captured_at"]].head(config.sample_size).to_numpy()
+    ]
+    where = config.metadata_location
+    if config.strict_dates:
+        raise ConfigError(
+            f"metadata {where}: {len(bad_dates)} captured_at values are not ISO 8601 (e.g. {'; '.join(samples[:3])}); "
+            "fix the export, or run without --strict-dates to treat them as undated"
+        )
+    summary.unparseable_dates = len(bad_dates)
+    summary.unparseable_date_samples = samples
+    log.warning(
+        "metadata %s: %d captured_at values are not ISO 8601 and count as undated (e.g. %s); "
+        "--strict-dates refuses such a file",
+        where,
+        len(bad_dates),
+        "; ".join(samples[:3]),
+    )
 
 
 def check_run_date(run_date: date) -> None:
@@ -191,12 +229,19 @@ def _fuse_all(
     started,
     log,
     on_progress,
-) -> None:
+) -> list[str]:
     """Fetch, judge and fuse the delta batch by batch; each batch's shards are written as it goes.
-    A strategy that shows schema drift is stopped and dropped from `runs`; the others go on."""
-    done = 0
+
+    A strategy that shows schema drift is stopped and dropped from `runs`; the others go on.
+    `--max-items` caps the videos whose embeddings are read, in video_id order: items that cannot
+    progress (text still owed, a placeholder whose text has not come) cost no read and never use the
+    cap, so they cannot starve the backlog behind them. Returns the video_ids looked at; the rest of
+    the delta is deferred to the next run.
+    """
+    budget = config.max_items
+    looked_at: list[str] = []
     for start in range(0, len(work), config.shard_size):
-        if not runs:
+        if not runs or budget == 0:
             break
         batch = _fetch_batch(
             client,
@@ -207,8 +252,11 @@ def _fuse_all(
             text_rows,
             text_problem,
             keys_per_item,
+            budget,
         )
-        last = start + config.shard_size >= len(work)
+        if budget is not None:
+            budget -= batch.reads
+        last = start + config.shard_size >= len(work) or budget == 0
         for strategy_run in list(runs):
             try:
                 outcome = _judge(config, strategy_run, batch, last)
@@ -217,11 +265,17 @@ def _fuse_all(
                 runs.remove(strategy_run)
                 continue
             _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
-        done += len(batch.rows)
+        looked_at += batch.rows["video_id"].tolist()
         elapsed = time.monotonic() - started
-        log.info("fused %d/%d videos (%.0f/s)", done, len(work), done / elapsed if elapsed else 0.0)
+        log.info(
+            "looked at %d/%d videos (%.0f/s)",
+            len(looked_at),
+            len(work),
+            len(looked_at) / elapsed if elapsed else 0.0,
+        )
         if on_progress:
-            on_progress(done, len(work))
+            on_progress(len(looked_at), len(work))
+    return looked_at
 
 
 def _open_strategy(
@@ -238,11 +292,15 @@ def _open_strategy(
     prior = state.read_rows(path)
     schema_key = layout.schema_key(name)
     lock = schema_lock.read(client, config.bucket, schema_key)
+    published = s3io.get_object(client, config.bucket, layout.manifest_key(name))
+    if published.body is not None:
+        manifest.check(published.body, f"s3://{config.bucket}/{layout.manifest_key(name)}")
     return StrategyRun(
         name=name,
         state_path=path,
         prior=prior,
         lock=lock,
+        published=published,
         delta=delta_rules.compute(horizon, prior).set_index("video_id"),
         writer=ShardWriter(client, config.bucket, layout, name, run_date),
         summary=StrategySummary(
@@ -267,15 +325,13 @@ def _record_invalid(
     strategy_run.summary.record([policy.INVALID_VIDEO_ID] * len(ids), ids, errors, sample_size)
 
 
-def _union_delta(runs: list[StrategyRun], max_items: int | None) -> pd.DataFrame:
+def _union_delta(runs: list[StrategyRun]) -> pd.DataFrame:
     """Videos any strategy needs, in video_id order, each read once for all strategies."""
     frames = [r.delta[["url", "captured_at", "source_hash"]] for r in runs]
     if not frames:
         return pd.DataFrame(columns=["video_id", "url", "captured_at", "source_hash"])
     union = pd.concat(frames)
     union = union[~union.index.duplicated()].sort_index()
-    if max_items is not None:
-        union = union.head(max_items)
     return union.rename_axis("video_id").reset_index()
 
 
@@ -318,33 +374,50 @@ def _fetch(
     """Bodies of the modality's objects for `ids` (None where missing), without a GET for objects a
     LIST showed are not there."""
     keys = [layout.embedding_key(modality, vid) for vid in ids]
-    existing = _existing_keys(client, config.bucket, layout.embedding_prefix(modality), keys, keys_per_item)
+    existing = s3io.with_patience(
+        lambda: _existing_keys(client, config.bucket, layout.embedding_prefix(modality), keys, keys_per_item),
+        f"listing s3://{config.bucket}/{layout.embedding_prefix(modality)}",
+        config.s3_patience_seconds,
+    )
     wanted = keys if existing is None else [k for k in keys if k in existing]
-    bodies = s3io.get_many(client, config.bucket, wanted, config.fetch_threads)
+    bodies = s3io.get_many(
+        client, config.bucket, wanted, config.fetch_threads, patience_s=config.s3_patience_seconds
+    )
     return [bodies.get(k) for k in keys]
 
 
-def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem, keys_per_item) -> Batch:
-    """Read text first; read video and audio only for items the text verdict does not rule out."""
+def _fetch_batch(
+    client, config, layout, rows, runs, text_rows, text_problem, keys_per_item, budget: int | None
+) -> Batch:
+    """Read text first; read video and audio only for items the text verdict does not rule out, and for
+    at most `budget` of them (None: no cap): the batch then ends before the first item over the cap."""
     ids = rows["video_id"].tolist()
-    count = len(ids)
     text_body = _fetch(client, config, layout, "text", ids, keys_per_item)
     text_present = np.array([b is not None for b in text_body], dtype=bool)
     text_status, text_hash = _text_state_columns(text_rows, ids)
     source_hash = rows["source_hash"].to_numpy(dtype=object)
-    gate_inputs = dict(
-        text_present=text_present,
-        text_state_available=text_problem is None,
-        text_status=text_status,
-        text_hash=text_hash,
-        source_hash=source_hash,
-        text_terminal_statuses=config.text_terminal_statuses,
-    )
-    text_verdict = policy.gate(**gate_inputs)
-    wanted = np.zeros(count, dtype=bool)
+
+    def gate_inputs() -> dict:
+        return dict(
+            text_present=text_present,
+            text_state_available=text_problem is None,
+            text_status=text_status,
+            text_hash=text_hash,
+            source_hash=source_hash,
+            text_terminal_statuses=config.text_terminal_statuses,
+        )
+
+    wanted = np.zeros(len(ids), dtype=bool)
     for strategy_run in runs:
         wanted |= _active(strategy_run, ids, text_present)
-    need_required = wanted & ~np.isin(text_verdict, list(policy.TEXT_SKIP_STATUSES))
+    need_required = wanted & ~np.isin(policy.gate(**gate_inputs()), list(policy.TEXT_SKIP_STATUSES))
+    if budget is not None and np.count_nonzero(need_required) > budget:
+        cut = int(np.flatnonzero(need_required)[budget])
+        rows, ids, text_body = rows.iloc[:cut], ids[:cut], text_body[:cut]
+        text_present, text_status, text_hash, source_hash, need_required = (
+            column[:cut] for column in (text_present, text_status, text_hash, source_hash, need_required)
+        )
+    count = len(ids)
     fetch_ids = [vid for vid, need in zip(ids, need_required, strict=True) if need]
     bodies: dict[str, list[bytes | None | Exception]] = {"text": text_body}
     for modality in ("video", "audio"):
@@ -353,7 +426,7 @@ def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem, ke
         )
         bodies[modality] = [fetched.get(vid, b"") for vid in ids]
     present = {m: np.array([b is not None for b in bodies[m]], dtype=bool) for m in MODALITIES}
-    statuses = policy.gate(**gate_inputs, video_present=present["video"], audio_present=present["audio"])
+    statuses = policy.gate(**gate_inputs(), video_present=present["video"], audio_present=present["audio"])
     vectors: dict[str, list[np.ndarray | None]] = {m: [None] * count for m in MODALITIES}
     errors: dict[int, str] = {}
     for i in np.flatnonzero(np.isin(statuses, policy.FUSED_STATUSES)):
@@ -370,7 +443,16 @@ def _fetch_batch(client, config, layout, rows, runs, text_rows, text_problem, ke
                 messages.append(exc.message)
         if messages:
             errors[int(i)] = "; ".join(messages)
-    return Batch(rows.reset_index(drop=True), present, text_status, text_hash, statuses, vectors, errors)
+    return Batch(
+        rows.reset_index(drop=True),
+        present,
+        text_status,
+        text_hash,
+        statuses,
+        vectors,
+        errors,
+        reads=int(np.count_nonzero(need_required)),
+    )
 
 
 def _active(strategy_run: StrategyRun, ids: list[str], text_present: np.ndarray) -> np.ndarray:
@@ -628,7 +710,7 @@ def _commit(
         summary.fused_dim = strategy_run.lock.fused_dim
         new_rows = pa.concat_tables(strategy_run.manifest_rows)
         summary.manifest_added, summary.manifest_updated = manifest.commit(
-            client, config.bucket, summary.manifest_key, new_rows
+            client, config.bucket, summary.manifest_key, new_rows, strategy_run.published
         )
     elif strategy_run.lock is not None:
         summary.fused_dim = strategy_run.lock.fused_dim

@@ -1,7 +1,8 @@
-"""`clipfarm-fusion inspect | export`: look at what a strategy has published, and take it out as one file.
+"""`clipfarm-fusion inspect | export | verify | gc`: look at what a strategy has published, take it out
+as one file, check all of it, and sweep the shards nothing points to.
 
-Thin like cli.py: parse, then `readback.select_rows` + `readback.iter_shards` do the reading. Wired
-into cli.py with `add_commands(subparsers)` and `run(args)`.
+Thin like cli.py: parse, then `readback` (inspect, export), `verify.verify_strategy` (verify) and
+`sweep.sweep` (gc) do the work. Wired into cli.py with `add_commands(subparsers)` and `run(args)`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import readback, s3io, schema_lock
+from . import readback, s3io, schema_lock, sweep, verify
 from .argtypes import iso_date, positive
 from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
-from .errors import ConfigError, SchemaDriftError
+from .errors import ConfigError, SchemaDriftError, StoreError
 from .layout import Layout
 from .readback import ShardRead
 
-COMMANDS = ("inspect", "export")
+COMMANDS = ("inspect", "export", "verify", "gc")
 EXIT_OK = 0
 _DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
 
@@ -36,10 +37,25 @@ def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
         "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
     )
     parser.add_argument("--date", type=iso_date, default=None, metavar="YYYY-MM-DD", help=date_help)
+    parser.add_argument(
+        "--from-demo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read what `clipfarm-fusion demo --out DIR` made (served on a private embedded S3 while this "
+        "command runs; needs the demo extra); replaces --bucket",
+    )
+
+
+def _age(value: str):
+    try:
+        return sweep.parse_age(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `inspect` and `export` to the `clipfarm-fusion` subcommands."""
+    """Add `inspect`, `export`, `verify` and `gc` to the `clipfarm-fusion` subcommands."""
     inspect = subparsers.add_parser(
         "inspect",
         help="show a strategy's schema lock, manifest totals and, for given ids, their pointers and vectors",
@@ -85,12 +101,71 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)"
     )
 
+    check = subparsers.add_parser(
+        "verify",
+        help="check everything a strategy published: schema lock, unique keys, every shard and pointer",
+        description="Checks that schema.json is readable and allows the manifest's fused_dims, that the "
+        "manifest has one row per (video_id, source_hash), that every shard the manifest references exists "
+        "(one LIST per 1000 keys) and that every row's pointer resolves: the shard decodes, has shard_n "
+        "rows of fused_dim-wide vectors and holds the row's video_id at shard_idx (one GET per shard, "
+        "--threads at a time, shard by shard, so memory stays bounded). Prints a short report. Exit codes: "
+        "0 all is well; 2 bad usage, no bucket or no manifest; 5 something does not resolve (a missing or "
+        "broken shard, a bad pointer, a duplicated key or a lock that disagrees; the first bad shard is "
+        "named on stderr).",
+    )
+    _common_arguments(check, "only rows whose shard is under date=<D>/ (and only that date's shards)")
+    check.add_argument("--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)")
+    check.add_argument(
+        "--progress-every",
+        type=positive,
+        default=100,
+        metavar="N",
+        help="log a progress line every N shards (default: 100)",
+    )
+
+    collect = subparsers.add_parser(
+        "gc",
+        help="delete orphan shards: those no manifest row points to, older than a grace period",
+        description="Lists <root>/fused/<strategy>/shards/ (one request per 1000 keys), reads the manifest "
+        "after the listing, and deletes (DeleteObjects, 1000 keys per request) every shard that no manifest "
+        "row points to and whose LastModified is older than --older-than. Never deletes a shard the "
+        "committed manifest references, nor a younger one: a run in progress writes its shards before it "
+        "commits the manifest, so the grace period must exceed the longest run. Orphans come from crashed "
+        "runs, a losing concurrent writer and reruns that replaced rows. Exit codes: 0 done (also when "
+        "there was nothing to delete); 1 some deletes failed (named; rerun); 2 bad usage, no bucket or no "
+        "manifest (nothing is swept without one).",
+    )
+    collect.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to sweep")
+    collect.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
+    collect.add_argument(
+        "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
+    )
+    collect.add_argument(
+        "--older-than",
+        type=_age,
+        default=sweep.DEFAULT_GRACE,
+        metavar="AGE",
+        help="grace period: only shards last modified longer ago than this go, e.g. 30m, 12h, 1d, 7d "
+        "(default: 1d)",
+    )
+    collect.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted and delete nothing"
+    )
+
 
 def run(args: argparse.Namespace) -> int:
-    """Run `inspect` or `export`. Errors propagate: cli.main turns them into messages and exit codes
-    (ConfigError 2, BrokenPointerError 5), the same way for every command."""
-    command = inspect_strategy if args.command == "inspect" else export
-    return command(args)
+    """Run `inspect`, `export`, `verify` or `gc`. Errors propagate: cli.main turns them into messages
+    and exit codes (ConfigError 2, BrokenPointerError 5), the same way for every command."""
+    command = {"inspect": inspect_strategy, "export": export, "verify": verify_command, "gc": gc}[
+        args.command
+    ]
+    if getattr(args, "from_demo", None) is None:
+        return command(args)
+    from .demo import demo_bucket
+
+    with demo_bucket(args.from_demo) as bucket:
+        args.bucket = bucket
+        return command(args)
 
 
 def inspect_strategy(args: argparse.Namespace) -> int:
@@ -110,11 +185,40 @@ def inspect_strategy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def verify_command(args: argparse.Namespace) -> int:
+    """Print the report; a failed verification raises BrokenPointerError (exit 5) naming the first bad
+    shard, after the report is out."""
+    bucket = resolve_bucket(args.bucket)
+    report = verify.verify_strategy(
+        s3io.make_client(args.threads),
+        bucket,
+        args.root,
+        args.strategy,
+        args.date,
+        threads=args.threads,
+        progress_every=args.progress_every,
+    )
+    print("\n".join(report.lines()), flush=True)
+    if not report.ok:
+        raise report.failure()
+    return EXIT_OK
+
+
+def gc(args: argparse.Namespace) -> int:
+    """Sweep one strategy's orphan shards; exit 1 when some deletes failed (they are printed)."""
+    bucket = resolve_bucket(args.bucket)
+    result = sweep.sweep(
+        s3io.make_client(8), bucket, args.root, args.strategy, args.older_than, dry_run=args.dry_run
+    )
+    print("\n".join(result.lines()))
+    return 1 if result.errors else EXIT_OK
+
+
 def describe_lock(client, bucket: str, key: str) -> str:
     """Every field the lock sets (whatever options it has grown), and how many locks it replaced."""
     try:
         lock = schema_lock.read(client, bucket, key)
-    except SchemaDriftError as exc:
+    except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
         return f"schema lock: unreadable: {exc}"
     if lock is None:
         return f"schema lock: none at s3://{bucket}/{key}"

@@ -116,7 +116,9 @@ def unavailable(exc: BaseException, what: str) -> S3UnavailableError:
     )
 
 
-def with_patience(call: Callable[[], T], what: str, patience_s: float, stop: threading.Event | None = None) -> T:
+def with_patience(
+    call: Callable[[], T], what: str, patience_s: float, stop: threading.Event | None = None
+) -> T:
     """`call()`, riding out infrastructure faults for up to `patience_s` seconds with capped backoff.
 
     botocore already retries each request, but its retry quota is spent within a second when every
@@ -198,7 +200,10 @@ def get_many(
     def fetch(key: str) -> tuple[str, bytes | None | Exception]:
         try:
             body = with_patience(
-                lambda: get_object(client, bucket, key).body, f"reading s3://{bucket}/{key}", patience_s, gave_up
+                lambda: get_object(client, bucket, key).body,
+                f"reading s3://{bucket}/{key}",
+                patience_s,
+                gave_up,
             )
             return key, body
         except S3UnavailableError:

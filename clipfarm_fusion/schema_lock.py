@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from . import s3io
-from .errors import SchemaDriftError
+from .errors import SchemaDriftError, StoreError
 from .fuse import STRATEGIES, FusionOptions, fused_dim
 
 DIM_FIELDS = ("video_dim", "audio_dim", "text_dim")
@@ -77,9 +77,11 @@ def parse(body: bytes, key: str) -> SchemaLock:
             base_strategy=data.get("base_strategy"),
             history=tuple(data.get("history", ())),
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SchemaDriftError(
-            f"{key} is not a valid schema lock ({exc}); repair it or run migrate-schema"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreError(
+            f"{key} is not a valid schema lock ({type(exc).__name__}: {str(exc)[:200]}); nothing was written. "
+            "Restore the previous version (bucket versioning) or write it again from a good copy; "
+            "`clipfarm-fusion inspect` shows what the manifest holds"
         ) from None
 
 

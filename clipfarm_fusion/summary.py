@@ -59,9 +59,9 @@ class RunSummary:
     strategies: dict[str, StrategySummary] = field(default_factory=dict)
     text_state: str = "available"
     seconds: float = 0.0
-    stopped: dict[str, str] = field(
-        default_factory=dict
-    )  # strategy -> why it stopped (drift), nothing published
+    stopped: dict[str, str] = field(default_factory=dict)  # strategy -> why it stopped, nothing published
+    unparseable_dates: int = 0  # horizon rows whose captured_at is not ISO 8601 (counted as undated)
+    unparseable_date_samples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +99,11 @@ class RunSummary:
         cols = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
         lines = [
             f"run_date={self.run_date} bucket={self.bucket} root={self.root} text_state={self.text_state}",
+            *(
+                [f"captured_at not ISO 8601, counted as undated: {self.unparseable_dates}"]
+                if self.unparseable_dates
+                else []
+            ),
             "  ".join([" " * width, *(n.rjust(c) for n, c in zip(names, cols, strict=True))]),
         ]
         lines += [

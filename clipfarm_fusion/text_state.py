@@ -18,6 +18,7 @@ from . import s3io
 
 log = logging.getLogger(__name__)
 TEXT_STATE_COLUMNS = ("status", "source_hash", "error")
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _engine_for_bytes(body: bytes) -> sa.Engine:
@@ -51,6 +52,10 @@ def load(client, location: str) -> tuple[pd.DataFrame | None, str | None]:
             body = s3io.read_uri(client, location)
             if body is None:
                 return None, f"text state {location} not found"
+            if not body.startswith(SQLITE_HEADER):
+                why = f"text state {location} unavailable: not a SQLite file ({len(body)} bytes)"
+                log.warning(why)
+                return None, why
             engine = _engine_for_bytes(body)
         else:
             engine = _engine_for_path(location)

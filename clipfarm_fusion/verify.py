@@ -1,29 +1,40 @@
 """Checks on what a strategy has published: schema lock vs output, manifest key uniqueness, manifest
-pointers that load back from their shards, and a day's fail rate.
+pointers that load back from their shards, and a day's fail rate; and `verify_strategy`, all of them over
+every shard, for `clipfarm-fusion verify` and the `verify_published` job.
 
-Plain functions returning a `Verdict` with plain-value metadata, so the Dagster asset checks, a script
-or a test can run them alike. Each check reads only what it needs: the manifest and lock once
-(`read_published`), then at most a bounded sample of shards.
+Plain functions returning a `Verdict` (or a `Report`) with plain-value metadata, so the Dagster asset
+checks, the CLI, a script or a test can run them alike. There is one read side: a shard is fetched with
+one GET and its pointers are judged by `readback._pointer_problem`, the rule `read_vectors`, `inspect`
+and `export` apply. Unlike those readers, a check never stops at the first broken shard: it reports
+every one. A LIST of a shard prefix (one request per 1000 keys) finds deleted shards without a GET.
 """
 
 from __future__ import annotations
 
+import logging
 import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
 from typing import NamedTuple
 
+import botocore.exceptions
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import manifest, policy, s3io, schema_lock, shards
-from .errors import SchemaDriftError
+from . import manifest, policy, readback, s3io, schema_lock, shards
+from .errors import SchemaDriftError, StoreError
 from .fuse import FusionOptions, fused_dim
-from .layout import Layout
+from .layout import Layout, part_number
 from .schema_lock import SchemaLock
 
+log = logging.getLogger(__name__)
 MAX_REPORTED = 10
+MISSING = "shard missing"
+# What numpy raises for bytes that are not a shard: random bytes, a truncated zip, a missing array.
+UNDECODABLE = (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile)
 
 
 class Verdict(NamedTuple):
@@ -39,6 +50,7 @@ class Published:
 
     strategy: str
     bucket: str
+    root: str
     manifest_key: str
     schema_key: str
     manifest: pa.Table | None
@@ -49,32 +61,30 @@ class Published:
 def read_published(client, bucket: str, root: str, strategy: str) -> Published:
     """Read the manifest and lock once for every check of a strategy. An unparsable lock is a finding,
     not a crash, so the schema check can report it."""
+    root = root.strip("/")
     layout = Layout(root)
     manifest_key, schema_key = layout.manifest_key(strategy), layout.schema_key(strategy)
     table, _ = manifest.read(client, bucket, manifest_key)
     try:
         lock, lock_problem = schema_lock.read(client, bucket, schema_key), None
-    except SchemaDriftError as exc:
+    except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
         lock, lock_problem = None, str(exc)
-    return Published(strategy, bucket, manifest_key, schema_key, table, lock, lock_problem)
+    return Published(strategy, bucket, root, manifest_key, schema_key, table, lock, lock_problem)
 
 
 def _rows(published: Published) -> int:
     return 0 if published.manifest is None else published.manifest.num_rows
 
 
-def schema_matches_output(client, published: Published) -> Verdict:
-    """schema.json agrees with itself and with the output: every manifest fused_dim is the lock's (or one
-    a deliberate `migrate-schema` left in the lock's history), and the newest shard is as wide as the
-    manifest says its rows are."""
+def _lock_findings(published: Published) -> tuple[dict[str, object], list[str]]:
+    """(facts, problems) of the lock against itself and the manifest's fused_dims; reads nothing."""
     rows = _rows(published)
     facts: dict[str, object] = {"manifest_rows": rows, "schema_key": published.schema_key}
     if published.lock_problem:
-        return Verdict(False, {**facts, "problem": published.lock_problem})
+        return facts, [published.lock_problem]
     lock = published.lock
     if lock is None:
-        problem = None if rows == 0 else "manifest has rows but there is no schema.json"
-        return Verdict(problem is None, {**facts, **({"problem": problem} if problem else {})})
+        return facts, ["manifest has rows but there is no schema.json"] if rows else []
     implied = (  # a projection's width is the artifact's, recorded in the lock itself
         lock.fused_dim
         if lock.projection_id
@@ -86,19 +96,29 @@ def schema_matches_output(client, published: Published) -> Verdict:
     if implied != lock.fused_dim:
         problems.append(f"schema.json fused_dim {lock.fused_dim} but its dims and mask imply {implied}")
     if rows:
-        table = published.manifest
-        manifest_dims = sorted(pc.unique(table["fused_dim"]).to_pylist())
+        manifest_dims = sorted(pc.unique(published.manifest["fused_dim"]).to_pylist())
         facts["manifest_fused_dims"] = manifest_dims
         if unknown := sorted(set(manifest_dims) - allowed):
             problems.append(f"manifest rows with fused_dim {unknown}, which no schema.json version allows")
+    return facts, problems
+
+
+def schema_matches_output(client, published: Published) -> Verdict:
+    """schema.json agrees with itself and with the output: every manifest fused_dim is the lock's (or one
+    a deliberate `migrate-schema` left in the lock's history), and the newest shard is as wide as the
+    manifest says its rows are."""
+    facts, problems = _lock_findings(published)
+    if published.lock is not None and _rows(published):
+        table = published.manifest
         newest = pc.max(table["fused_key"]).as_py()
         recorded = pc.unique(table.filter(pc.equal(table["fused_key"], newest))["fused_dim"]).to_pylist()
+        facts["newest_shard"] = newest
         body = s3io.get_object(client, published.bucket, newest).body
-        if body is None:
-            problems.append(f"newest shard {newest} is missing")
+        width, unreadable = (None, "is missing") if body is None else _shard_width(body)
+        if unreadable:
+            problems.append(f"newest shard {newest} {unreadable}")
         else:
-            width = int(shards.decode(body)["vectors"].shape[1])
-            facts.update(newest_shard=newest, newest_shard_width=width)
+            facts["newest_shard_width"] = width
             if recorded != [width]:
                 problems.append(
                     f"newest shard {newest} has {width}-d vectors, its manifest rows say {recorded}"
@@ -106,6 +126,18 @@ def schema_matches_output(client, published: Published) -> Verdict:
     if problems:
         facts["problem"] = "; ".join(problems)
     return Verdict(not problems, facts)
+
+
+def _shard_width(body: bytes) -> tuple[int | None, str | None]:
+    """(vector width, None) for a shard that decodes to a 2-d `vectors`, else (None, what is wrong):
+    a corrupt or truncated shard is a finding of the check, never a crash of it."""
+    try:
+        vectors = shards.decode(body)["vectors"]
+    except UNDECODABLE as exc:
+        return None, f"does not decode ({type(exc).__name__}: {exc})"
+    if vectors.ndim != 2:
+        return None, f"holds {vectors.ndim}-d vectors of shape {list(vectors.shape)}, expected (rows, width)"
+    return int(vectors.shape[1]), None
 
 
 def manifest_keys_unique(published: Published) -> Verdict:
@@ -126,61 +158,329 @@ def sample_rows(table: pa.Table, sample_size: int) -> pa.Table:
     so a failing check fails again on rerun, and it reaches old and new shards alike."""
     if table.num_rows <= sample_size:
         return table
+    if sample_size <= 0:
+        return table.slice(0, 0)
     return table.take(np.linspace(0, table.num_rows - 1, sample_size).round().astype(np.int64))
 
 
-def manifest_pointers_resolve(client, published: Published, sample_size: int, threads: int = 8) -> Verdict:
-    """A sample of manifest rows load back from their shards: the shard exists and decodes, has
-    `shard_n` rows, and row `shard_idx` holds this `video_id` with a `fused_dim`-wide vector."""
-    if _rows(published) == 0:
-        return Verdict(True, {"sampled_rows": 0, "shards_read": 0, "bad_pointers": 0})
-    sample = sample_rows(published.manifest, sample_size).to_pylist()
-    keys = sorted({row["fused_key"] for row in sample})
-    bodies = s3io.get_many(client, published.bucket, keys, threads)
-    loaded: dict[str, dict[str, np.ndarray] | str] = {}
-    for key in keys:
-        body = bodies[key]
-        if body is None or isinstance(body, Exception):
-            loaded[key] = "shard missing" if body is None else f"shard unreadable ({body})"
-            continue
-        try:
-            loaded[key] = shards.decode(body)
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            loaded[key] = f"shard does not decode ({exc})"
-    bad = [
-        {
-            "video_id": row["video_id"],
-            "fused_key": row["fused_key"],
-            "shard_idx": row["shard_idx"],
-            "problem": problem,
+# --- pointers: one GET per shard, every row of it checked ---------------------------------------------
+
+
+class ShardCheck(NamedTuple):
+    """One shard judged: the manifest rows that point into it, and why they do not all resolve (None:
+    they all do). `missing` when the object does not exist."""
+
+    key: str
+    rows: int
+    problem: str | None
+    missing: bool = False
+
+
+def check_shard(client, bucket: str, key: str, rows: pa.Table, absent: bool = False) -> ShardCheck:
+    """GET `key` once (not at all when a LIST already showed it `absent`) and check every row of
+    `rows` (the manifest rows pointing into it) by readback's pointer rule. Never raises for what the
+    shard holds: a missing, unreadable or undecodable shard is the finding."""
+    if absent:
+        return ShardCheck(key, rows.num_rows, MISSING, True)
+    try:
+        body = s3io.get_object(client, bucket, key).body
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        return ShardCheck(key, rows.num_rows, f"shard unreadable ({exc})")
+    if body is None:
+        return ShardCheck(key, rows.num_rows, MISSING, True)
+    try:
+        decoded = shards.decode(body)
+    except UNDECODABLE as exc:
+        return ShardCheck(key, rows.num_rows, f"shard does not decode ({type(exc).__name__}: {exc})")
+    return ShardCheck(
+        key, rows.num_rows, readback._pointer_problem(decoded["video_ids"], decoded["vectors"], rows)
+    )
+
+
+def check_shards(
+    client,
+    bucket: str,
+    rows: pa.Table,
+    threads: int,
+    absent: Collection[str] = frozenset(),
+    progress_every: int = 0,
+    logger: logging.Logger | None = None,
+) -> Iterator[ShardCheck]:
+    """One `ShardCheck` per shard `rows` point into, in key order, `threads` shards at a time.
+
+    `absent`: keys a LIST has shown do not exist; they are reported missing without a GET. Each worker
+    drops its shard's bytes before it returns, so memory holds at most `threads` shards whatever the
+    number of shards. Every `progress_every` shards, a log line.
+    """
+    groups = readback._group_by_shard(rows)
+    if not groups:
+        return
+    logger = logger or log
+    tasks = [(key, rows.take(positions), key in absent) for key, positions in groups]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks)))) as pool:
+        results = pool.map(lambda task: check_shard(client, bucket, *task), tasks)
+        for done, result in enumerate(results, start=1):
+            if progress_every and (done % progress_every == 0 or done == len(tasks)):
+                logger.info("checked %d of %d shards", done, len(tasks))
+            yield result
+
+
+@dataclass
+class PointerTally:
+    """What `check_shards` found, added up; lists capped at `MAX_REPORTED` for reports and metadata."""
+
+    shards_checked: int = 0
+    rows_checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    broken: list[ShardCheck] = field(default_factory=list)
+    bad_pointers: int = 0  # rows in shards that do not resolve them all
+
+    def add(self, check: ShardCheck) -> None:
+        self.shards_checked += 1
+        self.rows_checked += check.rows
+        if check.problem is None:
+            return
+        self.bad_pointers += check.rows
+        if check.missing:
+            self.missing.append(check.key)
+        else:
+            self.broken.append(check)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.broken
+
+    def first_bad_key(self) -> str | None:
+        keys = [*self.missing, *(check.key for check in self.broken)]
+        return min(keys) if keys else None
+
+    def metadata(self) -> dict[str, object]:
+        facts: dict[str, object] = {
+            "shards_checked": self.shards_checked,
+            "rows_checked": self.rows_checked,
+            "bad_pointers": self.bad_pointers,
+            "missing_shard_count": len(self.missing),
+            "missing_shards": sorted(self.missing)[:MAX_REPORTED],
+            "broken_shard_count": len(self.broken),
         }
-        for row in sample
-        if (problem := _pointer_problem(row, loaded[row["fused_key"]]))
-    ]
-    facts: dict[str, object] = {
-        "sampled_rows": len(sample),
-        "shards_read": len(keys),
-        "bad_pointers": len(bad),
-    }
-    if bad:
-        facts["sample"] = bad[:MAX_REPORTED]
-    return Verdict(not bad, facts)
+        if self.broken:
+            facts["broken_shards"] = [
+                {"fused_key": check.key, "rows": check.rows, "problem": check.problem}
+                for check in sorted(self.broken)[:MAX_REPORTED]
+            ]
+        return facts
 
 
-def _pointer_problem(row: Mapping[str, object], shard: dict[str, np.ndarray] | str) -> str | None:
-    if isinstance(shard, str):
-        return shard
-    ids, vectors = shard["video_ids"], shard["vectors"]
-    index = int(row["shard_idx"])
-    if len(ids) != row["shard_n"]:
-        return f"shard has {len(ids)} rows, manifest says shard_n={row['shard_n']}"
-    if not 0 <= index < len(ids):
-        return f"shard_idx {index} out of range for {len(ids)} rows"
-    if str(ids[index]) != row["video_id"]:
-        return f"shard row {index} holds {str(ids[index])!r}"
-    if vectors.shape[1] != row["fused_dim"]:
-        return f"shard vectors are {vectors.shape[1]}-d, manifest says {row['fused_dim']}"
-    return None
+def _shard_keys(client, bucket: str, prefix: str) -> set[str]:
+    """The shard keys under `prefix`: one LIST request per 1000 keys."""
+    return {key for key in s3io.list_keys(client, bucket, prefix) if part_number(key) is not None}
+
+
+def _keys(table: pa.Table) -> set[str]:
+    return set(pc.unique(table["fused_key"]).to_pylist()) if table.num_rows else set()
+
+
+def manifest_pointers_resolve(
+    client,
+    published: Published,
+    sample_size: int,
+    threads: int = 8,
+    partition: date | str | None = None,
+) -> Verdict:
+    """Manifest rows load back from their shards: the shard exists and decodes, its row `shard_idx`
+    holds the row's `video_id`, and it has `shard_n` rows of `fused_dim`-wide vectors.
+
+    With a `partition` (the day a run just published): EVERY shard the manifest references under
+    `date=<partition>/` is read (one GET each), after one LIST of that prefix has shown which exist, plus
+    the shards of an evenly spread sample of `sample_size` older rows. Without one, only the sample.
+    Every manifest row pointing into a shard that is read is checked, as that costs no request.
+    """
+    day = readback.parse_run_date(partition)
+    facts: dict[str, object] = {"partition": day.isoformat()} if day else {}
+    if _rows(published) == 0:
+        return Verdict(True, {**facts, **PointerTally().metadata(), "sampled_rows": 0})
+    table = published.manifest
+    absent: set[str] = set()
+    day_keys: set[str] = set()
+    older = table
+    if day is not None:
+        in_day = pc.match_substring(table["fused_key"], f"/date={day.isoformat()}/")
+        day_keys, older = _keys(table.filter(in_day)), table.filter(pc.invert(in_day))
+        prefix = Layout(published.root).shard_prefix(published.strategy, day)
+        listed = _shard_keys(client, published.bucket, prefix)
+        absent = {key for key in day_keys if key.startswith(prefix) and key not in listed}
+        facts.update(partition_shards=len(day_keys), unreferenced_partition_shards=len(listed - day_keys))
+    sampled = sample_rows(older, sample_size)
+    sampled_keys = _keys(sampled)
+    facts.update(sampled_rows=sampled.num_rows, sampled_shards=len(sampled_keys))
+    wanted = pa.array(sorted(day_keys | sampled_keys), pa.string())
+    rows = table.filter(pc.is_in(table["fused_key"], value_set=wanted))
+    tally = PointerTally()
+    for check in check_shards(client, published.bucket, rows, threads, absent):
+        tally.add(check)
+    facts.update(tally.metadata())
+    return Verdict(tally.ok, facts)
+
+
+# --- verify: every check over every shard -------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """`verify_strategy`'s findings for one strategy (and one date, or all)."""
+
+    strategy: str
+    bucket: str
+    manifest_key: str
+    day: date | None
+    manifest_rows: int
+    lock: dict[str, object]
+    lock_problems: list[str]
+    duplicate_keys: int
+    duplicate_sample: list[dict[str, object]]
+    shards_referenced: int
+    shards_listed: int
+    unreferenced_shards: int
+    pointers: PointerTally
+
+    @property
+    def ok(self) -> bool:
+        return not self.lock_problems and not self.duplicate_keys and self.pointers.ok
+
+    def lines(self) -> list[str]:
+        scope = f"date={self.day}" if self.day else "all dates"
+        lock = (
+            "schema lock: " + "; ".join(self.lock_problems)
+            if self.lock_problems
+            else f"schema lock: ok (fused_dim {self.lock.get('locked_fused_dim', '-')}, manifest "
+            f"fused_dims {self.lock.get('manifest_fused_dims', [])})"
+        )
+        keys = (
+            f"manifest keys: {self.duplicate_keys} (video_id, source_hash) keys have more than one row, "
+            f"e.g. {self.duplicate_sample[:3]}"
+            if self.duplicate_keys
+            else "manifest keys: unique"
+        )
+        tally = self.pointers
+        lines = [
+            f"verify {self.strategy} s3://{self.bucket}/{self.manifest_key} ({scope}): "
+            f"{self.manifest_rows} rows",
+            f"  {lock}",
+            f"  {keys}",
+            f"  shards: {self.shards_referenced} referenced, {self.shards_listed} listed, "
+            f"{tally.shards_checked} checked, {len(tally.missing)} missing, {len(tally.broken)} broken; "
+            f"{tally.rows_checked} rows checked, {tally.bad_pointers} do not resolve",
+        ]
+        lines += [f"  missing: {key}" for key in sorted(tally.missing)[:MAX_REPORTED]]
+        lines += [f"  broken: {check.key}: {check.problem}" for check in sorted(tally.broken)[:MAX_REPORTED]]
+        hidden = max(len(tally.missing) - MAX_REPORTED, 0) + max(len(tally.broken) - MAX_REPORTED, 0)
+        if hidden:
+            lines.append(f"  ... and {hidden} more bad shard(s)")
+        if self.unreferenced_shards:
+            lines.append(
+                f"  note: {self.unreferenced_shards} shard(s) no manifest row points to "
+                "(orphans; `clipfarm-fusion gc` sweeps them)"
+            )
+        lines.append(f"verify {self.strategy}: {'OK' if self.ok else 'FAILED'}")
+        return lines
+
+    def failure(self) -> readback.BrokenPointerError:
+        """The error that makes the CLI exit 5, naming the first broken shard (or the manifest or lock)."""
+        tally = self.pointers
+        parts = [
+            *([f"{len(tally.missing)} shard(s) missing"] if tally.missing else []),
+            *([f"{len(tally.broken)} shard(s) broken"] if tally.broken else []),
+            *([f"{tally.bad_pointers} manifest row(s) do not resolve"] if tally.bad_pointers else []),
+            *([f"{self.duplicate_keys} duplicated manifest key(s)"] if self.duplicate_keys else []),
+            *(self.lock_problems),
+        ]
+        key = tally.first_bad_key() or (
+            self.lock.get("schema_key") if self.lock_problems else self.manifest_key
+        )
+        return readback.BrokenPointerError(str(key), f"verify {self.strategy} failed: {'; '.join(parts)}")
+
+    def metadata(self) -> dict[str, object]:
+        facts: dict[str, object] = {
+            "manifest_rows": self.manifest_rows,
+            "shards_referenced": self.shards_referenced,
+            "shards_listed": self.shards_listed,
+            "unreferenced_shards": self.unreferenced_shards,
+            "duplicate_keys": self.duplicate_keys,
+            **self.pointers.metadata(),
+        }
+        if self.day:
+            facts["date"] = self.day.isoformat()
+        if self.lock_problems:
+            facts["lock_problem"] = "; ".join(self.lock_problems)
+        return facts
+
+
+def verify_strategy(
+    client,
+    bucket: str,
+    root: str,
+    strategy: str,
+    day: date | None = None,
+    threads: int = 8,
+    progress_every: int = 100,
+    logger: logging.Logger | None = None,
+) -> Report:
+    """Every check over every shard of a strategy (or of one date): the lock is readable and allows the
+    manifest's fused_dims, the manifest keys are unique, every referenced shard exists (one LIST per 1000
+    keys) and every row's pointer resolves (one GET per shard, `threads` at a time, shard by shard).
+
+    Raises ConfigError when nothing has been published (no manifest) or the strategy is unknown.
+    """
+    root = root.strip("/")
+    layout = Layout(root)
+    table = readback.filter_rows(readback.load_manifest(client, bucket, root, strategy), day)
+    try:
+        lock, lock_problem = schema_lock.read(client, bucket, layout.schema_key(strategy)), None
+    except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
+        lock, lock_problem = None, str(exc)
+    published = Published(
+        strategy,
+        bucket,
+        root,
+        layout.manifest_key(strategy),
+        layout.schema_key(strategy),
+        table,
+        lock,
+        lock_problem,
+    )
+    lock_facts, lock_problems = _lock_findings(published)
+    _, unique = manifest_keys_unique(published)
+    prefix = layout.shard_prefix(strategy, day) if day else f"{layout.strategy_prefix(strategy)}shards/"
+    listed = _shard_keys(client, bucket, prefix)
+    referenced = _keys(table)
+    absent = {key for key in referenced if key.startswith(prefix) and key not in listed}
+    (logger or log).info(
+        "verify %s: %d manifest rows in %d shards; %d shards listed under s3://%s/%s",
+        strategy,
+        table.num_rows,
+        len(referenced),
+        len(listed),
+        bucket,
+        prefix,
+    )
+    tally = PointerTally()
+    for check in check_shards(client, bucket, table, threads, absent, progress_every, logger):
+        tally.add(check)
+    return Report(
+        strategy=strategy,
+        bucket=bucket,
+        manifest_key=published.manifest_key,
+        day=day,
+        manifest_rows=table.num_rows,
+        lock=lock_facts,
+        lock_problems=lock_problems,
+        duplicate_keys=int(unique["duplicate_keys"]),
+        duplicate_sample=list(unique.get("sample", [])),
+        shards_referenced=len(referenced),
+        shards_listed=len(listed),
+        unreferenced_shards=len(listed - referenced),
+        pointers=tally,
+    )
 
 
 def fail_rate(counts: Mapping[str, int], delta: int, threshold: float) -> Verdict:

@@ -5,6 +5,11 @@ not feed anything downstream. They look at the whole published strategy (manifes
 per-day), so they are unpartitioned and read the manifest once per strategy for all three. The fail
 rate belongs to one day's run, so the fusion asset itself reports it from its run summary, as a
 non-blocking warning: failed items are retried tomorrow, the rest of the day is good.
+
+Every result run inside a partitioned run names that partition (metadata `partition` and the description),
+so the UI says which day a result follows. There, `manifest_pointers_resolve` reads every shard the
+manifest references for that day (a sample can miss the one shard a day lost), plus a sample of older
+rows; the whole store is checked by the `verify_published` job (`jobs.py`).
 """
 
 from dagster import (
@@ -18,16 +23,21 @@ from dagster import (
 )
 
 from .. import verify
+from ..errors import StoreError
 from ..summary import StrategySummary
 from .resources import ASSET_STRATEGIES, FusionResource
 
 FAIL_RATE = "fail_rate_below_threshold"
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 OUTPUT_CHECKS: dict[str, str] = {
     "schema_matches_output": "schema.json is self-consistent and equals the manifest's fused_dim and the "
     "newest shard's vector width.",
     "manifest_keys_unique": "The manifest holds one row per (video_id, source_hash).",
-    "manifest_pointers_resolve": "A sample of manifest rows load back from their shards: right video_id at "
-    "shard_idx, right vector width.",
+    "manifest_pointers_resolve": "In a partitioned run, every shard the manifest references under "
+    "date=<partition>/ exists (one LIST) and loads back (one GET each), plus the shards of a sample of "
+    "pointer_sample_size older rows; every row pointing into a shard read is checked: right video_id at "
+    "shard_idx, shard_n rows, right vector width. Unpartitioned: the sample only.",
 }
 
 
@@ -44,15 +54,42 @@ def fail_rate_key(strategy: str) -> AssetCheckKey:
     return fail_rate_spec(strategy).key
 
 
-def fail_rate_result(strategy: str, summary: StrategySummary, threshold: float) -> AssetCheckResult:
+def fail_rate_result(
+    strategy: str, summary: StrategySummary, threshold: float, partition: str | None
+) -> AssetCheckResult:
     passed, metadata = verify.fail_rate(summary.counts, summary.delta, threshold)
+    verdict = "below" if passed else "at or above"
+    text = (
+        f"{metadata['failed']} of {metadata['delta']} items failed (fail rate {metadata['fail_rate']}), "
+        f"{verdict} the threshold {threshold}"
+    )
     return AssetCheckResult(
         asset_key=strategy,
         check_name=FAIL_RATE,
         passed=passed,
         severity=AssetCheckSeverity.WARN,
-        metadata=metadata,
+        metadata=_with_partition(metadata, partition),
+        description=_described(text, partition),
     )
+
+
+def run_partition(context: AssetCheckExecutionContext) -> str | None:
+    """The partition of the run a check runs in (the unpartitioned output checks run in the same run as
+    the day they follow), so the UI can say which day's publication a result is about."""
+    tags = context.run.tags
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG]
+    # A backfill run of one partition (BackfillPolicy.multi_run(1)) may carry a one-day range instead.
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    return start if start is not None and start == end else None
+
+
+def _with_partition(metadata: dict[str, object], partition: str | None) -> dict[str, object]:
+    return {"partition": partition, **metadata} if partition else metadata
+
+
+def _described(text: str, partition: str | None) -> str:
+    return f"Partition {partition}: {text}" if partition else text
 
 
 @multi_asset_check(
@@ -67,27 +104,61 @@ def published_outputs(context: AssetCheckExecutionContext, fusion: FusionResourc
     """Run the selected output checks, reading each strategy's manifest and lock once."""
     client = fusion.client()
     selected = context.selected_asset_check_keys
+    partition = run_partition(context)
     for strategy in ASSET_STRATEGIES:
         names = [name for name in OUTPUT_CHECKS if AssetCheckKey(AssetKey(strategy), name) in selected]
         if not names:
             continue
-        published = verify.read_published(client, fusion.bucket, fusion.root, strategy)
+        try:
+            published = verify.read_published(client, fusion.bucket, fusion.root, strategy)
+        except StoreError as exc:  # an unreadable manifest fails every check of it, saying why
+            published, unreadable = None, verify.Verdict(False, {"problem": str(exc)})
         for name in names:
-            passed, metadata = _verdict(name, client, published, fusion)
+            passed, metadata = (
+                unreadable if published is None else _verdict(name, client, published, fusion, partition)
+            )
+            text = "passed" if passed else f"failed: {_finding(metadata)}"
             yield AssetCheckResult(
                 asset_key=strategy,
                 check_name=name,
                 passed=passed,
                 severity=AssetCheckSeverity.ERROR,
-                metadata=metadata,
+                metadata=_with_partition(metadata, partition),
+                description=_described(f"{strategy} {name} {text}", partition),
             )
 
 
-def _verdict(name: str, client, published: verify.Published, fusion: FusionResource) -> verify.Verdict:
+def _finding(metadata: dict[str, object]) -> str:
+    """One line for the description of a failed output check; the details stay in the metadata."""
+    if "problem" in metadata:
+        return str(metadata["problem"])
+    if metadata.get("duplicate_keys"):
+        return f"{metadata['duplicate_keys']} (video_id, source_hash) keys have more than one manifest row"
+    if metadata.get("bad_pointers"):
+        parts = []
+        if metadata.get("missing_shard_count"):
+            named = ", ".join(metadata["missing_shards"])
+            more = metadata["missing_shard_count"] - len(metadata["missing_shards"])
+            parts.append(
+                f"{metadata['missing_shard_count']} shard(s) missing: {named}"
+                + (f" and {more} more" if more else "")
+            )
+        for broken in metadata.get("broken_shards", [])[:3]:
+            parts.append(f"{broken['fused_key']}: {broken['problem']}")
+        return (
+            f"{metadata['bad_pointers']} of {metadata['rows_checked']} manifest rows checked in "
+            f"{metadata['shards_checked']} shards do not resolve; " + "; ".join(parts)
+        )
+    return "see the metadata"
+
+
+def _verdict(
+    name: str, client, published: verify.Published, fusion: FusionResource, partition: str | None
+) -> verify.Verdict:
     if name == "manifest_keys_unique":
         return verify.manifest_keys_unique(published)
     if name == "manifest_pointers_resolve":
         return verify.manifest_pointers_resolve(
-            client, published, fusion.pointer_sample_size, fusion.fetch_threads
+            client, published, fusion.pointer_sample_size, fusion.fetch_threads, partition
         )
     return verify.schema_matches_output(client, published)

@@ -1,13 +1,25 @@
-"""The daily job and its schedule: at 02:00 UTC, fuse yesterday's partition with every strategy.
+"""The jobs' schedules.
 
-The two hours of slack let the upstream embedding and text stages finish the day before it is read.
+- `fuse_daily_schedule`: at 02:00 UTC, fuse yesterday's partition with every strategy. The two hours of
+  slack let the upstream embedding and text stages finish the day before it is read.
+- `verify_published_weekly`: Sundays 04:00 UTC, verify every shard and pointer of every strategy.
+- `gc_orphan_shards_weekly`: Sundays 05:00 UTC, sweep orphan shards older than a day.
+
+All three are stopped until turned on in the UI (the daemon runs them).
 """
 
 from __future__ import annotations
 
-from dagster import AssetSelection, build_schedule_from_partitioned_job, define_asset_job
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    ScheduleDefinition,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
 
 from .assets import fuse_embeddings
+from .jobs import gc_orphan_shards_job, verify_published_job
 
 fuse_daily_job = define_asset_job(
     "fuse_daily",
@@ -16,4 +28,20 @@ fuse_daily_job = define_asset_job(
 )
 fuse_daily_schedule = build_schedule_from_partitioned_job(
     fuse_daily_job, name="fuse_daily_schedule", hour_of_day=2
+)
+verify_published_schedule = ScheduleDefinition(
+    name="verify_published_weekly",
+    job=verify_published_job,
+    cron_schedule="0 4 * * 0",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Every Sunday at 04:00 UTC: verify every shard and pointer of every strategy.",
+)
+gc_orphan_shards_schedule = ScheduleDefinition(
+    name="gc_orphan_shards_weekly",
+    job=gc_orphan_shards_job,
+    cron_schedule="0 5 * * 0",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Every Sunday at 05:00 UTC: delete orphan shards older than the grace period (1d).",
 )

@@ -1,0 +1,287 @@
+"""Corpus scale: what one daily run costs on a bucket that already holds N fused videos (today: O(corpus)).
+
+`python bench/scale.py [--corpus 100k,1M] [--day 1000] [--json PATH] [--profile] [--fresh-rerun]`
+
+For each corpus size: a fresh moto server process; `bench/corpus.py` puts N already-fused videos and one
+new day of `--day` videos on it (directly, not through the proxy); then the real CLI,
+`clipfarm-fusion run --run-date 2026-03-01 --strategy concat --bucket B --state-dir <fresh dir>`,
+runs as a separate process behind the byte-counting proxy (`bench/byteproxy.py`), and then the same
+command again ("rerun with nothing new": same --state-dir, so the working copy is current).
+`--fresh-rerun` adds a third run, again with nothing new, from an empty --state-dir (a scheduler that
+gives every run a new container).
+
+Measured per run:
+- *wall*: from spawning the CLI process to its exit (interpreter start and imports included, ~2 s);
+  the pipeline's own figure (`seconds` of --summary-json) is kept in the JSON too;
+- *peak RSS*: `ru_maxrss` of exactly that child, from `os.wait4(pid)` (not RUSAGE_CHILDREN, whose
+  maxrss is a maximum over every child ever waited for, so a smaller rerun would be hidden);
+- *written*: bytes of request bodies on the wire (PUT/POST), by kind of object; *read*: response bodies;
+- requests by method; the CLI's log lines with their offsets, which show where the time goes.
+`--profile` runs both CLI processes under cProfile (main thread only; it slows pandas-heavy phases, so the
+table is marked) and prints the top 15 cumulative entries of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pstats
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from byteproxy import start_byte_proxy  # noqa: E402
+from common import BENCH_DIR, machine, moto_process, use_endpoint  # noqa: E402
+from corpus import RUN_DATE, generate, parse_count  # noqa: E402
+from proxy import METHODS  # noqa: E402
+
+from clipfarm_fusion import s3io  # noqa: E402
+
+CLI = str(Path(sys.executable).with_name("clipfarm-fusion"))
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) ([\w.]+): (.*)$")
+
+
+def run_cli(
+    endpoint: str,
+    bucket: str,
+    state_dir: Path,
+    strategy: str,
+    out_dir: Path,
+    label: str,
+    timeout: float,
+    profile: bool = False,
+) -> dict:
+    """One `clipfarm-fusion run` in its own process: wall, that process's peak RSS and CPU, summary, log."""
+    summary_path = out_dir / f"{label}.summary.json"
+    args = [
+        "run",
+        "--run-date",
+        RUN_DATE.isoformat(),
+        "--strategy",
+        strategy,
+        "--bucket",
+        bucket,
+        "--state-dir",
+        str(state_dir),
+        "--summary-json",
+        str(summary_path),
+    ]
+    profile_path = out_dir / f"{label}.prof"
+    command = (
+        [sys.executable, "-m", "cProfile", "-o", str(profile_path), CLI, *args] if profile else [CLI, *args]
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
+    stdout, stderr = out_dir / f"{label}.stdout", out_dir / f"{label}.stderr"
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        started_wall, started = datetime.now(), time.monotonic()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            killer.cancel()
+        seconds = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    log_lines = []
+    for line in stderr.read_text(errors="replace").splitlines():
+        match = _LOG_LINE.match(line)
+        if match:
+            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            log_lines.append(f"{(stamp - started_wall).total_seconds():7.2f}s {match.group(4)[:160]}")
+    result = {
+        "label": label,
+        "exit_code": process.returncode,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "cpu_user_s": round(usage.ru_utime, 2),
+        "cpu_sys_s": round(usage.ru_stime, 2),
+        "log": log_lines,
+        "stderr_tail": "" if process.returncode == 0 else stderr.read_text(errors="replace")[-3000:],
+    }
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        result["pipeline_seconds"] = summary.get("seconds")
+        result["strategies"] = {
+            name: {
+                k: s.get(k)
+                for k in (
+                    "delta",
+                    "counts",
+                    "upgrade_checked",
+                    "deferred",
+                    "manifest_added",
+                    "manifest_updated",
+                    "state_source",
+                )
+            }
+            | {"shards_written": len(s.get("shards_written", []))}
+            for name, s in summary.get("strategies", {}).items()
+        }
+    if profile and profile_path.exists():
+        text = io.StringIO()
+        pstats.Stats(str(profile_path), stream=text).sort_stats("cumulative").print_stats(15)
+        result["profile_top15"] = text.getvalue()
+    return result
+
+
+def measured(proxy, **kwargs) -> dict:
+    """run_cli behind `proxy`, whose counters are reset first; adds requests and bytes."""
+    proxy.reset()
+    result = run_cli(proxy.url, **kwargs)
+    counts = proxy.counts()
+    result["requests"] = {m: counts.get(m, 0) for m in METHODS}
+    result["bytes_written"] = counts.get("bytes_up", 0)
+    result["bytes_read"] = counts.get("bytes_down", 0)
+    result["written_by_kind"] = {
+        k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("bytes_up:") and v
+    }
+    result["read_by_kind"] = {
+        k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("bytes_down:") and v
+    }
+    return result
+
+
+def one_corpus(n: int, args, scratch: Path) -> dict:
+    bucket = f"scale-{n}"
+    out_dir = scratch / f"corpus-{n}"
+    out_dir.mkdir(parents=True)
+    with moto_process() as moto_url:
+        use_endpoint(moto_url)
+        client = s3io.make_client(16)
+        print(f"[{n:,}] generating ...", flush=True)
+        info = generate(
+            client,
+            bucket,
+            n,
+            args.day,
+            strategies=(args.strategy,),
+            placeholder_share=args.placeholder_share,
+            workdir=out_dir / "corpus-files",
+            log=lambda text: print(f"[{n:,}] {text}", flush=True),
+        )
+        shutil.rmtree(out_dir / "corpus-files", ignore_errors=True)
+        proxy = start_byte_proxy(moto_url)
+        runs = {}
+        try:
+            state_dir = out_dir / "state"
+            plan = [("first", state_dir), ("rerun", state_dir)]
+            if args.fresh_rerun:
+                plan.append(("rerun_fresh_dir", out_dir / "state-fresh"))
+            for label, directory in plan:
+                runs[label] = measured(
+                    proxy,
+                    bucket=bucket,
+                    state_dir=directory,
+                    strategy=args.strategy,
+                    out_dir=out_dir,
+                    label=label,
+                    timeout=args.timeout,
+                    profile=args.profile,
+                )
+                print(f"[{n:,}] {describe(label, runs[label])}", flush=True)
+                if runs[label]["exit_code"] != 0:
+                    print(runs[label]["stderr_tail"], flush=True)
+                    break
+        finally:
+            proxy.stop()
+    return {"corpus": n, "day": args.day, "generated": info.__dict__, "runs": runs}
+
+
+def mb(value: float) -> str:
+    return f"{value / 1e6:,.1f} MB"
+
+
+def describe(label: str, run: dict) -> str:
+    req = ", ".join(f"{m} {run['requests'][m]}" for m in METHODS if run["requests"][m])
+    strategies = run.get("strategies", {})
+    detail = "; ".join(
+        f"{name}: delta {s['delta']}, {s['counts']}, upgrade_checked {s['upgrade_checked']}, "
+        f"manifest +{s['manifest_added']}, shards {s['shards_written']}, state: {s['state_source']}"
+        for name, s in strategies.items()
+    )
+    return (
+        f"{label}: exit {run['exit_code']}, wall {run['seconds']:.1f}s (pipeline {run.get('pipeline_seconds')}s), "
+        f"peak RSS {run['peak_rss_mb']:.0f} MB, cpu {run['cpu_user_s']:.1f}+{run['cpu_sys_s']:.1f}s, "
+        f"written {mb(run['bytes_written'])} { ({k: mb(v) for k, v in run['written_by_kind'].items()}) }, "
+        f"read {mb(run['bytes_read'])} { ({k: mb(v) for k, v in run['read_by_kind'].items()}) }, "
+        f"requests {req}; {detail}"
+    )
+
+
+def table(results: list[dict], profiled: bool) -> str:
+    lines = [
+        "| corpus | wall | peak RSS | written per run | rerun with nothing new (wall, RSS) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        first, rerun = result["runs"].get("first"), result["runs"].get("rerun")
+        if not first or first["exit_code"]:
+            lines.append(f"| {result['corpus']:,} | failed (exit {first and first['exit_code']}) | | | |")
+            continue
+        again = f"{rerun['seconds']:.1f} s / {rerun['peak_rss_mb']:,.0f} MB" if rerun else "—"
+        lines.append(
+            f"| {result['corpus']:,} | {first['seconds']:.1f} s | {first['peak_rss_mb']:,.0f} MB | "
+            f"{mb(first['bytes_written'])} | {again} |"
+        )
+    if profiled:
+        lines.append("(under cProfile: walls and RSS are inflated)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="100k,1M", help="comma-separated sizes: 100000, 100k, 1M, 3M")
+    parser.add_argument("--day", type=parse_count, default=1000, help="new videos on the run date")
+    parser.add_argument("--strategy", default="concat")
+    parser.add_argument("--placeholder-share", type=float, default=0.10, help="share of no_captions videos")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a CLI run is killed")
+    parser.add_argument("--fresh-rerun", action="store_true", help="also rerun from an empty --state-dir")
+    parser.add_argument(
+        "--profile", action="store_true", help="run the CLI under cProfile (top 15 cumulative)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default: bench/results/scale-<timestamp>.json"
+    )
+    args = parser.parse_args()
+    sizes = [parse_count(s) for s in args.corpus.split(",") if s.strip()]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.json or BENCH_DIR / "results" / f"scale-{stamp}.json"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="scale-") as scratch:
+        for n in sizes:
+            results.append(one_corpus(n, args, Path(scratch)))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(
+                json.dumps(
+                    {"when": stamp, "machine": machine(), "args": vars(args), "results": results},
+                    indent=2,
+                    default=str,
+                )
+            )
+    print(f"\nday of {args.day:,} new videos, run_date {RUN_DATE}, strategy {args.strategy}, {machine()}\n")
+    print(table(results, args.profile))
+    for result in results:
+        print(f"\ncorpus {result['corpus']:,}:")
+        for label, run in result["runs"].items():
+            print("  " + describe(label, run))
+            print("    log: " + "\n         ".join(run["log"]))
+            if run.get("profile_top15"):
+                print(run["profile_top15"])
+    print(f"\nresults written to {out}")
+    failed = any(run["exit_code"] for r in results for run in r["runs"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Two unpartitioned maintenance jobs over every strategy that is an asset (`ASSET_STRATEGIES`):
+
+- `verify_published`: `verify.verify_strategy` over the whole store (or one `date`): lock, unique keys,
+  every shard exists and every pointer resolves. It fails naming the bad shards; the daily checks
+  cover a day's shards and a sample of the rest, this covers everything.
+- `gc_orphan_shards`: `sweep.sweep` deletes shards no manifest row points to, older than
+  `older_than` (default 1d). It runs in the fusion pool, so in a deployment it never overlaps a fuse
+  (the grace period protects a run in progress anyway, e.g. one started from the CLI).
+
+A strategy with nothing published yet (no manifest) is skipped by both. Their schedules are in
+`schedules.py`, stopped by default.
+
+No `from __future__ import annotations` here: Dagster reads the ops' `Config` annotations at import.
+"""
+
+from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
+from pydantic import Field
+
+from .. import sweep, verify
+from ..errors import ConfigError
+from ..readback import parse_run_date
+from .assets import FUSION_POOL
+from .resources import ASSET_STRATEGIES, FusionResource
+
+
+class VerifyConfig(Config):
+    date: str | None = Field(
+        default=None, description="Only this date's rows and shards (YYYY-MM-DD); default: everything."
+    )
+    progress_every: int = Field(default=100, description="A progress log line every this many shards.")
+
+
+class GcConfig(Config):
+    older_than: str = Field(
+        default="1d",
+        description="Grace period: only orphans last modified longer ago go (30m, 12h, 1d, 7d; 0s for "
+        "all). Must exceed the longest fusion run.",
+    )
+    dry_run: bool = Field(default=False, description="List what would be deleted; delete nothing.")
+
+
+def _published_or_none(context: OpExecutionContext, strategy: str, work):
+    """`work()`, or None (logged) when the strategy has no manifest yet: for a known strategy that is
+    the one ConfigError `readback.load_manifest` raises."""
+    try:
+        return work()
+    except ConfigError as exc:
+        context.log.info(f"{strategy}: skipped: {exc}")
+        return None
+
+
+@op(description="Verify every shard and pointer of every strategy; fails naming what is broken.")
+def verify_all_strategies(context: OpExecutionContext, config: VerifyConfig, fusion: FusionResource):
+    client = fusion.client()
+    day = parse_run_date(config.date)
+    metadata: dict[str, MetadataValue] = {}
+    failed: dict[str, str] = {}
+    verified: list[str] = []
+    for strategy in ASSET_STRATEGIES:
+        report = _published_or_none(
+            context,
+            strategy,
+            lambda strategy=strategy: verify.verify_strategy(
+                client,
+                fusion.bucket,
+                fusion.root,
+                strategy,
+                day,
+                threads=fusion.fetch_threads,
+                progress_every=config.progress_every,
+                logger=context.log,
+            ),
+        )
+        if report is None:
+            metadata[f"{strategy}/skipped"] = MetadataValue.text("no manifest")
+            continue
+        context.log.info("\n".join(report.lines()))
+        verified.append(strategy)
+        metadata[strategy] = MetadataValue.json(report.metadata())
+        if not report.ok:
+            failed[strategy] = str(report.failure())
+    if failed:
+        raise Failure(
+            description="verify failed: " + "; ".join(failed.values()),
+            metadata=metadata,
+            allow_retries=False,
+        )
+    return Output(verified, metadata=metadata)
+
+
+@op(
+    description="Delete every strategy's orphan shards (no manifest row points to them) older than the "
+    "grace period.",
+    pool=FUSION_POOL,
+)
+def sweep_orphan_shards(context: OpExecutionContext, config: GcConfig, fusion: FusionResource):
+    client = fusion.client()
+    try:
+        older_than = sweep.parse_age(config.older_than)
+    except ConfigError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    metadata: dict[str, MetadataValue] = {}
+    errors: list[str] = []
+    totals = {"deleted": 0, "bytes_freed": 0, "orphans": 0, "kept_young": 0}
+    for strategy in ASSET_STRATEGIES:
+        result = _published_or_none(
+            context,
+            strategy,
+            lambda strategy=strategy: sweep.sweep(
+                client,
+                fusion.bucket,
+                fusion.root,
+                strategy,
+                older_than,
+                dry_run=config.dry_run,
+                logger=context.log,
+            ),
+        )
+        if result is None:
+            metadata[f"{strategy}/skipped"] = MetadataValue.text("no manifest")
+            continue
+        context.log.info("\n".join(result.lines()))
+        facts = result.metadata()
+        metadata[strategy] = MetadataValue.json(facts)
+        for name in totals:
+            totals[name] += int(facts[name])
+        errors += result.errors
+    metadata.update({name: MetadataValue.int(value) for name, value in totals.items()})
+    metadata["dry_run"] = MetadataValue.bool(config.dry_run)
+    if errors:
+        raise Failure(
+            description=f"{len(errors)} orphan shard(s) could not be deleted: {errors[:5]}",
+            metadata=metadata,
+        )
+    return Output(totals, metadata=metadata)
+
+
+@job(
+    name="verify_published",
+    description="Check everything every strategy published: schema lock, unique manifest keys, every "
+    "shard exists and every pointer resolves (one GET per shard). Config `date` limits it to one day.",
+)
+def verify_published_job():
+    verify_all_strategies()
+
+
+@job(
+    name="gc_orphan_shards",
+    description="Delete shards no manifest row points to (crashed runs, a losing concurrent writer, "
+    "replaced rows) once older than `older_than` (default 1d); `dry_run` lists them only.",
+)
+def gc_orphan_shards_job():
+    sweep_orphan_shards()
