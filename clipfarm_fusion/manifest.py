@@ -124,8 +124,8 @@ REQUIRED = (
 def _repair(where: str) -> str:
     return (
         f"{where} is not a readable fused manifest; nothing was written. Restore the previous version "
-        "(bucket versioning), or move the object away on purpose: a run then starts a new manifest, and "
-        "`clipfarm-fusion verify` shows what the old one pointed at"
+        "(bucket versioning). Without one, move it and the strategy's state mirror away on purpose: the "
+        "next run then fuses every video afresh into a new manifest"
     )
 
 

@@ -85,7 +85,7 @@ def migrate(
     fetched = s3io.get_object(client, bucket, key)
     if fetched.body is None:
         raise ConfigError(f"s3://{bucket}/{key} does not exist: nothing to migrate; the next run creates it")
-    old = schema_lock.parse(fetched.body, key)
+    old = schema_lock.parse(fetched.body, f"s3://{bucket}/{key}")
     if any(dims.get(m) is None for m in MODALITIES):
         probed = probe_dims(client, bucket, layout, sample)
         dims = {m: dims.get(m) or probed[m] for m in MODALITIES}

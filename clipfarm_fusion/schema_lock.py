@@ -87,7 +87,7 @@ def parse(body: bytes, key: str) -> SchemaLock:
 
 def read(client, bucket: str, key: str) -> SchemaLock | None:
     body = s3io.get_object(client, bucket, key).body
-    return None if body is None else parse(body, key)
+    return None if body is None else parse(body, f"s3://{bucket}/{key}")
 
 
 def write_if_absent(client, bucket: str, key: str, lock: SchemaLock) -> SchemaLock:

@@ -31,7 +31,7 @@ from dagster import (
 )
 
 from .. import pipeline, policy
-from ..errors import ClipfarmError, ConcurrentWriteError
+from ..errors import ClipfarmError, ConcurrentWriteError, S3UnavailableError
 from ..layout import MODALITIES, Layout
 from ..summary import RunSummary, StrategySummary
 from . import checks
@@ -136,8 +136,8 @@ def fuse_embeddings(context: AssetExecutionContext, fusion: FusionResource):
             log=context.log,
         )
     except ClipfarmError as exc:
-        # Another writer finishing is worth a retry; bad config and schema drift need a person.
-        transient = isinstance(exc, ConcurrentWriteError)
+        # Another writer finishing or S3 coming back is worth a retry; bad config, drift and broken stores need a person.
+        transient = isinstance(exc, ConcurrentWriteError | S3UnavailableError)
         raise Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=transient) from exc
     context.log.info("run summary\n%s", summary.to_table())
     for name in (name for name in strategies if name in summary.strategies):
@@ -183,6 +183,8 @@ def strategy_metadata(summary: RunSummary, name: str) -> dict[str, MetadataValue
         {
             "run_date": MetadataValue.text(summary.run_date),
             "delta": MetadataValue.int(strategy.delta),
+            "deferred": MetadataValue.int(strategy.deferred),
+            "unparseable_dates": MetadataValue.int(summary.unparseable_dates),
             "fused": MetadataValue.int(strategy.fused),
             "manifest_rows_added": MetadataValue.int(strategy.manifest_added),
             "manifest_rows_updated": MetadataValue.int(strategy.manifest_updated),

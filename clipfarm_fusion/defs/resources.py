@@ -79,6 +79,14 @@ class FusionResource(ConfigurableResource):
         description="Text stage statuses that mean no text will ever come (fuse with a placeholder).",
     )
     fetch_threads: int = Field(default=32, description="Concurrent S3 GETs.")
+    s3_patience_seconds: float = Field(
+        default=60.0,
+        description="How long an S3 outage is ridden out before the run stops (retried, never counted "
+        "against an item).",
+    )
+    strict_dates: bool = Field(
+        default=False, description="Fail the run when captured_at values are not ISO 8601 (else: undated)."
+    )
     sample_size: int = Field(default=10, description="Sample video_ids kept per status.")
     fail_rate_threshold: float = Field(
         default=0.05,
@@ -113,6 +121,8 @@ class FusionResource(ConfigurableResource):
             text_terminal_statuses=tuple(self.text_terminal_statuses),
             fetch_threads=self.fetch_threads,
             sample_size=self.sample_size,
+            s3_patience_seconds=self.s3_patience_seconds,
+            strict_dates=self.strict_dates,
         )
 
     def client(self):
