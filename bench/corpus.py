@@ -5,14 +5,21 @@ the pipeline N times and without uploading N videos' embeddings.
 
 What goes on S3 under `<root>/` (seed-era formats, as users have them):
 
-| key | what |
-|---|---|
-| `metadata/shorts_metadata_horizon.csv` | N + D rows: `video_id, url, captured_at, title, views`; titles carry quotes, commas, a newline and an emoji, so the reader really parses quoted fields. The N old rows are captured on the `--days-back` days before the run date, the D new ones on the run date (2026-03-01). Rows are in no particular order. |
-| `state/text_downloader.sqlite` | `processed_items(video_id PK, source_hash, processed_at, status, error)`, one row per video, hash = sha256(url) as `synthetic.py` does; `no_captions` for `--placeholder-share` of the videos, `success` for the rest |
-| `state/fusion_<s>.sqlite` | the state DB (the package's DDL) with the N old videos at terminal statuses: `success_full`, or `success_text_placeholder` for the no-captions ones; retry_count 0; `artifact_key`/`vector_id` = shard key / `key#row` |
-| `fused/<s>/fused_manifest.parquet` | a row per old video, columns exactly `manifest.SCHEMA`, zstd, in the order daily runs append them (fusion date, then video_id) |
-| `fused/<s>/schema.json` | `SchemaLock.build(s, (768, 768, 768), FusionOptions())` |
-| `embeddings/{video,audio,text}/<id>.npy` | ONLY the D new videos' (768-d float32; no text for the no-captions ones): the only per-object uploads |
+- `metadata/shorts_metadata_horizon.csv`: N + D rows `video_id, url, captured_at, title, views`; titles
+  carry quotes, commas, a newline and an emoji, so the reader really parses quoted fields. The N old rows
+  are captured on the `--days-back` days before the run date, the D new ones on the run date
+  (2026-03-01); rows in no particular order.
+- `state/text_downloader.sqlite`: `processed_items(video_id PK, source_hash, processed_at, status, error)`,
+  a row per video, hash = sha256(url) as `synthetic.py` does; `no_captions` for `--placeholder-share` of
+  the videos (old and new), `success` for the rest.
+- `state/fusion_<s>.sqlite`: the state DB (the package's DDL) with the N old videos at terminal statuses,
+  `success_full`, or `success_text_placeholder` for the no-captions ones; retry_count 0;
+  `artifact_key` = shard key, `vector_id` = `key#row`.
+- `fused/<s>/fused_manifest.parquet`: a row per old video, columns exactly `manifest.SCHEMA`, zstd, in the
+  order daily runs append them (fusion date, then video_id).
+- `fused/<s>/schema.json`: `SchemaLock.build(s, (768, 768, 768), FusionOptions())`.
+- `embeddings/{video,audio,text}/<id>.npy`: ONLY the D new videos' (768-d float32; no text for the
+  no-captions ones). These are the only per-object uploads.
 
 The old videos' shards (`fused/<s>/shards/date=<capture day>/part-XXXX.npz`, `--shard-size` rows each,
 video_id order within a day, exactly as a daily run would have written them) and their embeddings are
@@ -381,6 +388,9 @@ def main() -> None:
     parser.add_argument("--strategies", default="concat", help="comma-separated (default: concat)")
     parser.add_argument("--placeholder-share", type=float, default=0.10, help="share with no_captions")
     parser.add_argument("--days-back", type=int, default=365)
+    parser.add_argument(
+        "--shard-size", type=int, default=2048, help="rows per old shard, as the runs wrote them"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from common import use_endpoint
@@ -395,6 +405,7 @@ def main() -> None:
         strategies=tuple(s for s in args.strategies.split(",") if s),
         placeholder_share=args.placeholder_share,
         days_back=args.days_back,
+        shard_size=args.shard_size,
         seed=args.seed,
     )
 
