@@ -13,6 +13,7 @@ the module with `-m`, which serves the installed package from any directory.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,10 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from datetime import date
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import botocore.exceptions
 
@@ -68,9 +72,17 @@ def dagster_home() -> Iterator[Path]:
 
 
 def dg_project_root() -> Path | None:
-    """The checkout this package runs from when it is a dg project (pyproject.toml with `[tool.dg]`
-    whose root_module is this package), else None: an installed wheel, or a copy without the config."""
-    root = Path(__file__).resolve().parent.parent
+    """The checkout this package is installed from in editable mode, when it is a dg project
+    (pyproject.toml with `[tool.dg]` whose root_module is this package); else None: a wheel install.
+
+    Asked of the installed distribution (PEP 610 `direct_url.json`), never of this file's location,
+    so nothing depends on where a wheel put the package."""
+    # A checkout on sys.path also shows its build's egg-info, which has no direct_url.json: skip it.
+    records = (d.read_text("direct_url.json") for d in metadata.distributions(name="clipfarm-fusion"))
+    origin = json.loads(next((record for record in records if record), "{}"))
+    if not origin.get("dir_info", {}).get("editable"):
+        return None
+    root = Path(url2pathname(urlparse(origin["url"]).path))
     try:
         config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
