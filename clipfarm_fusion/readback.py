@@ -162,7 +162,7 @@ def common_dim(rows: pa.Table, strategy: str) -> int | None:
     return dims[0] if dims else None
 
 
-def _group_by_shard(rows: pa.Table) -> list[tuple[str, np.ndarray]]:
+def group_by_shard(rows: pa.Table) -> list[tuple[str, np.ndarray]]:
     """`(fused_key, positions (n,))` per shard, keys sorted; positions keep selection order."""
     if rows.num_rows == 0:
         return []
@@ -187,14 +187,14 @@ def _read_shard(client, bucket: str, key: str, positions: np.ndarray, rows: pa.T
         shard = shards.decode(body)
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise BrokenPointerError(key, f"shard does not decode ({exc})") from None
-    problem = _pointer_problem(shard["video_ids"], shard["vectors"], rows)
+    problem = pointer_problem(shard["video_ids"], shard["vectors"], rows)
     if problem:
         raise BrokenPointerError(key, problem)
     index = rows["shard_idx"].to_numpy()
     return ShardRead(key, positions, rows, shard["vectors"][index].astype(np.float32, copy=False))
 
 
-def _pointer_problem(stored_ids: np.ndarray, vectors: np.ndarray, rows: pa.Table) -> str | None:
+def pointer_problem(stored_ids: np.ndarray, vectors: np.ndarray, rows: pa.Table) -> str | None:
     """Why `rows` do not resolve in a decoded shard (`stored_ids (n,)`, `vectors (n, F)`), or None."""
     recorded = sorted(set(zip(rows["shard_n"].to_pylist(), rows["fused_dim"].to_pylist(), strict=True)))
     if vectors.ndim != 2 or len(stored_ids) != vectors.shape[0] or recorded != [vectors.shape]:
@@ -222,7 +222,7 @@ def iter_shards(client, bucket: str, rows: pa.Table, threads: int) -> Iterator[S
     At most `threads` shards are fetched, decoded or waiting to be consumed at any time, so memory is
     bounded by `threads` shards whatever the size of the selection or the speed of the consumer.
     """
-    groups = _group_by_shard(rows)
+    groups = group_by_shard(rows)
     if not groups:
         return
     pending: deque[Future[ShardRead]] = deque()

@@ -4,7 +4,7 @@ every shard, for `clipfarm-fusion verify` and the `verify_published` job.
 
 Plain functions returning a `Verdict` (or a `Report`) with plain-value metadata, so the Dagster asset
 checks, the CLI, a script or a test can run them alike. There is one read side: a shard is fetched with
-one GET and its pointers are judged by `readback._pointer_problem`, the rule `read_vectors`, `inspect`
+one GET and its pointers are judged by `readback.pointer_problem`, the rule `read_vectors`, `inspect`
 and `export` apply. Unlike those readers, a check never stops at the first broken shard: it reports
 every one. A LIST of a shard prefix (one request per 1000 keys) finds deleted shards without a GET.
 """
@@ -193,7 +193,7 @@ def check_shard(client, bucket: str, key: str, rows: pa.Table, absent: bool = Fa
     except UNDECODABLE as exc:
         return ShardCheck(key, rows.num_rows, f"shard does not decode ({type(exc).__name__}: {exc})")
     return ShardCheck(
-        key, rows.num_rows, readback._pointer_problem(decoded["video_ids"], decoded["vectors"], rows)
+        key, rows.num_rows, readback.pointer_problem(decoded["video_ids"], decoded["vectors"], rows)
     )
 
 
@@ -212,7 +212,7 @@ def check_shards(
     drops its shard's bytes before it returns, so memory holds at most `threads` shards whatever the
     number of shards. Every `progress_every` shards, a log line.
     """
-    groups = readback._group_by_shard(rows)
+    groups = readback.group_by_shard(rows)
     if not groups:
         return
     logger = logger or log
