@@ -107,14 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=Path("state"),
-        help="local working copies of fusion_<s>.sqlite (default: ./state)",
+        help="where the working copies of fusion_<s>.sqlite are cached; the S3 mirror is the truth, and a "
+        "copy of another bucket or of a vanished mirror is set aside, never continued (default: ./state)",
     )
     run.add_argument(
         "--max-items",
         type=non_negative,
         default=None,
-        help="work on at most N videos of the delta this run; the rest is reported as deferred "
-        "(default and 0: no cap)",
+        help="read the embeddings of at most N videos this run, in video_id order (videos still waiting "
+        "for their text cost nothing against the cap); the rest is reported as deferred (default and 0: no cap)",
     )
     run.add_argument(
         "--shard-size",
