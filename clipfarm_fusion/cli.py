@@ -243,11 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the new lock's history. Exit codes: 0 done or nothing to do; 2 bad usage, no lock, or nothing to probe; "
         "4 the lock changed while migrating.",
     )
-    migrate.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to migrate")
-    migrate.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
-    migrate.add_argument(
-        "--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)"
-    )
+    readcli.location_arguments(migrate, "migrate")
     for modality in ("video", "audio", "text"):
         migrate.add_argument(
             f"--{modality}-dim", type=positive, default=None, help=f"new {modality} dim (default: probed)"

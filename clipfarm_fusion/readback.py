@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import latest, manifest, s3io, shards
-from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
+from . import latest, readers, s3io, shards
+from .config import DEFAULT_ROOT, resolve_bucket
 from .errors import ClipfarmError, ConfigError
 from .layout import Layout
 
@@ -87,16 +87,14 @@ def load_manifest(client, bucket: str, root: str, strategy: str) -> pa.Table:
     """The strategy's whole manifest, columns as in `manifest.schema_for(strategy)` (null where an
     older manifest lacks one). ConfigError when nothing has been published yet, so a typo in bucket, root or
     strategy says so instead of returning nothing."""
-    if strategy not in STRATEGY_NAMES:
-        raise ConfigError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGY_NAMES)}")
-    key = Layout(root.strip("/")).manifest_key(strategy)
-    table, _ = manifest.read(client, bucket, key)
+    table = readers.manifest_table(client, bucket, root, strategy)
     if table is None:
+        key = Layout(root.strip("/")).manifest_key(strategy)
         raise ConfigError(
             f"s3://{bucket}/{key} does not exist: nothing has been fused for {strategy} under that bucket "
             "and root; run `clipfarm-fusion run` first"
         )
-    return manifest.conform(table, manifest.schema_for(strategy))
+    return table
 
 
 def filter_rows(table: pa.Table, run_date: date | None = None, fused_dim: int | None = None) -> pa.Table:

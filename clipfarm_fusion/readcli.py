@@ -30,12 +30,17 @@ EXIT_OK = 0
 _DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
 
 
-def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
-    parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to read")
+def location_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """`--strategy`, `--bucket`, `--root`: where a strategy's outputs live, the same for every command."""
+    parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help=f"the strategy to {verb}")
     parser.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
     parser.add_argument(
         "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
     )
+
+
+def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
+    location_arguments(parser, "read")
     parser.add_argument("--date", type=iso_date, default=None, metavar="YYYY-MM-DD", help=date_help)
     parser.add_argument(
         "--from-demo",
@@ -135,11 +140,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "there was nothing to delete); 1 some deletes failed (named; rerun); 2 bad usage, no bucket or no "
         "manifest (nothing is swept without one).",
     )
-    collect.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to sweep")
-    collect.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
-    collect.add_argument(
-        "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
-    )
+    location_arguments(collect, "sweep")
     collect.add_argument(
         "--older-than",
         type=_age,

@@ -6,11 +6,8 @@ the checks, tests and users' scripts read through these two, so the storage can 
 
 from __future__ import annotations
 
-import sqlite3
-
 import pandas as pd
-import sqlalchemy as sa
-from sqlalchemy.pool import StaticPool
+import pyarrow as pa
 
 from . import manifest, s3io, state
 from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
@@ -23,17 +20,21 @@ def _check_strategy(strategy: str) -> None:
         raise ConfigError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGY_NAMES)}")
 
 
+def manifest_table(client, bucket: str, root: str, strategy: str) -> pa.Table | None:
+    """The strategy's manifest with its columns in `manifest.schema_for(strategy)` (null where an older
+    manifest lacks one), or None when nothing has been published."""
+    _check_strategy(strategy)
+    table, _ = manifest.read(client, bucket, Layout(root.strip("/")).manifest_key(strategy))
+    return None if table is None else manifest.conform(table, manifest.schema_for(strategy))
+
+
 def read_manifest(
     strategy: str, *, bucket: str | None = None, root: str = DEFAULT_ROOT, client=None
 ) -> pd.DataFrame:
     """One row per `(video_id, source_hash)` with the manifest columns of DESIGN §2 (plus
     `projection_id` for strategy projection); no rows when nothing has been fused yet."""
-    _check_strategy(strategy)
-    bucket = resolve_bucket(bucket)
-    client = client or s3io.make_client(8)
-    table, _ = manifest.read(client, bucket, Layout(root.strip("/")).manifest_key(strategy))
-    schema = manifest.schema_for(strategy)
-    return manifest.conform(table if table is not None else schema.empty_table(), schema).to_pandas()
+    table = manifest_table(client or s3io.make_client(8), resolve_bucket(bucket), root, strategy)
+    return (manifest.schema_for(strategy).empty_table() if table is None else table).to_pandas()
 
 
 def read_state(
@@ -51,19 +52,5 @@ def read_state(
         return pd.DataFrame(
             {c: pd.Series(dtype="int64" if c == "retry_count" else object) for c in state.STATE_COLUMNS}
         )
-    state.check_snapshot(body, f"s3://{bucket}/{key}")
-    connection = sqlite3.connect(":memory:", check_same_thread=False)
-    connection.deserialize(body)
-    engine = sa.create_engine("sqlite://", creator=lambda: connection, poolclass=StaticPool)
-    try:
-        with engine.connect() as conn:
-            present = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(processed_items)")}
-            columns = [c for c in state.STATE_COLUMNS if c in present]
-            frame = pd.read_sql_query(sa.text(f"SELECT {', '.join(columns)} FROM processed_items"), conn)
-    finally:
-        engine.dispose()
-    for column in state.STATE_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = 0 if column == "retry_count" else None
-    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
+    frame = state.read_snapshot(body, f"s3://{bucket}/{key}").reset_index()
     return frame[list(state.STATE_COLUMNS)].sort_values("video_id", ignore_index=True)

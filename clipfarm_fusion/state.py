@@ -32,7 +32,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import package_data, s3io
+from . import package_data, s3io, sqlite_bytes
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,12 @@ processed_items = sa.Table(
 class StateDB:
     """A SQLite file with the `processed_items` table: read once at the start, written in batches at the end."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(f"sqlite:///{self.path}")
+    def __init__(self, path: Path | None = None, *, engine: sa.Engine | None = None) -> None:
+        """A file at `path`, or an `engine` over a database that is not a file (a published snapshot)."""
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = engine or sa.create_engine(f"sqlite:///{self.path}")
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
@@ -180,21 +182,33 @@ def check_snapshot(body: bytes, where: str) -> None:
         f"{where} is not a usable fusion state DB; nothing was changed. Restore it from a good copy "
         "(a bucket version, or a working copy from --state-dir) or delete it on purpose to start over"
     )
-    if not body.startswith(b"SQLite format 3\x00"):
+    if not body.startswith(sqlite_bytes.HEADER):
         raise StoreError(f"{repair} ({len(body)} bytes, no SQLite header)")
-    connection = sqlite3.connect(":memory:")
     try:
-        connection.deserialize(body)
-        if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise StoreError(f"{repair} (integrity check failed)")
-        columns = {row[1] for row in connection.execute("PRAGMA table_info(processed_items)")}
+        connection = sqlite_bytes.connect(body)
+        try:
+            integrity = connection.execute("PRAGMA quick_check").fetchone()[0]
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(processed_items)")}
+        finally:
+            connection.close()
     except sqlite3.Error as exc:
         raise StoreError(f"{repair} ({exc})") from None
-    finally:
-        connection.close()
+    if integrity != "ok":
+        raise StoreError(f"{repair} (integrity check failed)")
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise StoreError(f"{repair} (no processed_items table with {', '.join(missing)})")
+
+
+def read_snapshot(body: bytes, where: str) -> pd.DataFrame:
+    """The rows of a published state DB (bytes of the mirror), checked first, read in memory with the
+    same code as a working copy: indexed by video_id."""
+    check_snapshot(body, where)
+    db = StateDB(engine=sqlite_bytes.engine(body))
+    try:
+        return db.read_all()
+    finally:
+        db.close()
 
 
 def restore(client, bucket: str, key: str, path: Path) -> str:

@@ -12,19 +12,11 @@ import sqlite3
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.pool import StaticPool
 
-from . import s3io
+from . import s3io, sqlite_bytes
 
 log = logging.getLogger(__name__)
 TEXT_STATE_COLUMNS = ("status", "source_hash", "error")
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def _engine_for_bytes(body: bytes) -> sa.Engine:
-    connection = sqlite3.connect(":memory:", check_same_thread=False)
-    connection.deserialize(body)
-    return sa.create_engine("sqlite://", creator=lambda: connection, poolclass=StaticPool)
 
 
 def _engine_for_path(path: str) -> sa.Engine:
@@ -52,11 +44,11 @@ def load(client, location: str) -> tuple[pd.DataFrame | None, str | None]:
             body = s3io.read_uri(client, location)
             if body is None:
                 return None, f"text state {location} not found"
-            if not body.startswith(SQLITE_HEADER):
+            if not body.startswith(sqlite_bytes.HEADER):
                 why = f"text state {location} unavailable: not a SQLite file ({len(body)} bytes)"
                 log.warning(why)
                 return None, why
-            engine = _engine_for_bytes(body)
+            engine = sqlite_bytes.engine(body)
         else:
             engine = _engine_for_path(location)
         try:
