@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import sqlite3
 import sys
 import tempfile
@@ -392,11 +393,12 @@ def main() -> None:
         "--shard-size", type=int, default=2048, help="rows per old shard, as the runs wrote them"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write what was generated here")
     args = parser.parse_args()
     from common import use_endpoint
 
     use_endpoint(args.endpoint)
-    generate(
+    info = generate(
         s3io.make_client(16),
         args.bucket,
         args.corpus,
@@ -408,6 +410,8 @@ def main() -> None:
         shard_size=args.shard_size,
         seed=args.seed,
     )
+    if args.json:
+        args.json.write_text(json.dumps(info.__dict__, default=str))
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def run(bucket: str, root: str, run_date: date, strategies: list[str], out: Path
         meta_path, text_path = f"{scratch}/horizon.csv", f"{scratch}/text_state.sqlite"
         client.download_file(bucket, f"{root}/metadata/shorts_metadata_horizon.csv", meta_path)
         location = f"s3://{bucket}/{root}/metadata/shorts_metadata_horizon.csv"
-        horizon = metadata.load_horizon(Path(meta_path).read_bytes(), location, run_date, False)
+        horizon = metadata.scan(Path(meta_path).read_bytes(), location, run_date, False).rows
         text_state = exists(client, bucket, f"{root}/state/text_downloader.sqlite")
         if text_state:
             client.download_file(bucket, f"{root}/state/text_downloader.sqlite", text_path)

@@ -1,13 +1,16 @@
-"""Corpus scale: what one daily run costs on a bucket that already holds N fused videos (today: O(corpus)).
+"""Corpus scale: what one daily run costs on a bucket that already holds N fused videos.
 
 `python bench/scale.py [--corpus 100k,1M] [--day 1000] [--json PATH] [--profile] [--fresh-rerun]`
 
-For each corpus size: a fresh moto server process; `bench/corpus.py` puts N already-fused videos and one
-new day of `--day` videos on it (directly, not through the proxy); then the real CLI,
-`clipfarm-fusion run --run-date 2026-03-01 --strategy concat --bucket B --state-dir <fresh dir>`,
-runs as a separate process behind the byte-counting proxy (`bench/byteproxy.py`), and then the same
-command again ("rerun with nothing new": same --state-dir, so the working copy is current).
-`--fresh-rerun` adds a third run, again with nothing new, from an empty --state-dir (a scheduler that
+For each corpus size: a fresh moto server process; `bench/corpus.py` puts N already-fused videos in the
+seed-era formats (a single-file manifest, a SQLite state) and one new day of `--day` videos on it
+(directly, not through the proxy). Then the real CLI runs as a separate process behind the
+byte-counting proxy (`bench/byteproxy.py`), three times:
+- "upgrade": `clipfarm-fusion run --run-date 2026-02-28 ...`, the day before the new one: the first run
+  of this version imports the seed-era files into the lake tables (O(corpus), once) and fuses nothing;
+- "first": `--run-date 2026-03-01`, the measured day of `--day` new videos;
+- "rerun": the same command again, with nothing new.
+`--fresh-rerun` adds a fourth run, again with nothing new, from an empty --state-dir (a scheduler that
 gives every run a new container).
 
 Measured per run:
@@ -29,23 +32,20 @@ import json
 import os
 import pstats
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from byteproxy import start_byte_proxy  # noqa: E402
 from common import BENCH_DIR, machine, moto_process, use_endpoint  # noqa: E402
-from corpus import RUN_DATE, generate, parse_count  # noqa: E402
+from corpus import RUN_DATE, parse_count  # noqa: E402
 from proxy import METHODS  # noqa: E402
-
-from clipfarm_fusion import s3io  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("clipfarm-fusion"))
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) ([\w.]+): (.*)$")
@@ -60,13 +60,14 @@ def run_cli(
     label: str,
     timeout: float,
     profile: bool = False,
+    run_date=RUN_DATE,
 ) -> dict:
     """One `clipfarm-fusion run` in its own process: wall, that process's peak RSS and CPU, summary, log."""
     summary_path = out_dir / f"{label}.summary.json"
     args = [
         "run",
         "--run-date",
-        RUN_DATE.isoformat(),
+        run_date.isoformat(),
         "--strategy",
         strategy,
         "--bucket",
@@ -161,21 +162,18 @@ def top_cumulative(path: Path, count: int = 15) -> str:
 
 
 PHASES = {
-    "metadata.read_rows",
-    "metadata.horizon",
-    "text_state.load",
-    "state.restore",
-    "state.check_snapshot",
-    "state.read_rows",
-    "manifest.check",
+    "metadata.scan",
+    "text_state.open_text_state",
+    "state.open_store",
+    "state.known",
+    "state.rows_for",
+    "manifest.open_table",
+    "pipeline._select",
     "delta.compute",
     "pipeline._fuse_all",
     "pipeline._commit",
     "manifest.commit",
-    "manifest.merge",
-    "manifest.encode",
     "state.commit",
-    "s3io.put_replacing",
 }
 
 
@@ -202,27 +200,34 @@ def one_corpus(n: int, args, scratch: Path) -> dict:
     out_dir.mkdir(parents=True)
     with moto_process() as moto_url:
         use_endpoint(moto_url)
-        client = s3io.make_client(16)
         print(f"[{n:,}] generating ...", flush=True)
-        info = generate(
-            client,
-            bucket,
-            n,
-            args.day,
-            strategies=(args.strategy,),
-            placeholder_share=args.placeholder_share,
-            workdir=out_dir / "corpus-files",
-            log=lambda text: print(f"[{n:,}] {text}", flush=True),
+        # in its own process: a child's peak RSS (ru_maxrss) starts at its parent's size when it is
+        # spawned, so a parent holding a generated corpus would inflate every measured run
+        generated = out_dir / "corpus.json"
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("corpus.py")),
+                *("--endpoint", moto_url, "--bucket", bucket, "--corpus", str(n), "--day", str(args.day)),
+                *("--strategies", args.strategy, "--placeholder-share", str(args.placeholder_share)),
+                *("--json", str(generated)),
+            ],
+            check=True,
         )
-        shutil.rmtree(out_dir / "corpus-files", ignore_errors=True)
+        info = json.loads(generated.read_text())
         proxy = start_byte_proxy(moto_url)
         runs = {}
         try:
             state_dir = out_dir / "state"
-            plan = [("first", state_dir), ("rerun", state_dir)]
+            day_before = RUN_DATE - timedelta(days=1)
+            plan = [
+                ("upgrade", state_dir, day_before),
+                ("first", state_dir, RUN_DATE),
+                ("rerun", state_dir, RUN_DATE),
+            ]
             if args.fresh_rerun:
-                plan.append(("rerun_fresh_dir", out_dir / "state-fresh"))
-            for label, directory in plan:
+                plan.append(("rerun_fresh_dir", out_dir / "state-fresh", RUN_DATE))
+            for label, directory, run_date in plan:
                 runs[label] = measured(
                     proxy,
                     bucket=bucket,
@@ -231,7 +236,8 @@ def one_corpus(n: int, args, scratch: Path) -> dict:
                     out_dir=out_dir,
                     label=label,
                     timeout=args.timeout,
-                    profile=args.profile,
+                    profile=args.profile and label != "upgrade",
+                    run_date=run_date,
                 )
                 print(f"[{n:,}] {describe(label, runs[label])}", flush=True)
                 if runs[label]["exit_code"] != 0:
@@ -239,7 +245,7 @@ def one_corpus(n: int, args, scratch: Path) -> dict:
                     break
         finally:
             proxy.stop()
-    return {"corpus": n, "day": args.day, "generated": info.__dict__, "runs": runs}
+    return {"corpus": n, "day": args.day, "generated": info, "runs": runs}
 
 
 def mb(value: float) -> str:
@@ -266,8 +272,8 @@ def describe(label: str, run: dict) -> str:
 
 def table(results: list[dict], profiled: bool) -> str:
     lines = [
-        "| corpus | wall | peak RSS | written per run | rerun with nothing new (wall, RSS) |",
-        "|---:|---:|---:|---:|---:|",
+        "| corpus | wall | peak RSS | written per run | rerun with nothing new (wall, RSS) | upgrade run, once (wall, RSS, written) |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         first, rerun = result["runs"].get("first"), result["runs"].get("rerun")
@@ -275,9 +281,15 @@ def table(results: list[dict], profiled: bool) -> str:
             lines.append(f"| {result['corpus']:,} | failed (exit {first and first['exit_code']}) | | | |")
             continue
         again = f"{rerun['seconds']:.1f} s / {rerun['peak_rss_mb']:,.0f} MB" if rerun else "—"
+        upgrade = result["runs"].get("upgrade")
+        once = (
+            f"{upgrade['seconds']:.1f} s / {upgrade['peak_rss_mb']:,.0f} MB / {mb(upgrade['bytes_written'])}"
+            if upgrade
+            else "—"
+        )
         lines.append(
             f"| {result['corpus']:,} | {first['seconds']:.1f} s | {first['peak_rss_mb']:,.0f} MB | "
-            f"{mb(first['bytes_written'])} | {again} |"
+            f"{mb(first['bytes_written'])} | {again} | {once} |"
         )
     if profiled:
         lines.append("(under cProfile: walls and RSS are inflated)")

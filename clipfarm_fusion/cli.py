@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -73,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "or stale. Exit codes: 0 run completed (item failures are data, see the summary); 2 bad usage or "
         "config; 3 a strategy stopped for schema drift (named on stderr; it wrote nothing, the others "
         "published); 4 another run wrote the same strategy; 6 S3 unavailable past --s3-patience, nothing "
-        "recorded against any item: retry later; 7 a published store (state mirror, manifest, schema.json) "
-        "cannot be read: repair it, nothing was written.",
+        "recorded against any item: retry later; 7 a published store (a seed-era state file or manifest to "
+        "import, schema.json) cannot be read: repair it, nothing was written.",
     )
     run.add_argument(
         "--run-date",
@@ -107,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=Path("state"),
-        help="where the working copies of fusion_<s>.sqlite are cached; the S3 mirror is the truth, and a "
-        "copy of another bucket or of a vanished mirror is set aside, never continued (default: ./state)",
+        help="a local cache: the text stage's snapshot, revalidated each run with one conditional GET. The "
+        "state itself is a table in the bucket, so any machine and any --state-dir continue where the bucket "
+        "says. A seed-era fusion_<s>.sqlite found here is imported once when the bucket has no state "
+        "(default: ./state)",
     )
     run.add_argument(
         "--max-items",
@@ -526,5 +529,22 @@ def exit_for(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def entry() -> None:
+    """The `clipfarm-fusion` console script: `main`, then, once every stream is flushed, a hard exit.
+    Arrow's and delta-rs's native threads can abort a normal interpreter teardown ("terminate called
+    without an active exception", apache/arrow#34314), turning a finished run into exit -6; nothing of
+    ours needs the teardown once `main` has returned."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, bad usage
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pandas as pd
 
 from .policy import FAIL_TERMINAL, SUCCESS_FULL, SUCCESS_PLACEHOLDER
@@ -12,15 +14,20 @@ NOT_TERMINAL = "not_terminal"
 UPGRADE_CHECK = "upgrade_check"
 
 
-def compute(horizon: pd.DataFrame, state: pd.DataFrame) -> pd.DataFrame:
+def compute(
+    horizon: pd.DataFrame, state: pd.DataFrame, recheck: Collection[str] | None = None
+) -> pd.DataFrame:
     """Horizon rows that need work, with `reason`, `prior_status` and `retry_base`.
 
     - no state row -> new; source_hash changed -> hash_changed (retries start again at 0);
     - status not terminal -> not_terminal;
-    - success_text_placeholder -> upgrade_check: fused again only if its text has since appeared;
+    - success_text_placeholder -> upgrade_check: fused again only if its text has since appeared; only
+      the placeholders in `recheck` (those the text stage has news for), or all when it is None;
     - success_full and fail_terminal with the same hash are done.
     `horizon` has one row per video_id; `state` is indexed by video_id.
     """
+    if state.empty:  # every video is new (and pandas cannot join Arrow-backed strings to nothing)
+        return horizon.assign(reason=NEW, prior_status=None, retry_base=0).astype({"retry_base": "int64"})
     known = horizon.merge(
         state[["source_hash", "status", "retry_count"]],
         left_on="video_id",
@@ -36,7 +43,10 @@ def compute(horizon: pd.DataFrame, state: pd.DataFrame) -> pd.DataFrame:
     reason[has_row & ~same_hash] = HASH_CHANGED
     open_status = ~status.isin([SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL])
     reason[same_hash & open_status] = NOT_TERMINAL
-    reason[same_hash & (status == SUCCESS_PLACEHOLDER)] = UPGRADE_CHECK
+    placeholder = same_hash & (status == SUCCESS_PLACEHOLDER)
+    if recheck is not None:
+        placeholder &= known["video_id"].isin(list(recheck))
+    reason[placeholder] = UPGRADE_CHECK
     result = known.assign(
         reason=reason,
         prior_status=status.where(has_row, None),

@@ -25,8 +25,8 @@ def _bucket_copy(out: Path) -> Path:
 
 
 def copy_outputs(client, bucket: str, root: str, out: Path) -> int:
-    """Copy the fused outputs and state mirrors out of the embedded S3 before it stops, replacing what an
-    earlier demo left in `out`, so the copy is exactly this run's bucket."""
+    """Copy the fused outputs and the state tables out of the embedded S3 before it stops, replacing what
+    an earlier demo left in `out`, so the copy is exactly this run's bucket."""
     target_root = _bucket_copy(out) / root
     shutil.rmtree(target_root, ignore_errors=True)
     copied = 0
@@ -40,8 +40,8 @@ def copy_outputs(client, bucket: str, root: str, out: Path) -> int:
 
 
 def run_demo(videos: int, summary_json: Path | None, out: Path) -> int:
-    """Seed, fuse, copy out. The state working copy lives in a temporary directory: it caches a bucket
-    that vanishes with the embedded S3, and the mirrors copied to `out` are the state."""
+    """Seed, fuse, copy out. The --state-dir cache lives in a temporary directory: it caches a bucket
+    that vanishes with the embedded S3; the tables copied to `out` are the state."""
     day, objects = synthetic.make_day(videos=videos)
     with embedded_s3() as endpoint, tempfile.TemporaryDirectory(prefix="clipfarm-demo-state-") as state_dir:
         client = s3io.make_client()
@@ -58,7 +58,7 @@ def run_demo(videos: int, summary_json: Path | None, out: Path) -> int:
         print(f"summary written to {summary_json}")
     print(
         f"\noutputs: {copied} objects copied from the embedded S3 to {_bucket_copy(out)}/ "
-        "(shards, manifests, schema locks, state mirrors).\n"
+        "(shards, manifest and state tables, schema locks).\n"
         "Read them back (each command serves the copy on a private embedded S3 while it runs):\n"
         f"  clipfarm-fusion inspect --strategy concat --from-demo {out} --video-id "
         f"{_first_fused(summary)}\n"

@@ -29,7 +29,7 @@ class ConcurrentWriteError(ClipfarmError):
 
 
 class StoreError(ClipfarmError):
-    """A published store (state mirror, manifest, schema lock) cannot be read: the run stops before it
+    """A published store (a lake table, a seed-era file to import, the schema lock) cannot be read: the run stops before it
     writes anything, and the message names the object and how to repair it."""
 
 

@@ -74,15 +74,26 @@ class Layout:
     def shard_key(self, strategy: str, run_date: date, part: int) -> str:
         return f"{self.shard_prefix(strategy, run_date)}part-{part:04d}.npz"
 
+    def manifest_table_key(self, strategy: str) -> str:
+        """The manifest's Delta table (a prefix)."""
+        return f"{self.root}/fused/{strategy}/manifest"
+
     def manifest_key(self, strategy: str) -> str:
+        """The single-file manifest: seed-era and 0.x runs wrote it; `snapshot-manifest` writes it now."""
         return f"{self.root}/fused/{strategy}/fused_manifest.parquet"
 
     def schema_key(self, strategy: str) -> str:
         return f"{self.root}/fused/{strategy}/schema.json"
 
+    def state_table_key(self, strategy: str) -> str:
+        """The state's Delta table (a prefix)."""
+        return f"{self.root}/state/fusion_{strategy}"
+
     def state_mirror_key(self, strategy: str) -> str:
+        """The seed-era and 0.x SQLite state file, imported once into the state table."""
         return f"{self.root}/state/fusion_{strategy}.sqlite"
 
     @staticmethod
     def state_path(state_dir: Path, strategy: str) -> Path:
+        """A seed-era working copy of the state file under --state-dir."""
         return Path(state_dir) / f"fusion_{strategy}.sqlite"

@@ -1,23 +1,28 @@
-"""The fused manifest: one parquet row per `(video_id, source_hash)`, upserted with pyarrow.
+"""The fused manifest: a Delta table (`<root>/fused/<s>/manifest/`), one row per `(video_id, source_hash)`.
 
-Upsert = old ∪ new, keeping one row per key `(video_id, source_hash)` by the rule of `latest`: the
-latest captured_at as a parsed UTC instant (not as text: `...+02:00` and `...Z` compare by the clock;
-empty or unparseable is oldest), then the larger fused_key, and on a full tie the existing row. Only
-rows whose key the run touched are sorted; the rest of a large manifest passes through untouched. The commit is a conditional PUT on the ETag
-that was read, retried on the fresh manifest when another writer got there first.
+A run upserts its rows on the key, keeping one row per key by the rule of `latest`: the latest
+captured_at as a parsed UTC instant (not as text: `...+02:00` and `...Z` compare by the clock; empty or
+unparseable is oldest), then the larger fused_key, and on a full tie the existing row. The rows already
+published for the run's videos are read with a streaming scan and merged in memory (`merge`), then the
+videos' rows are replaced in one commit (`lake.replace`): new keys land in one small file, and only the
+files holding the videos' old rows are rewritten. A commit that loses a race to another writer is merged
+again on the fresh table. The table has exactly the manifest's columns.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 
-from . import latest, s3io
+from . import lake, latest, s3io
 from .errors import ConcurrentWriteError, StoreError
+from .layout import Layout
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
@@ -124,8 +129,8 @@ REQUIRED = (
 def _repair(where: str) -> str:
     return (
         f"{where} is not a readable fused manifest; nothing was written. Restore the previous version "
-        "(bucket versioning). Without one, move it and the strategy's state mirror away on purpose: the "
-        "next run then fuses every video afresh into a new manifest"
+        "(bucket versioning). Without one, move it and the strategy's seed-era state file away on purpose: "
+        "the next run then fuses every video afresh into a new manifest table"
     )
 
 
@@ -160,42 +165,80 @@ def parse(body: bytes, where: str) -> pa.Table:
         raise StoreError(f"{_repair(where)} ({str(exc)[:200]})") from None
 
 
-def read(client, bucket: str, key: str) -> tuple[pa.Table | None, str | None]:
-    """(table, etag) of the current manifest, (None, None) when there is none yet; StoreError when the
-    object is there but is not a manifest."""
-    return decode(s3io.get_object(client, bucket, key), f"s3://{bucket}/{key}")
-
-
-def decode(fetched: s3io.Fetched, where: str) -> tuple[pa.Table | None, str | None]:
-    return (None, None) if fetched.body is None else (parse(fetched.body, where), fetched.etag)
-
-
 def encode(table: pa.Table) -> bytes:
-    """Parquet bytes; one chunk per column first, since a merge leaves uneven chunks that make the
-    write about half again slower."""
+    """Parquet bytes of a manifest snapshot (one chunk per column: faster to write and to read)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table.combine_chunks(), sink, compression="zstd")
     return sink.getvalue().to_pybytes()
 
 
-def commit(
-    client, bucket: str, key: str, new: pa.Table, current: s3io.Fetched | None = None
-) -> tuple[int, int]:
-    """Upsert `new` into the manifest at `key`; never overwrites rows a concurrent writer added.
+@dataclass
+class ManifestTable:
+    """One strategy's manifest table as a run opened it (None until the first commit creates it)."""
 
-    `current` is the manifest object as the run fetched (and checked) it at its start: the first attempt
-    merges into it, and the conditional PUT fails if anyone changed it since; later attempts read afresh.
-    """
+    location: str
+    options: dict[str, str]
+    strategy: str
+    table: DeltaTable | None
+    source: str
+
+    def commit(self, new: pa.Table) -> tuple[int, int]:
+        """Upsert the run's rows (one per key): (rows added, rows updated). The rows already published
+        for the same videos are read (a streaming scan), merged by the latest rule, and the videos' rows
+        replaced in one commit; nothing is committed when no row changes. A concurrent writer's commit
+        is merged with, not overwritten: the upsert is redone on the fresh table."""
+        new = conform(new, schema_for(self.strategy))
+        ids = pc.unique(new["video_id"].combine_chunks())
+        for attempt in range(COMMIT_ATTEMPTS):
+            if self.table is None:
+                self.table, _ = lake.create(self.location, schema_for(self.strategy), self.options)
+            published = lake.select_ids(self.table, "video_id", ids, schema_for(self.strategy))
+            merged, added, updated = merge(published, new)
+            if not added and not updated:
+                return 0, 0
+            try:
+                lake.replace(self.table, merged, "video_id", ids.to_pylist(), {})
+                return added, updated
+            except lake.CommitFailedError:
+                log.warning(
+                    "manifest %s changed under us (attempt %d); merging again", self.location, attempt + 1
+                )
+                self.table.update_incremental()
+        raise ConcurrentWriteError(
+            f"{self.location}: lost the race {COMMIT_ATTEMPTS} times to other writers; rerun later"
+        )
+
+
+def open_table(client, bucket: str, layout: Layout, strategy: str, patience_s: float) -> ManifestTable:
+    """The strategy's manifest table; the first run that finds none imports a seed-era
+    `fused_manifest.parquet` into it once (StoreError, before anything is written, if that file is not
+    a manifest). The file itself is left as it was and is never read again by runs."""
+    options = lake.storage_options(client, patience_s)
+    location = lake.uri(bucket, layout.manifest_table_key(strategy))
+    table = lake.open_table(location, options)
+    if table is not None:
+        return ManifestTable(location, options, strategy, table, f"manifest table version {table.version()}")
+    key = layout.manifest_key(strategy)
     where = f"s3://{bucket}/{key}"
-    for attempt in range(COMMIT_ATTEMPTS):
-        fetched = current if attempt == 0 and current is not None else s3io.get_object(client, bucket, key)
-        old, etag = decode(fetched, where)
-        merged, added, updated = merge(old, new)
-        try:
-            s3io.put_replacing(client, bucket, key, encode(merged), etag)
-            return added, updated
-        except ConcurrentWriteError:
-            log.warning("manifest %s changed under us (attempt %d); merging again", key, attempt + 1)
-    raise ConcurrentWriteError(
-        f"s3://{bucket}/{key}: lost the race {COMMIT_ATTEMPTS} times to other writers; rerun later"
+    fetched = s3io.get_object(client, bucket, key)
+    if fetched.body is None:
+        return ManifestTable(location, options, strategy, None, "new manifest table")
+    legacy = conform(parse(fetched.body, where), schema_for(strategy))
+    log.info("importing %d manifest rows from %s into %s (once)", legacy.num_rows, where, location)
+    table = lake.import_rows(location, legacy, options, where)
+    return ManifestTable(location, options, strategy, table, f"imported {legacy.num_rows} rows from {where}")
+
+
+def read(client, bucket: str, layout: Layout, strategy: str) -> pa.Table | None:
+    """The published manifest with `schema_for(strategy)`'s columns: the table, or a seed-era file not
+    imported yet, read in place; None when nothing has been published."""
+    table = lake.open_table(
+        lake.uri(bucket, layout.manifest_table_key(strategy)), lake.storage_options(client)
     )
+    if table is not None:
+        return conform(lake.read_all(table), schema_for(strategy))
+    key = layout.manifest_key(strategy)
+    fetched = s3io.get_object(client, bucket, key)
+    if fetched.body is None:
+        return None
+    return conform(parse(fetched.body, f"s3://{bucket}/{key}"), schema_for(strategy))

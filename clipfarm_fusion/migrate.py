@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from . import manifest, projection, s3io, schema_lock
+from . import projection, readers, s3io, schema_lock
 from .errors import ConfigError, ItemError
 from .fuse import STRATEGIES, FusionOptions
 from .layout import MODALITIES, Layout
@@ -108,7 +108,7 @@ def migrate(
         ),
         history=(*old.history, previous),
     )
-    table, _ = manifest.read(client, bucket, layout.manifest_key(strategy))
+    table = readers.manifest_table(client, bucket, layout.root, strategy)
     migration = Migration(old, new, 0 if table is None else table.num_rows)
     if migration.changed and not dry_run:
         s3io.put_replacing(client, bucket, key, new.to_json(), fetched.etag)

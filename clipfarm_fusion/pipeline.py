@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import delta as delta_rules
-from . import manifest, metadata, policy, projection, s3io, schema_lock, state, text_state
+from . import latest, manifest, metadata, policy, projection, s3io, schema_lock, state, text_state
 from .config import FusionConfig
 from .errors import ConfigError, ItemError, SchemaDriftError
 from .fuse import STRATEGIES, FusionOptions, fuse
@@ -41,10 +42,10 @@ class StrategyRun:
     """Everything one strategy accumulates during a run, committed at the end."""
 
     name: str
-    state_path: Path
+    store: state.StateStore
     prior: pd.DataFrame
     lock: SchemaLock | None
-    published: s3io.Fetched  # the manifest object, checked before the first shard is written
+    table: manifest.ManifestTable  # opened (a seed-era file imported) before the first shard is written
     delta: pd.DataFrame
     writer: ShardWriter
     summary: StrategySummary
@@ -53,6 +54,7 @@ class StrategyRun:
     fresh_dims: dict[str, list[np.ndarray]] = field(default_factory=dict)  # drift evidence so far
     manifest_rows: list[pa.Table] = field(default_factory=list)
     state_rows: list[dict] = field(default_factory=list)
+    refreshed: list[dict] = field(default_factory=list)  # unchanged items whose cursor columns move
 
 
 @dataclass
@@ -89,38 +91,67 @@ def run(
     check_run_date(run_date)
     client = client or s3io.make_client(config.fetch_threads)
     try:
-        return _run(config, run_date, client, log, on_progress)
+        with s3io.local_copy(client, config.metadata_location, Path(config.state_dir)) as horizon_file:
+            metadata.require_body(horizon_file, config.metadata_location)
+            with text_state.open_text_state(
+                client, config.text_state_location, Path(config.state_dir)
+            ) as text:
+                return _run(config, run_date, client, horizon_file, text, log, on_progress)
     except Exception as exc:
         if s3io.is_fault(exc):  # past botocore's own retries: an outage, not a bug and not the items
             raise s3io.unavailable(exc, "running the day") from exc
         raise
 
 
-def _run(config: FusionConfig, run_date: date, client, log: logging.Logger, on_progress) -> RunSummary:
+def _run(
+    config: FusionConfig,
+    run_date: date,
+    client,
+    horizon_file: Path,
+    text: text_state.TextState,
+    log: logging.Logger,
+    on_progress,
+) -> RunSummary:
     layout = Layout(config.root)
     started = time.monotonic()
     summary = RunSummary(run_date=run_date.isoformat(), bucket=config.bucket, root=config.root)
-
-    rows = metadata.read_rows(
-        s3io.read_uri(client, config.metadata_location),
+    summary.text_state = text.problem or "available"
+    stores = {
+        name: state.open_store(
+            client, config.bucket, layout, name, Path(config.state_dir), config.s3_patience_seconds
+        )
+        for name in config.strategies
+    }
+    selection = _select(stores, text, config.text_terminal_statuses)
+    scan = metadata.scan(
+        horizon_file,
         config.metadata_location,
+        run_date,
         config.include_captured_at_in_hash,
+        known=selection.known,
+        also=selection.also,
+        sample=config.sample_size,
     )
-    _report_bad_dates(summary, metadata.unparseable_dates(rows), config, log)
-    horizon = metadata.horizon(rows, run_date)
-    del rows
+    _report_bad_dates(summary, scan, config, log)
+    horizon = scan.rows
     problems = horizon["video_id"].map(video_id_problem)
     invalid, horizon = horizon[problems.notna()], horizon[problems.isna()]
-    text_rows, text_problem = text_state.load(client, config.text_state_location)
-    summary.text_state = text_problem or "available"
-    log.info("horizon as of %s: %d videos (%d with unsafe ids)", run_date, len(horizon), len(invalid))
+    log.info(
+        "horizon as of %s: %d rows, %d of them candidates (%d with unsafe ids)",
+        run_date,
+        scan.horizon_rows,
+        len(horizon),
+        len(invalid),
+    )
 
     options = config.options
     if "projection" in config.strategies:
         options = replace(options, projection=projection.load(client, config.projection_uri, STRATEGIES))
     runs: list[StrategyRun] = []
     for name in config.strategies:
-        strategy_run = _open_strategy(client, config, layout, name, horizon, run_date, options)
+        strategy_run = _open_strategy(
+            client, config, layout, stores[name], selection.recheck[name], name, horizon, run_date, options
+        )
         try:
             schema_lock.check_options(
                 strategy_run.lock, name, strategy_run.options, strategy_run.summary.schema_key
@@ -138,26 +169,16 @@ def _run(config: FusionConfig, run_date: date, client, log: logging.Logger, on_p
         len(work),
         f", of which at most {config.max_items} are read (--max-items)" if config.max_items else "",
     )
-    keys_per_item = len(horizon) / max(len(work), 1)
+    keys_per_item = scan.horizon_rows / max(len(work), 1)
     looked_at = _fuse_all(
-        client,
-        config,
-        layout,
-        work,
-        runs,
-        summary,
-        text_rows,
-        text_problem,
-        keys_per_item,
-        started,
-        log,
-        on_progress,
+        client, config, layout, work, runs, summary, text, keys_per_item, started, log, on_progress
     )
     for strategy_run in runs:
         strategy_run.summary.deferred = int(np.count_nonzero(~strategy_run.delta.index.isin(looked_at)))
     for strategy_run in list(runs):
+        cursors = _cursors(strategy_run, text)
         try:
-            _commit(client, config, layout, strategy_run, log)
+            _commit(client, config, strategy_run, cursors, log)
         except SchemaDriftError as exc:
             _stop(summary, strategy_run, exc, client, config.bucket, log)
             continue
@@ -167,27 +188,96 @@ def _run(config: FusionConfig, run_date: date, client, log: logging.Logger, on_p
     return summary
 
 
-def _report_bad_dates(summary: RunSummary, bad_dates: pd.DataFrame, config: FusionConfig, log) -> None:
+@dataclass(frozen=True)
+class Selection:
+    """Which horizon rows a run hashes and compares (see `metadata.scan`), and per strategy which
+    placeholders the text stage has news for (None: every placeholder among the candidates)."""
+
+    known: pa.Table
+    also: pa.Array
+    recheck: dict[str, set[str] | None]
+
+
+def _select(
+    stores: dict[str, state.StateStore], text: text_state.TextState, terminal: tuple[str, ...]
+) -> Selection:
+    """Candidates in O(delta) as far as the inputs allow: videos some strategy has not processed in their
+    current form (see `metadata.scan`), open items, and placeholders the text stage has news for: its
+    row changed since that strategy's last commit, or (on the first run, with no cursor yet) its status
+    is no longer a terminal one such as `no_captions`. Without a usable signal (the text stage
+    unreadable, or no `processed_at` column in it) every placeholder is rechecked, a text GET each."""
+    known: pa.Table | None = None
+    also: list[pa.Array] = []
+    recheck: dict[str, set[str] | None] = {}
+    for name, store in stores.items():
+        known = store.known() if known is None else _agreeing(known, store.known())
+        also.append(store.open_ids())
+        changed = None if text.problem else text.changed_since(store.text_cursor)
+        if changed is not None and store.text_cursor is None:  # no cursor yet: the status tells
+            candidates = store.placeholders()
+            statuses, _ = text.lookup(candidates.to_pylist())
+            changed = candidates.filter(
+                pa.array([s not in terminal for s in statuses], pa.bool_())
+            ).to_pylist()
+        if changed is None:
+            also.append(store.placeholders())
+            recheck[name] = None
+        else:
+            placeholders = store.placeholders(among=pa.array(changed, pa.string()))
+            also.append(placeholders)
+            recheck[name] = set(placeholders.to_pylist())
+    return Selection(
+        known=known if known is not None else state.KNOWN_SCHEMA.empty_table(),
+        also=pa.concat_arrays([a.cast(pa.string()) for a in also]) if also else pa.array([], pa.string()),
+        recheck=recheck,
+    )
+
+
+def _agreeing(left: pa.Table, right: pa.Table) -> pa.Table:
+    """Videos known to both strategies; where they processed different rows, the cursor is null (the
+    video is compared in full)."""
+    joined = left.join(right, "video_id", join_type="inner", right_suffix="_r", use_threads=False)
+    same = pc.and_(
+        pc.equal(joined["captured_ns"], joined["captured_ns_r"]),
+        pc.equal(joined["hash64"], joined["hash64_r"]),
+    )
+    mask = pc.invert(pc.fill_null(same, False))
+    return pa.table(
+        {
+            "video_id": joined["video_id"],
+            "captured_ns": pc.if_else(mask, pa.scalar(None, pa.int64()), joined["captured_ns"]),
+            "hash64": pc.if_else(mask, pa.scalar(None, pa.int64()), joined["hash64"]),
+        },
+        schema=state.KNOWN_SCHEMA,
+    )
+
+
+def _cursors(strategy_run: StrategyRun, text: text_state.TextState) -> dict[str, str]:
+    """The text cursor this strategy's commit records: the text stage's latest processed_at, or the old
+    cursor when the text stage could not be read."""
+    cursor = strategy_run.store.text_cursor if text.problem or text.cursor is None else text.cursor
+    return {} if cursor is None else {"text_cursor": cursor}
+
+
+def _report_bad_dates(summary: RunSummary, scan: metadata.HorizonScan, config: FusionConfig, log) -> None:
     """captured_at values that are not ISO 8601 count as undated (so the as-of filter keeps them): say so,
     with samples, or refuse the run under --strict-dates."""
-    if bad_dates.empty:
+    if not scan.unparseable:
         return
-    samples = [
-        f"{v}: {c!r}" for v, c in bad_dates[["video_id", "captured_at"]].head(config.sample_size).to_numpy()
-    ]
+    samples = [f"{v}: {c!r}" for v, c in scan.unparseable_samples[["video_id", "captured_at"]].to_numpy()]
     where = config.metadata_location
     if config.strict_dates:
         raise ConfigError(
-            f"metadata {where}: {len(bad_dates)} captured_at values are not ISO 8601 (e.g. {'; '.join(samples[:3])}); "
+            f"metadata {where}: {scan.unparseable} captured_at values are not ISO 8601 (e.g. {'; '.join(samples[:3])}); "
             "fix the export, or run without --strict-dates to treat them as undated"
         )
-    summary.unparseable_dates = len(bad_dates)
+    summary.unparseable_dates = scan.unparseable
     summary.unparseable_date_samples = samples
     log.warning(
         "metadata %s: %d captured_at values are not ISO 8601 and count as undated (e.g. %s); "
         "--strict-dates refuses such a file",
         where,
-        len(bad_dates),
+        scan.unparseable,
         "; ".join(samples[:3]),
     )
 
@@ -223,8 +313,7 @@ def _fuse_all(
     work,
     runs,
     summary,
-    text_rows,
-    text_problem,
+    text: text_state.TextState,
     keys_per_item,
     started,
     log,
@@ -249,8 +338,7 @@ def _fuse_all(
             layout,
             work.iloc[start : start + config.shard_size],
             runs,
-            text_rows,
-            text_problem,
+            text,
             keys_per_item,
             budget,
         )
@@ -264,7 +352,7 @@ def _fuse_all(
                 _stop(summary, strategy_run, exc, client, config.bucket, log)
                 runs.remove(strategy_run)
                 continue
-            _publish_batch(config, layout, strategy_run, batch, outcome, text_problem)
+            _publish_batch(config, layout, strategy_run, batch, outcome, text.problem)
         looked_at += batch.rows["video_id"].tolist()
         elapsed = time.monotonic() - started
         log.info(
@@ -282,32 +370,32 @@ def _open_strategy(
     client,
     config: FusionConfig,
     layout: Layout,
+    store: state.StateStore,
+    recheck: set[str] | None,
     name: str,
     horizon: pd.DataFrame,
     run_date: date,
     options: FusionOptions,
 ) -> StrategyRun:
-    path = layout.state_path(config.state_dir, name)
-    source = state.restore(client, config.bucket, layout.state_mirror_key(name), path)
-    prior = state.read_rows(path)
+    prior = store.rows_for(pa.array(horizon["video_id"].tolist(), pa.string()))
     schema_key = layout.schema_key(name)
     lock = schema_lock.read(client, config.bucket, schema_key)
-    published = s3io.get_object(client, config.bucket, layout.manifest_key(name))
-    if published.body is not None:
-        manifest.check(published.body, f"s3://{config.bucket}/{layout.manifest_key(name)}")
+    table = manifest.open_table(client, config.bucket, layout, name, config.s3_patience_seconds)
+    delta = delta_rules.compute(horizon, prior, recheck)
     return StrategyRun(
         name=name,
-        state_path=path,
+        store=store,
         prior=prior,
         lock=lock,
-        published=published,
-        delta=delta_rules.compute(horizon, prior).set_index("video_id"),
+        table=table,
+        delta=delta.set_index("video_id"),
+        refreshed=_refreshed_rows(horizon, prior, delta),
         writer=ShardWriter(client, config.bucket, layout, name, run_date),
         summary=StrategySummary(
-            manifest_key=layout.manifest_key(name),
+            manifest_key=layout.manifest_table_key(name),
             schema_key=schema_key,
-            state_key=layout.state_mirror_key(name),
-            state_source=source,
+            state_key=layout.state_table_key(name),
+            state_source=store.source,
         ),
         dims=lock.dims if lock else None,
         options=options,
@@ -327,23 +415,12 @@ def _record_invalid(
 
 def _union_delta(runs: list[StrategyRun]) -> pd.DataFrame:
     """Videos any strategy needs, in video_id order, each read once for all strategies."""
-    frames = [r.delta[["url", "captured_at", "source_hash"]] for r in runs]
+    frames = [r.delta[["url", "captured_at", "captured_ts", "source_hash"]] for r in runs]
     if not frames:
-        return pd.DataFrame(columns=["video_id", "url", "captured_at", "source_hash"])
+        return pd.DataFrame(columns=["video_id", "url", "captured_at", "captured_ts", "source_hash"])
     union = pd.concat(frames)
     union = union[~union.index.duplicated()].sort_index()
     return union.rename_axis("video_id").reset_index()
-
-
-def _text_state_columns(text_rows: pd.DataFrame | None, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    if text_rows is None:
-        return np.full(len(ids), None, dtype=object), np.full(len(ids), None, dtype=object)
-    known = text_rows.reindex(ids)
-
-    def as_objects(column):
-        return np.array([None if pd.isna(v) else str(v) for v in known[column]], dtype=object)
-
-    return as_objects("status"), as_objects("source_hash")
 
 
 LIST_PAGE = 1000
@@ -387,20 +464,20 @@ def _fetch(
 
 
 def _fetch_batch(
-    client, config, layout, rows, runs, text_rows, text_problem, keys_per_item, budget: int | None
+    client, config, layout, rows, runs, text: text_state.TextState, keys_per_item, budget: int | None
 ) -> Batch:
     """Read text first; read video and audio only for items the text verdict does not rule out, and for
     at most `budget` of them (None: no cap): the batch then ends before the first item over the cap."""
     ids = rows["video_id"].tolist()
     text_body = _fetch(client, config, layout, "text", ids, keys_per_item)
     text_present = np.array([b is not None for b in text_body], dtype=bool)
-    text_status, text_hash = _text_state_columns(text_rows, ids)
+    text_status, text_hash = text.lookup(ids)
     source_hash = rows["source_hash"].to_numpy(dtype=object)
 
     def gate_inputs() -> dict:
         return dict(
             text_present=text_present,
-            text_state_available=text_problem is None,
+            text_state_available=text.problem is None,
             text_status=text_status,
             text_hash=text_hash,
             source_hash=source_hash,
@@ -609,6 +686,7 @@ def _publish_batch(
         strategy_run.summary.shards_written.append(key)
 
     ids = rows["video_id"].tolist()
+    captured_ns, hashes = _row_cursors(rows)
     errors_by_id: dict[str, str] = {}  # failures, and why skipped items wait: shown for the samples
     for position, i in enumerate(outcome.index.tolist()):
         status = str(statuses[position])
@@ -629,6 +707,8 @@ def _publish_batch(
                 "artifact_key": artifact,
                 "vector_id": vector_id,
                 "retry_count": int(retry_by_index.get(i, retry_base[i])),
+                "captured_ns": int(captured_ns[i]),
+                "hash64": int(hashes[i]),
             }
         )
     strategy_run.summary.upgrade_checked += outcome.upgrade_checked
@@ -683,25 +763,61 @@ def _manifest_rows(
     return table
 
 
+def _row_cursors(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """`captured_ns` and `hash64` of horizon rows: what the state keeps of the row it processed."""
+    return latest.instants(rows["captured_ts"]), metadata.hash64_of_hex(rows["source_hash"])
+
+
+def _refreshed_rows(horizon: pd.DataFrame, prior: pd.DataFrame, delta: pd.DataFrame) -> list[dict]:
+    """State rows of candidates that need no work but whose horizon row is not the one the state
+    remembers (a newer capture of the same URL, or a row imported from a seed-era state without the
+    cursor columns): the same row with the cursor columns of the current horizon row, so the next scan
+    drops the video unhashed."""
+    rows = horizon[horizon["video_id"].isin(prior.index) & ~horizon["video_id"].isin(delta["video_id"])]
+    if rows.empty:
+        return []
+    captured_ns, hashes = _row_cursors(rows)
+    old = prior.loc[rows["video_id"]]
+    stale = (old["captured_ns"].to_numpy(dtype="float64", na_value=np.nan) != captured_ns) | (
+        old["hash64"].to_numpy(dtype="float64", na_value=np.nan) != hashes
+    )
+    stale |= old["captured_ns"].isna().to_numpy() | old["hash64"].isna().to_numpy()
+    refreshed = old[stale].reset_index()
+    refreshed["captured_ns"] = captured_ns[stale]
+    refreshed["hash64"] = hashes[stale]
+    return [
+        {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
+        for row in refreshed[list(state.SCHEMA.names)].to_dict("records")
+    ]
+
+
+def _same(old: object, new: object) -> bool:
+    """A stored value equals a new one; missing equals only missing."""
+    if new is None or pd.isna(old):
+        return new is None and pd.isna(old)
+    return bool(old == new)
+
+
 def _changed_state_rows(strategy_run: StrategyRun) -> list[dict]:
-    """State rows that differ from what the DB already holds (processed_at aside), so a rerun with
-    nothing new writes nothing and uploads nothing."""
+    """State rows that differ from what the table already holds (processed_at aside), so a rerun with
+    nothing new writes nothing."""
     prior = strategy_run.prior
-    fields = ("source_hash", "status", "error", "artifact_key", "retry_count")
+    fields = ("source_hash", "status", "error", "artifact_key", "retry_count", *state.CURSOR_COLUMNS)
     changed = []
     for row in strategy_run.state_rows:
         if row["video_id"] in prior.index:
             old = prior.loc[row["video_id"]]
-            if all((pd.isna(old[f]) and row[f] is None) or old[f] == row[f] for f in fields):
+            if all(_same(old[f], row[f]) for f in fields):
                 continue
         changed.append(row)
-    return changed
+    return changed + strategy_run.refreshed
 
 
 def _commit(
-    client, config: FusionConfig, layout: Layout, strategy_run: StrategyRun, log: logging.Logger
+    client, config: FusionConfig, strategy_run: StrategyRun, cursors: dict[str, str], log: logging.Logger
 ) -> None:
-    """Schema lock, then manifest, then state: each step only once the one before it is durable."""
+    """Schema lock, then manifest, then state (with the run's cursors): each step only once the one
+    before it is durable."""
     name, summary = strategy_run.name, strategy_run.summary
     if strategy_run.manifest_rows:
         if strategy_run.lock is None:
@@ -709,14 +825,12 @@ def _commit(
             strategy_run.lock = schema_lock.write_if_absent(client, config.bucket, summary.schema_key, lock)
         summary.fused_dim = strategy_run.lock.fused_dim
         new_rows = pa.concat_tables(strategy_run.manifest_rows)
-        summary.manifest_added, summary.manifest_updated = manifest.commit(
-            client, config.bucket, summary.manifest_key, new_rows, strategy_run.published
-        )
+        summary.manifest_added, summary.manifest_updated = strategy_run.table.commit(new_rows)
     elif strategy_run.lock is not None:
         summary.fused_dim = strategy_run.lock.fused_dim
     changed = _changed_state_rows(strategy_run)
-    if changed:
-        state.commit(client, config.bucket, summary.state_key, strategy_run.state_path, changed)
+    if changed or strategy_run.store.cursors_move(cursors):
+        strategy_run.store.commit(changed, cursors)
     log.info(
         "%s: %d shards, manifest +%d/~%d rows, %d state rows written",
         name,

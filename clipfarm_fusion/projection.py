@@ -143,7 +143,7 @@ def make(
     Returns (projection_id, input_dim, output_dim). Input width comes from the base strategy's
     schema.json (without its mask); PCA reads a sample of its fused vectors back from the shards.
     """
-    from . import manifest, readback, schema_lock
+    from . import readback, readers, schema_lock
     from .layout import Layout
 
     layout = Layout(root)
@@ -153,7 +153,7 @@ def make(
     input_dim = lock.fused_dim - int(lock.mask_appended)
     sample = None
     if kind == "pca":
-        table, _ = manifest.read(client, bucket, layout.manifest_key(base))
+        table = readers.manifest_table(client, bucket, root, base)
         ids = [] if table is None else sorted(set(table["video_id"].to_pylist()))[:sample_size]
         if ids:
             _, vectors, _ = readback.read_vectors(base, ids, bucket=bucket, root=root, client=client)

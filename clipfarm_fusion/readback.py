@@ -89,7 +89,7 @@ def load_manifest(client, bucket: str, root: str, strategy: str) -> pa.Table:
     strategy says so instead of returning nothing."""
     table = readers.manifest_table(client, bucket, root, strategy)
     if table is None:
-        key = Layout(root.strip("/")).manifest_key(strategy)
+        key = Layout(root.strip("/")).manifest_table_key(strategy)
         raise ConfigError(
             f"s3://{bucket}/{key} does not exist: nothing has been fused for {strategy} under that bucket "
             "and root; run `clipfarm-fusion run` first"

@@ -1,8 +1,9 @@
-"""`clipfarm-fusion inspect | export | verify | gc`: look at what a strategy has published, take it out
-as one file, check all of it, and sweep the shards nothing points to.
+"""`clipfarm-fusion inspect | export | verify | gc | maintain | snapshot-manifest`: look at what a strategy
+has published, take it out as one file, check all of it, sweep the shards nothing points to, and keep
+the lake tables compact.
 
-Thin like cli.py: parse, then `readback` (inspect, export), `verify.verify_strategy` (verify) and
-`sweep.sweep` (gc) do the work. Wired into cli.py with `add_commands(subparsers)` and `run(args)`.
+Thin like cli.py: parse, then `readback` (inspect, export), `verify.verify_strategy` (verify),
+`sweep.sweep` (gc) and `maintenance` (maintain, snapshot-manifest) do the work. Wired into cli.py with `add_commands(subparsers)` and `run(args)`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import readback, s3io, schema_lock, sweep, verify
+from . import maintenance, readback, s3io, schema_lock, sweep, verify
 from .argtypes import iso_date, positive
 from .config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from .errors import ConfigError, SchemaDriftError, StoreError
 from .layout import Layout
 from .readback import ShardRead
 
-COMMANDS = ("inspect", "export", "verify", "gc")
+COMMANDS = ("inspect", "export", "verify", "gc", "maintain", "snapshot-manifest")
 EXIT_OK = 0
 _DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
 
@@ -153,13 +154,55 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="list what would be deleted and delete nothing"
     )
 
+    upkeep = subparsers.add_parser(
+        "maintain",
+        help="compact, checkpoint and vacuum a strategy's manifest and state tables",
+        description="Daily commits each add a small file to the manifest and state tables (Delta Lake). "
+        "This compacts them into files of about 32 MB (no row changes; a run in progress is not disturbed), "
+        "writes a checkpoint, and vacuums the files no table version younger than --retention needs "
+        "(replaced files and files a crashed commit left). Time travel works inside the retention window. "
+        "The Dagster job maintain_tables runs this daily. Exit codes: 0 done; 2 bad usage or no bucket.",
+    )
+    location_arguments(upkeep, "maintain")
+    upkeep.add_argument(
+        "--retention",
+        type=_age,
+        default=maintenance.DEFAULT_RETENTION,
+        metavar="AGE",
+        help="keep files any version younger than this needs, e.g. 7d, 30d (default: 7d)",
+    )
+    upkeep.add_argument(
+        "--dry-run", action="store_true", help="compact nothing; list what vacuum would delete"
+    )
+
+    snapshot = subparsers.add_parser(
+        "snapshot-manifest",
+        help="write a strategy's manifest as one parquet file (for readers of fused_manifest.parquet)",
+        description="Runs write the manifest as a Delta table (<root>/fused/<strategy>/manifest/). For tools "
+        "that read one parquet file, this writes the current manifest (DESIGN §2 columns) to --out, by "
+        "default s3://BUCKET/<root>/fused/<strategy>/fused_manifest.parquet, replacing what is there. It reads "
+        "the whole table: O(corpus) by nature. Exit codes: 0 written; 2 bad usage, no bucket or nothing published.",
+    )
+    location_arguments(snapshot, "snapshot")
+    snapshot.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH|s3://BUCKET/KEY",
+        help="where to write (default: the strategy's fused_manifest.parquet in the bucket)",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     """Run `inspect`, `export`, `verify` or `gc`. Errors propagate: cli.main turns them into messages
     and exit codes (ConfigError 2, BrokenPointerError 5), the same way for every command."""
-    command = {"inspect": inspect_strategy, "export": export, "verify": verify_command, "gc": gc}[
-        args.command
-    ]
+    command = {
+        "inspect": inspect_strategy,
+        "export": export,
+        "verify": verify_command,
+        "gc": gc,
+        "maintain": maintain,
+        "snapshot-manifest": snapshot_manifest,
+    }[args.command]
     if getattr(args, "from_demo", None) is None:
         return command(args)
     from .demo import demo_bucket
@@ -178,7 +221,7 @@ def inspect_strategy(args: argparse.Namespace) -> int:
     print(f"strategy {args.strategy}: s3://{bucket}/{layout.strategy_prefix(args.strategy)}")
     print(describe_lock(client, bucket, layout.schema_key(args.strategy)))
     scope = f" for date={args.date}" if args.date else ""
-    print(f"manifest s3://{bucket}/{layout.manifest_key(args.strategy)}{scope}:")
+    print(f"manifest s3://{bucket}/{layout.manifest_table_key(args.strategy)}{scope}:")
     print("\n".join(manifest_totals(table)))
     if args.video_ids:
         print("video_ids:")
@@ -213,6 +256,25 @@ def gc(args: argparse.Namespace) -> int:
     )
     print("\n".join(result.lines()))
     return 1 if result.errors else EXIT_OK
+
+
+def maintain(args: argparse.Namespace) -> int:
+    bucket = resolve_bucket(args.bucket)
+    done = maintenance.maintain(
+        s3io.make_client(8), bucket, args.root, args.strategy, args.retention, dry_run=args.dry_run
+    )
+    print(
+        "\n".join(u.line() for u in done) or f"{args.strategy}: no tables yet under s3://{bucket}/{args.root}"
+    )
+    return EXIT_OK
+
+
+def snapshot_manifest(args: argparse.Namespace) -> int:
+    where, rows = maintenance.snapshot_manifest(
+        s3io.make_client(8), resolve_bucket(args.bucket), args.root, args.strategy, args.out
+    )
+    print(f"wrote {rows} manifest rows to {where}")
+    return EXIT_OK
 
 
 def describe_lock(client, bucket: str, key: str) -> str:

@@ -24,8 +24,7 @@ def manifest_table(client, bucket: str, root: str, strategy: str) -> pa.Table | 
     """The strategy's manifest with its columns in `manifest.schema_for(strategy)` (null where an older
     manifest lacks one), or None when nothing has been published."""
     _check_strategy(strategy)
-    table, _ = manifest.read(client, bucket, Layout(root.strip("/")).manifest_key(strategy))
-    return None if table is None else manifest.conform(table, manifest.schema_for(strategy))
+    return manifest.read(client, bucket, Layout(root.strip("/")), strategy)
 
 
 def read_manifest(
@@ -44,13 +43,5 @@ def read_state(
     artifact_key, vector_id, retry_count`), as last published; no rows when there is no state yet.
     Raises StoreError when the published state cannot be read."""
     _check_strategy(strategy)
-    bucket = resolve_bucket(bucket)
     client = client or s3io.make_client(8)
-    key = Layout(root.strip("/")).state_mirror_key(strategy)
-    body = s3io.get_object(client, bucket, key).body
-    if body is None:
-        return pd.DataFrame(
-            {c: pd.Series(dtype="int64" if c == "retry_count" else object) for c in state.STATE_COLUMNS}
-        )
-    frame = state.read_snapshot(body, f"s3://{bucket}/{key}").reset_index()
-    return frame[list(state.STATE_COLUMNS)].sort_values("video_id", ignore_index=True)
+    return state.read_published(client, resolve_bucket(bucket), Layout(root.strip("/")), strategy)

@@ -6,19 +6,23 @@ against real S3, MinIO and a moto server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+from deltalake.exceptions import DeltaError
 
 from .errors import ConcurrentWriteError, ConfigError, S3UnavailableError
 
@@ -26,6 +30,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 BODY_READ_ATTEMPTS = 4
+DOWNLOAD_CHUNK = 1 << 20  # bytes per write when an object is streamed to a file
 DEFAULT_PATIENCE_S = 60.0  # how long an outage is ridden out before the run stops (exit 6)
 _FAULT_CODES = {
     "InternalError",
@@ -49,6 +54,15 @@ _BODY_ERRORS = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.ConnectionClosedError,
+)
+
+
+_DELTA_RS_FAULTS = (
+    "Generic S3 error",
+    "error sending request",
+    "HTTP error",
+    "Connection refused",
+    "timed out",
 )
 
 
@@ -102,6 +116,8 @@ def is_fault(exc: BaseException) -> bool:
     an answer about the object itself: faults are never recorded against an item."""
     if isinstance(exc, _FAULT_ERRORS):
         return True
+    if isinstance(exc, (OSError, DeltaError)) and any(marker in str(exc) for marker in _DELTA_RS_FAULTS):
+        return True  # delta-rs (the lake tables' own S3 client) names the HTTP failure in its message
     if isinstance(exc, botocore.exceptions.ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return error_code(exc) in _FAULT_CODES or status >= 500 or status == 429
@@ -292,6 +308,38 @@ def list_range(client, bucket: str, prefix: str, first: str, last: str, max_page
         if number >= max_pages:
             return None
     return found
+
+
+@contextlib.contextmanager
+def local_copy(client, uri: str, directory: Path) -> Iterator[Path | None]:
+    """A local file holding `uri` for the duration of the block (None when it does not exist): a local
+    path as it is; an s3:// object streamed to a temporary file in `directory` with one GET (never held
+    in memory whole) and deleted afterwards."""
+    if not uri.startswith("s3://"):
+        yield Path(uri) if Path(uri).exists() else None
+        return
+    bucket, key = parse_s3_uri(uri)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".download-", delete=True) as handle:
+        for attempt in range(BODY_READ_ATTEMPTS):
+            try:
+                body = client.get_object(Bucket=bucket, Key=key)["Body"]
+                handle.seek(0)
+                handle.truncate()
+                for chunk in body.iter_chunks(DOWNLOAD_CHUNK):
+                    handle.write(chunk)
+                handle.flush()
+                break
+            except botocore.exceptions.ClientError as exc:
+                if is_missing(exc):
+                    yield None
+                    return
+                raise
+            except _BODY_ERRORS:
+                if attempt == BODY_READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        yield Path(handle.name)
 
 
 def read_uri(client, uri: str) -> bytes | None:

@@ -1,42 +1,41 @@
-"""The fusion state DB: one SQLite file per strategy, written through SQLAlchemy, mirrored to S3.
+"""The fusion state: one Delta table per strategy (`<root>/state/fusion_<s>/`), one row per video_id.
 
-The S3 mirror is the source of truth; the local file is only a cache of one mirror. A sidecar
-(`fusion_<s>.sqlite.mirror.json`) records which mirror (`s3://bucket/key`) the cache belongs to and
-the ETag it had at our last download or upload, so:
+A run reads only what it needs: per known video the instant and the 8-byte hash of the horizon row it
+last processed (`captured_ns`, `hash64`: two int64 columns beside the state columns, so the horizon scan
+can tell new and changed rows from unchanged ones without reading anything else), the open items (status
+not terminal), the placeholders the text stage has news for, and the full rows of the day's candidates.
+It upserts only the rows that changed (one replaceWhere commit), so a commit costs O(delta) and nothing that grows with the corpus
+is rewritten whole. Each commit records `text_cursor` in the Delta commit's metadata: the text stage's
+latest `processed_at` the run looked at, so the next run asks the text stage only what changed since.
 
-- a cache of another bucket, root or strategy is never used (it is set aside);
-- a cache whose mirror has since disappeared (deleted, or the bucket recreated) is set aside and the
-  run starts from empty state, never continuing state that describes objects which no longer exist;
-- an unchanged mirror costs one conditional GET (304) and no body;
-- a mirror that cannot be a state DB (empty, random bytes, another table) stops the run before it
-  replaces anything.
+Exit 4 (ConcurrentWriteError) means another run committed state for this strategy after this run read
+it: this run's rows could describe shards that the other run's rows have replaced, so it publishes no
+state and a rerun converges. Compactions are not conflicts.
 
-Commits change the cache only together with the mirror: rows go into a scratch copy, the scratch copy
-is uploaded with `If-Match`, and only then does it replace the cache. A failed upload leaves the cache
-exactly as the run found it. "Set aside" is a rename, never a delete, and the log says where.
+Seed-era and 0.x installs kept the state in a SQLite file (`fusion_<s>.sqlite`, mirrored to S3). The first
+run that finds no table imports that file once (the mirror, else a working copy under --state-dir) and
+never writes to it again; until then `read_state` reads it in place.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 import sqlite3
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from deltalake import DeltaTable
 
-from . import package_data, s3io, sqlite_bytes
-from .errors import StoreError
+from . import lake, latest, manifest, metadata, package_data, s3io, sqlite_bytes
+from .errors import ConcurrentWriteError, StoreError
+from .layout import Layout
+from .policy import FAIL_TERMINAL, SUCCESS_FULL, SUCCESS_PLACEHOLDER
 
 log = logging.getLogger(__name__)
-WRITE_BATCH = 5000
 STATE_COLUMNS = (
     "video_id",
     "source_hash",
@@ -47,12 +46,226 @@ STATE_COLUMNS = (
     "vector_id",
     "retry_count",
 )
+CURSOR_COLUMNS = ("captured_ns", "hash64")  # of the horizon row last processed (null: compare in full)
+SCHEMA = pa.schema(
+    [(c, pa.int64() if c == "retry_count" else pa.string()) for c in STATE_COLUMNS]
+    + [(c, pa.int64()) for c in CURSOR_COLUMNS]
+)
+PUBLIC_SCHEMA = pa.schema([SCHEMA.field(c) for c in STATE_COLUMNS])
+KNOWN_SCHEMA = pa.schema([SCHEMA.field(c) for c in ("video_id", *CURSOR_COLUMNS)])
 REQUIRED_COLUMNS = ("video_id", "status")  # what even the oldest state files have
+TERMINAL = (SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL)
 
-metadata = sa.MetaData()
+
+def empty_frame() -> pd.DataFrame:
+    """No rows, the state columns (and the cursor columns), indexed by video_id."""
+    return to_frame(SCHEMA.empty_table())
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
+    return frame.set_index("video_id")
+
+
+@dataclass
+class StateStore:
+    """One strategy's state table as a run sees it: the version it read and that version's cursors."""
+
+    location: str
+    options: dict[str, str]
+    table: DeltaTable | None
+    source: str
+    version: int | None = None
+    text_cursor: str | None = None
+    _survey: tuple[pa.Table, pa.Array, pa.Array] | None = None
+
+    def _surveyed(self) -> tuple[pa.Table, pa.Array, pa.Array]:
+        """(known, open ids, placeholder ids) from ONE streaming pass over four narrow columns."""
+        if self._survey is None:
+            empty = pa.array([], pa.string())
+            if self.table is None:
+                self._survey = (KNOWN_SCHEMA.empty_table(), empty, empty)
+                return self._survey
+            known, open_ids, placeholders = [], [empty], [empty]
+            terminal = pa.array(TERMINAL)
+            for batch in lake.batches(self.table, [*KNOWN_SCHEMA.names, "status"]):
+                known.append(
+                    pa.RecordBatch.from_arrays(
+                        [batch.column(n) for n in KNOWN_SCHEMA.names], schema=KNOWN_SCHEMA
+                    )
+                )
+                status = batch.column("status")
+                is_open = pc.invert(pc.fill_null(pc.is_in(status, value_set=terminal), False))
+                open_ids.append(batch.column("video_id").filter(is_open))
+                placeholders.append(
+                    batch.column("video_id").filter(
+                        pc.fill_null(pc.equal(status, SUCCESS_PLACEHOLDER), False)
+                    )
+                )
+            self._survey = (
+                pa.Table.from_batches(known, schema=KNOWN_SCHEMA),
+                pa.concat_arrays(open_ids),
+                pa.concat_arrays(placeholders),
+            )
+        return self._survey
+
+    def known(self) -> pa.Table:
+        """`video_id, captured_ns, hash64` of every video with a state row: three narrow columns, what
+        the horizon scan compares with (about 30 MB per million videos)."""
+        return self._surveyed()[0]
+
+    def open_ids(self) -> pa.Array:
+        """Items that are not terminal: they re-enter the delta every run until they are."""
+        return self._surveyed()[1]
+
+    def placeholders(self, among: pa.Array | None = None) -> pa.Array:
+        """`success_text_placeholder` items (all of them, or those among `among`)."""
+        ids = self._surveyed()[2]
+        return ids if among is None else ids.filter(pc.is_in(ids, value_set=among))
+
+    def rows_for(self, ids: pa.Array) -> pd.DataFrame:
+        """The state rows of `ids`, indexed by video_id (the prior the delta rules compare with)."""
+        if self.table is None or len(ids) == 0:
+            return empty_frame()
+        return to_frame(lake.select_ids(self.table, "video_id", ids, SCHEMA))
+
+    def cursors_move(self, cursors: dict[str, str]) -> bool:
+        """Whether `cursors` differ from those this run read: then a commit is worth it even with no
+        changed rows, or every later run would ask the text stage about the same rows again."""
+        return cursors.get("text_cursor") not in (None, self.text_cursor)
+
+    def commit(self, rows: list[dict], cursors: dict[str, str]) -> None:
+        """Upsert `rows` on video_id (one replaceWhere commit) with the run's cursors, unless another run committed
+        state since this run read it (ConcurrentWriteError)."""
+        source = pa.Table.from_pylist(rows, schema=SCHEMA)
+        if self.table is None:
+            self.table, created = lake.create(self.location, SCHEMA, self.options)
+            if not created:
+                raise self._conflict(["CREATE"])
+            self.version = self.table.version()
+        for attempt in range(2):
+            self.table.update_incremental()
+            others = lake.writes_since(self.table, self.version)
+            if others:
+                raise self._conflict(others)
+            try:
+                if source.num_rows:
+                    lake.replace(self.table, source, "video_id", source["video_id"].to_pylist(), cursors)
+                else:
+                    lake.note(self.table, SCHEMA, cursors)
+                self._committed(cursors)
+                return
+            except lake.CommitFailedError:
+                if attempt:
+                    raise self._conflict(["a concurrent commit"]) from None
+                log.warning("state %s: a compaction landed during the commit; merging again", self.location)
+
+    def _committed(self, cursors: dict[str, str]) -> None:
+        """This store now stands at its own commit: a later commit through it is not a conflict."""
+        self.table.update_incremental()
+        self.version = self.table.version()
+        self.text_cursor = cursors.get("text_cursor", self.text_cursor)
+
+    def _conflict(self, operations: list[str]) -> ConcurrentWriteError:
+        return ConcurrentWriteError(
+            f"{self.location}: another run committed state for this strategy while this one ran "
+            f"({', '.join(operations)}); this run's shards and manifest rows are published, its state is not. "
+            "Rerun the day: it converges"
+        )
+
+
+def open_store(
+    client, bucket: str, layout: Layout, strategy: str, state_dir: Path, patience_s: float
+) -> StateStore:
+    """The strategy's state table, importing a seed-era SQLite state file the first time."""
+    options = lake.storage_options(client, patience_s)
+    location = lake.uri(bucket, layout.state_table_key(strategy))
+    table = lake.open_table(location, options)
+    source = "state table"
+    if table is None:
+        legacy, where = _legacy_rows(client, bucket, layout, strategy, state_dir)
+        if legacy is None:
+            return StateStore(location, options, None, "new state table")
+        legacy = _with_cursors(legacy, manifest.read(client, bucket, layout, strategy))
+        log.info("importing %d state rows from %s into %s (once)", legacy.num_rows, where, location)
+        table = lake.import_rows(location, legacy, options, where)
+        source = f"imported {legacy.num_rows} rows from {where}"
+    store = StateStore(location, options, table, source, version=table.version())
+    store.text_cursor = lake.commit_metadata(table, "text_cursor")
+    return store
+
+
+def _legacy_rows(
+    client, bucket: str, layout: Layout, strategy: str, state_dir: Path
+) -> tuple[pa.Table | None, str]:
+    """The rows of a seed-era state file: the S3 mirror, else a working copy under `state_dir`."""
+    key = layout.state_mirror_key(strategy)
+    where = f"s3://{bucket}/{key}"
+    body = s3io.get_object(client, bucket, key).body
+    if body is not None:
+        return _imported(read_snapshot(body, where)), where
+    path = Layout.state_path(state_dir, strategy)
+    if path.exists() and not _was_mirrored(path):
+        return _imported(read_snapshot(path.read_bytes(), str(path))), str(path)
+    return None, where
+
+
+def _was_mirrored(path: Path) -> bool:
+    """A 0.1/0.2 working copy (it has a `.etag` or `.mirror.json` sidecar) was only ever a cache of an S3
+    mirror: with the mirror gone (a recreated bucket) it describes shards that no longer exist, so it is
+    never imported. The seed-era script's file had no mirror: that one is the state, and is imported."""
+    return any(path.with_name(path.name + suffix).exists() for suffix in (".mirror.json", ".etag"))
+
+
+def _imported(frame: pd.DataFrame) -> pa.Table:
+    """Seed-era rows, the cursor columns still null (`_with_cursors` fills them)."""
+    for column in CURSOR_COLUMNS:
+        frame[column] = pd.array([None] * len(frame), dtype="Int64")
+    return pa.Table.from_pandas(frame.reset_index(), schema=SCHEMA, preserve_index=False)
+
+
+def _with_cursors(rows: pa.Table, published: pa.Table | None) -> pa.Table:
+    """Imported rows with the cursor columns a run would have recorded: `hash64` from the row's own
+    source_hash, `captured_ns` from the manifest row fused for that (video_id, source_hash). So the
+    first run after an upgrade hashes only what is new or changed, like any other; rows without a
+    manifest row (failures, pending items) keep a null instant and are compared in full until the
+    next run that processes them."""
+    hashes = pa.array(metadata.hash64_of_hex(rows["source_hash"].to_pylist()), pa.int64())
+    hashes = pc.if_else(pc.is_null(rows["source_hash"]), pa.scalar(None, pa.int64()), hashes)
+    rows = rows.set_column(rows.schema.get_field_index("hash64"), "hash64", hashes)
+    if published is None or published.num_rows == 0:
+        return rows
+    fused = published.select(["video_id", "source_hash", "captured_at"])
+    fused = fused.append_column("captured", pa.array(latest.instants(fused["captured_at"]), pa.int64()))
+    joined = rows.drop_columns(["captured_ns"]).join(
+        fused.drop_columns(["captured_at"]),
+        ["video_id", "source_hash"],
+        join_type="left outer",
+        use_threads=False,
+    )
+    joined = joined.rename_columns([("captured_ns" if n == "captured" else n) for n in joined.column_names])
+    return joined.select(SCHEMA.names).cast(SCHEMA)
+
+
+def read_published(client, bucket: str, layout: Layout, strategy: str) -> pd.DataFrame:
+    """Every published state row (the table, or a seed-era mirror not imported yet), sorted by video_id."""
+    table = lake.open_table(lake.uri(bucket, layout.state_table_key(strategy)), lake.storage_options(client))
+    if table is not None:
+        frame = to_frame(lake.read_all(table).select(list(STATE_COLUMNS)).cast(PUBLIC_SCHEMA))
+    else:
+        key = layout.state_mirror_key(strategy)
+        body = s3io.get_object(client, bucket, key).body
+        frame = empty_frame() if body is None else read_snapshot(body, f"s3://{bucket}/{key}")
+    return frame.reset_index()[list(STATE_COLUMNS)].sort_values("video_id", ignore_index=True)
+
+
+# --- seed-era SQLite state files: read once, for the import ---
+
+legacy_metadata = sa.MetaData()
 processed_items = sa.Table(
     "processed_items",
-    metadata,
+    legacy_metadata,
     sa.Column("video_id", sa.Text, primary_key=True),
     sa.Column("source_hash", sa.Text),
     sa.Column("processed_at", sa.Text),
@@ -62,118 +275,6 @@ processed_items = sa.Table(
     sa.Column("vector_id", sa.Text),
     sa.Column("retry_count", sa.Integer),
 )
-
-
-class StateDB:
-    """A SQLite file with the `processed_items` table: read once at the start, written in batches at the end."""
-
-    def __init__(self, path: Path | None = None, *, engine: sa.Engine | None = None) -> None:
-        """A file at `path`, or an `engine` over a database that is not a file (a published snapshot)."""
-        self.path = None if path is None else Path(path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = engine or sa.create_engine(f"sqlite:///{self.path}")
-        self._ensure_schema()
-
-    def _ensure_schema(self) -> None:
-        """Apply the DDL; files from the seed-era script already match it and are left as they are."""
-        with self.engine.begin() as connection:
-            raw = connection.connection.driver_connection
-            raw.executescript(package_data.state_ddl())
-            present = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(processed_items)")}
-            for column in STATE_COLUMNS:
-                if column not in present:
-                    kind = "INTEGER DEFAULT 0" if column == "retry_count" else "TEXT"
-                    connection.exec_driver_sql(f"ALTER TABLE processed_items ADD COLUMN {column} {kind}")
-
-    def read_all(self) -> pd.DataFrame:
-        """Every row, indexed by video_id, for the delta computation."""
-        with self.engine.connect() as connection:
-            frame = pd.read_sql_query(sa.select(processed_items), connection)
-        frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
-        return frame.set_index("video_id")
-
-    def upsert(self, rows: Iterable[Mapping[str, object]]) -> int:
-        """Insert-or-replace rows, one transaction per WRITE_BATCH rows (never one commit per row)."""
-        rows = list(rows)
-        statement = sqlite_insert(processed_items)
-        statement = statement.on_conflict_do_update(
-            index_elements=["video_id"],
-            set_={c: statement.excluded[c] for c in STATE_COLUMNS if c != "video_id"},
-        )
-        for start in range(0, len(rows), WRITE_BATCH):
-            with self.engine.begin() as connection:
-                connection.execute(statement, rows[start : start + WRITE_BATCH])
-        return len(rows)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def read_rows(path: Path) -> pd.DataFrame:
-    """The rows of a state file, indexed by video_id (empty when the file does not exist)."""
-    if not Path(path).exists():
-        return pd.DataFrame(columns=list(STATE_COLUMNS)).set_index("video_id")
-    db = StateDB(path)
-    try:
-        return db.read_all()
-    finally:
-        db.close()
-
-
-@dataclass(frozen=True)
-class MirrorRecord:
-    """Which mirror a working copy belongs to and the ETag it had when the two last agreed."""
-
-    uri: str
-    etag: str
-
-
-def _record_path(path: Path) -> Path:
-    return path.with_name(path.name + ".mirror.json")
-
-
-def _legacy_etag_path(path: Path) -> Path:
-    return path.with_name(path.name + ".etag")  # written by 0.1: an ETag, no identity
-
-
-def read_record(path: Path, uri: str) -> MirrorRecord | None:
-    """The working copy's record; a 0.1 `.etag` sidecar is taken to belong to `uri`."""
-    record_file, legacy = _record_path(path), _legacy_etag_path(path)
-    if record_file.exists():
-        try:
-            return MirrorRecord(**json.loads(record_file.read_text()))
-        except (ValueError, TypeError):
-            return None
-    if legacy.exists() and legacy.read_text().strip():
-        return MirrorRecord(uri=uri, etag=legacy.read_text().strip())
-    return None
-
-
-def _write_record(path: Path, record: MirrorRecord) -> None:
-    _write_atomically(_record_path(path), json.dumps(asdict(record)).encode())
-    _legacy_etag_path(path).unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, body: bytes) -> None:
-    scratch = path.with_name(path.name + ".partial")
-    with open(scratch, "wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(scratch, path)
-
-
-def set_aside(path: Path, why: str) -> Path:
-    """Rename the working copy (and its record) out of the way; never delete it."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    target = path.with_name(f"{path.name}.set-aside-{stamp}")
-    os.replace(path, target)
-    for sidecar in (_record_path(path), _legacy_etag_path(path)):
-        if sidecar.exists():
-            os.replace(sidecar, target.with_name(target.name + sidecar.name[len(path.name) :]))
-    log.warning("state working copy %s set aside as %s: %s", path, target, why)
-    return target
 
 
 def check_snapshot(body: bytes, where: str) -> None:
@@ -201,64 +302,25 @@ def check_snapshot(body: bytes, where: str) -> None:
 
 
 def read_snapshot(body: bytes, where: str) -> pd.DataFrame:
-    """The rows of a published state DB (bytes of the mirror), checked first, read in memory with the
-    same code as a working copy: indexed by video_id."""
+    """The rows of a seed-era state DB (its bytes), checked first, indexed by video_id; columns the
+    oldest files lack come back empty (retry_count 0)."""
     check_snapshot(body, where)
-    db = StateDB(engine=sqlite_bytes.engine(body))
+    engine = sqlite_bytes.engine(body)
     try:
-        return db.read_all()
+        with engine.connect() as connection:
+            present = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(processed_items)")}
+            columns = [processed_items.c[c] for c in STATE_COLUMNS if c in present]
+            frame = pd.read_sql_query(sa.select(*columns), connection)
     finally:
-        db.close()
+        engine.dispose()
+    for column in STATE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = 0 if column == "retry_count" else None
+    frame = frame[list(STATE_COLUMNS)].astype({"video_id": str})
+    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
+    return frame.set_index("video_id")
 
 
-def restore(client, bucket: str, key: str, path: Path) -> str:
-    """Make the working copy at `path` a faithful copy of the mirror `s3://bucket/key`; say what it is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    uri = f"s3://{bucket}/{key}"
-    record = read_record(path, uri) if path.exists() else None
-    set_aside_note = ""
-    if record is not None and record.uri != uri:
-        target = set_aside(path, f"it is a copy of {record.uri}, not of {uri}")
-        record, set_aside_note = None, f"; a copy of another mirror was set aside as {target.name}"
-    fetched = s3io.get_object(client, bucket, key, if_none_match=record.etag if record else None)
-    if fetched is None:
-        return "local copy (mirror unchanged)"
-    if fetched.body is None:
-        if record is not None:
-            target = set_aside(
-                path,
-                f"its mirror {uri} is gone (deleted, or the bucket was recreated); starting from empty state",
-            )
-            return f"new state DB (mirror gone; the old working copy was set aside as {target.name})"
-        if path.exists():
-            return "local copy (no mirror yet)"
-        return "new state DB" + set_aside_note
-    check_snapshot(fetched.body, uri)
-    _write_atomically(path, fetched.body)
-    _write_record(path, MirrorRecord(uri, fetched.etag or ""))
-    return "restored from mirror" + set_aside_note
-
-
-def commit(client, bucket: str, key: str, path: Path, rows: list[dict]) -> str:
-    """Upsert `rows` and publish: the mirror first (conditional on the ETag we last saw), the working
-    copy only once the mirror has it, so a refused or failed upload leaves both as they were."""
-    uri = f"s3://{bucket}/{key}"
-    scratch = path.with_name(path.name + ".commit")
-    if path.exists():
-        shutil.copyfile(path, scratch)
-    else:
-        scratch.unlink(missing_ok=True)
-    db = StateDB(scratch)
-    try:
-        db.upsert(rows)
-    finally:
-        db.close()
-    record = read_record(path, uri) if path.exists() else None
-    try:
-        etag = s3io.put_replacing(client, bucket, key, scratch.read_bytes(), record.etag if record else None)
-    except BaseException:
-        scratch.unlink(missing_ok=True)
-        raise
-    os.replace(scratch, path)
-    _write_record(path, MirrorRecord(uri, etag))
-    return etag
+def legacy_ddl() -> str:
+    """The seed-era DDL (sql/state.sql): what tests and the bench build seed-era files with."""
+    return package_data.state_ddl()

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import manifest, policy, readback, s3io, schema_lock, shards
+from . import policy, readback, readers, s3io, schema_lock, shards
 from .errors import SchemaDriftError, StoreError
 from .fuse import FusionOptions, fused_dim
 from .layout import Layout, part_number
@@ -63,8 +63,8 @@ def read_published(client, bucket: str, root: str, strategy: str) -> Published:
     not a crash, so the schema check can report it."""
     root = root.strip("/")
     layout = Layout(root)
-    manifest_key, schema_key = layout.manifest_key(strategy), layout.schema_key(strategy)
-    table, _ = manifest.read(client, bucket, manifest_key)
+    manifest_key, schema_key = layout.manifest_table_key(strategy), layout.schema_key(strategy)
+    table = readers.manifest_table(client, bucket, root, strategy)
     try:
         lock, lock_problem = schema_lock.read(client, bucket, schema_key), None
     except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
@@ -442,7 +442,7 @@ def verify_strategy(
         strategy,
         bucket,
         root,
-        layout.manifest_key(strategy),
+        layout.manifest_table_key(strategy),
         layout.schema_key(strategy),
         table,
         lock,

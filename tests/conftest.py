@@ -62,3 +62,23 @@ def seed_day(client, bucket, tmp_path):
         return Seeded(bucket, root, day, objects, tmp_path / "state")
 
     return _seed
+
+
+def replace_manifest(client, bucket: str, root: str, strategy: str, table) -> None:
+    """Overwrite a strategy's published manifest table with `table` (manifest columns): how a test
+    tampers with what a run published (duplicate keys, a bad pointer, another width). A commit of
+    its own, like any writer's; pyarrow Table or pandas DataFrame."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from clipfarm_fusion import lake, manifest
+    from clipfarm_fusion.layout import Layout
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    write_deltalake(
+        lake.uri(bucket, Layout(root).manifest_table_key(strategy)),
+        manifest.conform(table, manifest.schema_for(strategy)),
+        mode="overwrite",
+        storage_options=lake.storage_options(client),
+    )

@@ -4,12 +4,17 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from clipfarm_fusion import synthetic
+from clipfarm_fusion import lake, read_manifest, read_state, readers, s3io, synthetic
+from clipfarm_fusion.layout import Layout
 
 CLI = str(Path(sys.executable).parent / "clipfarm-fusion")
 
@@ -66,12 +71,12 @@ def test_run_prints_table_and_writes_matching_json(seed_day, tmp_path):
     assert table_lines["manifest_added"] == [str(concat["manifest_added"])] * 3
 
 
-def test_single_strategy_and_flags(seed_day, tmp_path):
+def test_single_strategy_and_flags(seed_day, client, tmp_path):
     seeded = seed_day(videos=20)
     meta = tmp_path / "horizon.csv"
     meta.write_bytes(seeded.day.metadata_csv)
     out = tmp_path / "s.json"
-    result = cli(
+    args = (
         "run",
         "--run-date",
         "2026-03-01",
@@ -84,16 +89,43 @@ def test_single_strategy_and_flags(seed_day, tmp_path):
         "--state-dir",
         str(tmp_path / "st"),
         "--no-text-mask",
-        "--max-items",
-        "5",
         "--summary-json",
         str(out),
     )
+    result = cli(*args, "--max-items", "5")
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.read_text())
     assert list(summary["strategies"]) == ["sum_pool"]
-    assert summary["strategies"]["sum_pool"]["fused_dim"] == 768
-    assert (tmp_path / "st" / "fusion_sum_pool.sqlite").exists()
+    first = summary["strategies"]["sum_pool"]
+    assert first["fused_dim"] == 768
+    # the state and the manifest are tables in the bucket; --state-dir holds only the text-stage cache
+    assert (
+        first["state_key"] == "clipfarm/state/fusion_sum_pool" and first["state_source"] == "new state table"
+    )
+    assert first["manifest_key"] == "clipfarm/fused/sum_pool/manifest"
+    assert s3io.list_keys(client, seeded.bucket, f"{first['state_key']}/_delta_log/")
+    assert only_the_text_cache(tmp_path / "st")
+    read = first["samples"]["success_full"]
+    assert first["counts"] == {"invalid_video_id": 1, "success_full": 5} and len(read) == 5
+    assert first["deferred"] == 14, "--max-items 5: five read, the rest deferred"
+    published = read_state("sum_pool", bucket=seeded.bucket, client=client)
+    assert published["video_id"].tolist() == sorted(read) and set(published["status"]) == {"success_full"}
+    assert sorted(read_manifest("sum_pool", bucket=seeded.bucket, client=client)["video_id"]) == sorted(read)
+
+    # a fresh --state-dir continues from the tables: the five are not read again
+    again = cli(*[str(tmp_path / "st2") if arg == str(tmp_path / "st") else arg for arg in args])
+    assert again.returncode == 0, again.stderr
+    second = json.loads(out.read_text())["strategies"]["sum_pool"]
+    assert second["state_source"] == "state table" and second["deferred"] == 0
+    assert second["delta"] == 20 - 5 and sum(second["counts"].values()) == 15
+    assert not set(read) & {video_id for ids in second["samples"].values() for video_id in ids}
+    assert len(read_state("sum_pool", bucket=seeded.bucket, client=client)) == 19  # all but the unsafe id
+    assert only_the_text_cache(tmp_path / "st2")
+
+
+def only_the_text_cache(state_dir: Path) -> bool:
+    """Whether `state_dir` holds nothing but the text-stage snapshot cache (no state of ours)."""
+    return {path.relative_to(state_dir).parts[0] for path in state_dir.rglob("*")} <= {"text_state"}
 
 
 def test_no_bucket_is_exit_2_saying_what_to_set(tmp_path):
@@ -187,7 +219,35 @@ def test_demo_runs_with_no_aws_setup(tmp_path):
     assert set(summary["strategies"]) == {"concat", "sum_pool", "max_pool"}
     assert summary["strategies"]["concat"]["counts"]["success_full"] > 0
     assert "clipfarm-demo" in result.stdout
-    assert list((tmp_path / "demo").rglob("fused_manifest.parquet"))
+    # the copy holds each strategy's manifest and state tables, and reads back as a bucket
+    copied = tmp_path / "demo" / "s3" / "clipfarm-demo" / "clipfarm"
+    for strategy in ("concat", "sum_pool", "max_pool"):
+        assert list((copied / "fused" / strategy / "manifest" / "_delta_log").glob("*.json")), strategy
+        assert list((copied / "state" / f"fusion_{strategy}" / "_delta_log").glob("*.json")), strategy
+    video_id = summary["strategies"]["concat"]["samples"]["success_full"][0]
+    shown = subprocess.run(
+        [
+            CLI,
+            "inspect",
+            "--strategy",
+            "concat",
+            "--from-demo",
+            str(tmp_path / "demo"),
+            "--video-id",
+            video_id,
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert shown.returncode == 0, shown.stderr
+    fused = summary["strategies"]["concat"]["manifest_added"]
+    assert (
+        f"{fused} rows, {fused} videos" in shown.stdout
+        and f"{video_id}  clipfarm/fused/concat/" in shown.stdout
+    )
 
 
 def test_migrate_schema_accepts_new_dims_and_keeps_old_rows_readable(client, seed_day):
@@ -229,9 +289,9 @@ def test_migrate_schema_accepts_new_dims_and_keeps_old_rows_readable(client, see
     assert "nothing to do" in cli(*migrate).stdout
 
     assert cli(*run).returncode == 0
-    from clipfarm_fusion import manifest, shards
+    from clipfarm_fusion import shards
 
-    table, _ = manifest.read(client, seeded.bucket, "clipfarm/fused/concat/fused_manifest.parquet")
+    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     assert sorted(set(table["fused_dim"].to_pylist())) == [2305, 2561]
     for row in table.to_pylist():
         shard = shards.decode(client.get_object(Bucket=seeded.bucket, Key=row["fused_key"])["Body"].read())
@@ -258,13 +318,11 @@ def test_bad_metadata_is_exit_2_and_writes_nothing(seed_day, client, body, messa
     )
     assert result.returncode == 2 and message in result.stderr
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=seeded.bucket)
-    assert {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])} == before
-    assert not seeded.state_dir.exists()
+    assert {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])} == before  # no table
+    assert only_the_text_cache(seeded.state_dir)
 
 
 def test_inspect_and_export_through_the_command_line(seed_day, tmp_path):
-    import pyarrow.parquet as pq
-
     seeded = seed_day(videos=20, mix={"full": 0.8, "placeholder": 0.2})
     env = {"CLIPFARM_BUCKET": seeded.bucket}
     assert (
@@ -280,3 +338,157 @@ def test_inspect_and_export_through_the_command_line(seed_day, tmp_path):
     table = pq.read_table(out)
     assert table.num_rows == 20 and "vector" in table.column_names
     assert cli("export", "--strategy", "concat", "--out", str(tmp_path / "x.csv"), env=env).returncode == 2
+
+
+DAY1, DAY2 = date(2026, 3, 1), date(2026, 3, 2)
+
+
+def two_days_of_concat(client, seed_day) -> str:
+    """concat run by the command line on two days (20 videos, then 10 more, all fusable, so the second
+    commit to each table only adds rows: a file of its own): its bucket."""
+    seeded = seed_day(videos=20, run_date=DAY1, mix={"full": 1.0})
+    run = ("run", "--strategy", "concat", "--bucket", seeded.bucket, "--state-dir", str(seeded.state_dir))
+    assert cli(*run, "--run-date", str(DAY1)).returncode == 0
+    second, objects = synthetic.make_day(10, run_date=DAY2, prefix="b", seed=1, mix={"full": 1.0})
+    synthetic.seed(client, seeded.bucket, seeded.root, second, objects, threads=8)
+    horizon = seeded.day.metadata_csv + second.metadata_csv.split(b"\n", 1)[1]
+    client.put_object(Bucket=seeded.bucket, Key=Layout(seeded.root).metadata_key(), Body=horizon)
+    result = cli(*run, "--run-date", str(DAY2))
+    assert result.returncode == 0, result.stderr
+    return seeded.bucket
+
+
+def live_files(client, bucket: str, prefix: str) -> int:
+    """How many data files the table's current version reads."""
+    return len(lake.open_table(lake.uri(bucket, prefix), lake.storage_options(client)).file_uris())
+
+
+def table_objects(client, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
+    """(data files, log files) under a table's prefix."""
+    keys = s3io.list_keys(client, bucket, prefix + "/")
+    return [k for k in keys if "/_delta_log/" not in k], [k for k in keys if "/_delta_log/" in k]
+
+
+def published(bucket: str, client) -> tuple[pd.DataFrame, pd.DataFrame]:
+    manifest = read_manifest("concat", bucket=bucket, client=client)
+    manifest = manifest.sort_values(["video_id", "source_hash"], ignore_index=True)
+    return manifest, read_state("concat", bucket=bucket, client=client)
+
+
+def upkeep_lines(stdout: str) -> dict[str, str]:
+    """`maintain`'s line per table, by the table's s3:// location."""
+    return dict(line.split(": ", 1) for line in stdout.splitlines() if line.strip())
+
+
+def test_maintain_compacts_keeps_every_row_and_vacuums_the_replaced_files(client, seed_day):
+    bucket = two_days_of_concat(client, seed_day)
+    layout = Layout("clipfarm")
+    tables = {
+        f"s3://{bucket}/{layout.manifest_table_key('concat')}": layout.manifest_table_key("concat"),
+        f"s3://{bucket}/{layout.state_table_key('concat')}": layout.state_table_key("concat"),
+    }
+    rows = published(bucket, client)
+    assert len(rows[0]) == len(rows[1]) == 30
+    before = {uri: table_objects(client, bucket, prefix) for uri, prefix in tables.items()}
+    assert all(live_files(client, bucket, prefix) == 2 for prefix in tables.values()), "a file per commit"
+
+    done = cli("maintain", "--strategy", "concat", "--bucket", bucket)  # the default retention: 7d
+    assert done.returncode == 0, done.stderr
+    lines = upkeep_lines(done.stdout)
+    assert set(lines) == set(tables)
+    for uri, prefix in tables.items():
+        assert lines[uri].endswith("compacted 2 files into 1, vacuumed 0 unreferenced files"), lines[uri]
+        assert live_files(client, bucket, prefix) == 1
+        data, log = table_objects(client, bucket, prefix)
+        assert set(before[uri][0]) < set(data), "nothing is deleted inside the retention window"
+        assert any(key.endswith(".checkpoint.parquet") for key in log), "a checkpoint was written"
+    for after, was in zip(published(bucket, client), rows, strict=True):
+        pd.testing.assert_frame_equal(after, was)
+
+    # what vacuum would delete, deleting nothing; then deleting exactly that
+    counts = {uri: len(table_objects(client, bucket, prefix)[0]) for uri, prefix in tables.items()}
+    dry = cli("maintain", "--strategy", "concat", "--bucket", bucket, "--retention", "0s", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    would = {
+        uri: int(line.split("vacuumed ")[1].split()[0]) for uri, line in upkeep_lines(dry.stdout).items()
+    }
+    assert {uri: len(table_objects(client, bucket, prefix)[0]) for uri, prefix in tables.items()} == counts
+    vacuum = cli("maintain", "--strategy", "concat", "--bucket", bucket, "--retention", "0s")
+    assert vacuum.returncode == 0, vacuum.stderr
+    for uri, line in upkeep_lines(vacuum.stdout).items():
+        assert f"compacted 0 files into 0, vacuumed {would[uri]} unreferenced files" in line, line
+        data, _ = table_objects(client, bucket, tables[uri])
+        assert len(data) == counts[uri] - would[uri] == 1 < counts[uri]
+        assert set(data).isdisjoint(before[uri][0]), "the files the compaction replaced are gone"
+    for after, was in zip(published(bucket, client), rows, strict=True):
+        pd.testing.assert_frame_equal(after, was)
+
+
+def test_maintain_keeps_what_a_sub_hour_retention_still_covers(client, seed_day):
+    """--retention 30m must not vacuum files replaced a moment ago (they are younger than 30 minutes)."""
+    bucket = two_days_of_concat(client, seed_day)
+    assert cli("maintain", "--strategy", "concat", "--bucket", bucket).returncode == 0  # compacts
+    dry = cli("maintain", "--strategy", "concat", "--bucket", bucket, "--retention", "30m", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert all(
+        line.endswith("vacuumed 0 unreferenced files") for line in upkeep_lines(dry.stdout).values()
+    ), dry.stdout
+
+
+def test_maintain_without_tables_says_so(bucket):
+    result = cli("maintain", "--strategy", "concat", "--bucket", bucket)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"concat: no tables yet under s3://{bucket}/clipfarm"
+    assert cli("maintain", "--strategy", "concat").returncode == 2  # no bucket
+    assert cli("maintain", "--strategy", "concat", "--bucket", bucket, "--retention", "soon").returncode == 2
+
+
+def test_snapshot_manifest_writes_the_manifest_as_one_parquet_file(client, seed_day, tmp_path):
+    bucket = two_days_of_concat(client, seed_day)
+    expected = read_manifest("concat", bucket=bucket, client=client)
+    assert len(expected) == 30
+
+    def same_rows(table) -> None:
+        assert table.schema.names == list(expected.columns)  # DESIGN §2 columns, no internal ones
+        order = ["video_id", "source_hash"]
+        pd.testing.assert_frame_equal(
+            table.to_pandas().sort_values(order, ignore_index=True),
+            expected.sort_values(order, ignore_index=True),
+        )
+
+    key = Layout("clipfarm").manifest_key("concat")
+    assert key == "clipfarm/fused/concat/fused_manifest.parquet"
+    result = cli("snapshot-manifest", "--strategy", "concat", "--bucket", bucket)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {len(expected)} manifest rows to s3://{bucket}/{key}"
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    same_rows(pq.read_table(pa.BufferReader(body)))
+
+    out = tmp_path / "snap" / "concat.parquet"
+    out.parent.mkdir()
+    local = cli("snapshot-manifest", "--strategy", "concat", "--bucket", bucket, "--out", str(out))
+    assert local.returncode == 0, local.stderr
+    assert local.stdout.strip() == f"wrote {len(expected)} manifest rows to {out}"
+    same_rows(pq.read_table(out))
+    assert [path.name for path in out.parent.iterdir()] == ["concat.parquet"]  # no scratch file left
+
+    # the runs go on reading and writing the table, not the snapshot
+    assert len(read_manifest("concat", bucket=bucket, client=client)) == len(expected)
+    assert cli("snapshot-manifest", "--strategy", "concat").returncode == 2  # no bucket
+    nothing = cli("snapshot-manifest", "--strategy", "sum_pool", "--bucket", bucket)  # nothing published
+    assert nothing.returncode == 2 and "does not exist" in nothing.stderr, nothing.stderr
+    assert not list(
+        client.list_objects_v2(Bucket=bucket, Prefix="clipfarm/fused/sum_pool/").get("Contents", [])
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [("maintain", ("--retention", "--dry-run")), ("snapshot-manifest", ("--out", "fused_manifest.parquet"))],
+)
+def test_help_of_the_table_commands(command, flags):
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for flag in ("--strategy", "--bucket", "--root", "Exit codes", *flags):
+        assert flag in text, flag

@@ -21,7 +21,7 @@ from dagster import (
 )
 
 import clipfarm_fusion
-from clipfarm_fusion import manifest, s3io, schema_lock, shards, synthetic
+from clipfarm_fusion import readers, s3io, schema_lock, shards, synthetic
 from clipfarm_fusion.defs.assets import FUSION_POOL, UPSTREAM_SPECS, fuse_embeddings
 from clipfarm_fusion.defs.checks import published_outputs
 from clipfarm_fusion.defs.definitions import defs
@@ -82,11 +82,11 @@ def test_partition_materialises_all_strategies_with_metadata(seed_day, client):
         assert values["delta"] == 60 and values["fused"] == fused
         assert values["manifest_rows_added"] == fused and values["manifest_rows_updated"] == 0
         assert values["shards_written"] == len(values["shard_keys"]) > 1
-        assert values["manifest"] == f"s3://{seeded.bucket}/{LAYOUT.manifest_key(strategy)}"
+        assert values["manifest"] == f"s3://{seeded.bucket}/{LAYOUT.manifest_table_key(strategy)}"
         assert "| fail |" in values["status_chart"] and "█" in values["status_chart"]
         assert "truncated" in values["samples"] and values["items_per_second"] > 0
 
-        table, _ = manifest.read(client, seeded.bucket, LAYOUT.manifest_key(strategy))
+        table = readers.manifest_table(client, seeded.bucket, "clipfarm", strategy)
         lock = schema_lock.read(client, seeded.bucket, LAYOUT.schema_key(strategy))
         assert table.num_rows == fused and lock.fused_dim == values["fused_dim"]
         assert {k.split("/")[-2] for k in table["fused_key"].to_pylist()} == {"date=2026-03-01"}
@@ -109,8 +109,8 @@ def test_single_strategy_materialises_only_that_strategy(seed_day, client):
         [fuse_embeddings], partition_key="2026-03-01", resources=fusion(seeded), selection=["sum_pool"]
     )
     assert result.success and set(materialized(result)) == {"sum_pool"}
-    assert manifest.read(client, seeded.bucket, LAYOUT.manifest_key("sum_pool"))[0] is not None
-    assert manifest.read(client, seeded.bucket, LAYOUT.manifest_key("concat"))[0] is None
+    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "sum_pool") is not None
+    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
 
 
 def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
@@ -135,7 +135,7 @@ def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
         assert materialized(result)["concat"]["delta"] == 20
         ids = shard_ids(client, seeded.bucket, "concat", day)
         assert len(ids) == 20 and all(v.startswith(prefix) for v in ids)
-    table, _ = manifest.read(client, seeded.bucket, LAYOUT.manifest_key("concat"))
+    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     assert table.num_rows == 40
 
 
@@ -231,8 +231,8 @@ def test_a_strategy_that_must_stop_fails_alone_and_the_others_materialise(seed_d
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
     assert "concat: " in failure.description and "999" in failure.description
     assert set(failure.metadata) == {"stopped/concat"}
-    assert manifest.read(client, seeded.bucket, LAYOUT.manifest_key("concat"))[0] is None
-    assert manifest.read(client, seeded.bucket, LAYOUT.manifest_key("max_pool"))[0] is not None
+    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
+    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "max_pool") is not None
 
 
 @pytest.fixture

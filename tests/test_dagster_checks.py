@@ -3,11 +3,13 @@
 import pyarrow as pa
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey, AssetSelection, materialize
 
-from clipfarm_fusion import manifest
+from clipfarm_fusion import readers
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.checks import OUTPUT_CHECKS, published_outputs
 from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.layout import Layout
+
+from .conftest import replace_manifest
 
 
 def test_checks_fail_on_a_corrupted_manifest_and_block(seed_day, client):
@@ -21,14 +23,11 @@ def test_checks_fail_on_a_corrupted_manifest_and_block(seed_day, client):
         [fuse_embeddings], partition_key="2026-03-01", resources=resources, selection=["concat"]
     ).success
 
-    key = Layout("clipfarm").manifest_key("concat")
-    table, _ = manifest.read(client, seeded.bucket, key)
+    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     bad_pointer = table.slice(0, 1).set_column(
         table.schema.get_field_index("shard_idx"), "shard_idx", pa.array([999], pa.int32())
     )
-    client.put_object(
-        Bucket=seeded.bucket, Key=key, Body=manifest.encode(pa.concat_tables([table, bad_pointer]))
-    )
+    replace_manifest(client, seeded.bucket, "clipfarm", "concat", pa.concat_tables([table, bad_pointer]))
 
     checks = [AssetCheckKey(AssetKey("concat"), name) for name in OUTPUT_CHECKS]
     result = materialize(
@@ -75,7 +74,7 @@ def test_pointer_check_in_a_partitioned_run_reads_every_shard_of_the_day(seed_da
     assert first.success
     evaluations = {e.check_name: e for e in first.get_asset_check_evaluations()}
     passed = evaluations["manifest_pointers_resolve"]
-    table, _ = manifest.read(client, seeded.bucket, Layout("clipfarm").manifest_key("concat"))
+    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     keys = sorted(set(table["fused_key"].to_pylist()))
     assert len(keys) >= 10 and passed.passed
     assert passed.metadata["shards_checked"].value == len(keys) == passed.metadata["partition_shards"].value
@@ -101,6 +100,8 @@ def test_pointer_check_in_a_partitioned_run_reads_every_shard_of_the_day(seed_da
 
 
 def test_an_unreadable_manifest_fails_every_check_saying_why(bucket, client):
+    """A seed-era fused_manifest.parquet that no run has imported yet is read in place: unreadable, it
+    fails every check, saying why."""
     key = Layout("clipfarm").manifest_key("concat")
     client.put_object(Bucket=bucket, Key=key, Body=b"not parquet")
     checks = [AssetCheckKey(AssetKey("concat"), name) for name in OUTPUT_CHECKS]

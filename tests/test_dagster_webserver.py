@@ -137,4 +137,4 @@ def test_ui_lists_the_assets_and_shows_a_materialisation(webserver, seed_day):
     expected_full = sum(s == "success_full" for s in seeded.day.expected_status().values())
     assert last["partition"] == "2026-03-01"
     assert entries["status/success_full"] == expected_full and entries["delta"] == 20
-    assert entries["manifest"] == f"s3://{seeded.bucket}/clipfarm/fused/concat/fused_manifest.parquet"
+    assert entries["manifest"] == f"s3://{seeded.bucket}/clipfarm/fused/concat/manifest"

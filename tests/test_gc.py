@@ -202,3 +202,45 @@ def test_schedules_are_weekly_and_stopped_by_default():
         schedule = defs.resolve_schedule_def(name)
         assert schedule.job_name == job and schedule.default_status == DefaultScheduleStatus.STOPPED
         assert schedule.cron_schedule.endswith("* * 0")
+
+
+def test_maintain_tables_job_compacts_every_strategy_and_runs_daily_by_default(client, seed_day, monkeypatch):
+    """The `maintain_tables` job (daily schedule, RUNNING by default) compacts the manifest and state
+    tables of every asset strategy, leaves their rows as they were, and skips strategies with no tables."""
+    import pandas as pd
+    from dagster import DefaultScheduleStatus
+
+    from clipfarm_fusion import read_state
+    from clipfarm_fusion.defs.definitions import defs
+
+    from .test_upgrade import add_day
+
+    seeded = seed_day(videos=20, mix={"full": 1.0})
+    pipeline.run(seeded.config(strategies=("concat", "sum_pool")), date(2026, 3, 1))
+    for n, prefix in enumerate(("b", "c")):  # each day's upsert only inserts: one more small file per table
+        add_day(client, seeded, videos=10, prefix=prefix, run_date=date(2026, 3, 2 + n))
+        pipeline.run(seeded.config(strategies=("concat", "sum_pool")), date(2026, 3, 2 + n))
+    before = {
+        s: (read_manifest(s, bucket=seeded.bucket), read_state(s, bucket=seeded.bucket))
+        for s in ("concat", "sum_pool")
+    }
+    monkeypatch.setenv("CLIPFARM_BUCKET", seeded.bucket)
+    result = defs.get_job_def("maintain_tables").execute_in_process(
+        run_config={"ops": {"maintain_all_tables": {"config": {"retention": "0s"}}}}
+    )
+    assert result.success
+    metadata = next(
+        event.event_specific_data.metadata
+        for event in result.all_node_events
+        if event.event_type_value == "STEP_OUTPUT"
+    )
+    assert {"concat/manifest", "concat/fusion_concat", "sum_pool/fusion_sum_pool"} <= set(metadata)
+    assert not any(key.startswith("max_pool/") for key in metadata)
+    for name in ("concat/manifest", "concat/fusion_concat", "sum_pool/manifest"):
+        assert metadata[name].value["files_compacted"] == 3 and metadata[name].value["files_written"] == 1
+        assert metadata[name].value["files_vacuumed"] == 3
+    for strategy, (rows, items) in before.items():
+        pd.testing.assert_frame_equal(read_manifest(strategy, bucket=seeded.bucket), rows)
+        pd.testing.assert_frame_equal(read_state(strategy, bucket=seeded.bucket), items)
+    schedule = defs.resolve_schedule_def("maintain_tables_daily")
+    assert schedule.job_name == "maintain_tables" and schedule.default_status == DefaultScheduleStatus.RUNNING

@@ -2,16 +2,26 @@
 
 import json
 import re
+import sqlite3
 from datetime import date
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from clipfarm_fusion import manifest, pipeline, policy, read_manifest, read_state, shards, state, synthetic
+from clipfarm_fusion import (
+    manifest,
+    pipeline,
+    policy,
+    read_manifest,
+    read_state,
+    readers,
+    shards,
+    state,
+    synthetic,
+)
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.fuse import FusionOptions, fuse
-from clipfarm_fusion.layout import Layout
 from clipfarm_fusion.npy import decode_vector
 
 DAY = date(2026, 3, 1)
@@ -38,8 +48,8 @@ MANIFEST_COLUMNS = [
 
 
 def statuses(seeded, strategy):
-    frame = state.StateDB(Layout.state_path(seeded.state_dir, strategy)).read_all()
-    return frame
+    """The published state of `strategy`, indexed by video_id."""
+    return read_state(strategy, bucket=seeded.bucket, root=seeded.root).set_index("video_id")
 
 
 def snapshot(client, bucket):
@@ -62,8 +72,7 @@ def expected_vector(seeded, strategy, video_id, options=None):
 
 
 def manifest_table(client, seeded, strategy):
-    table, _ = manifest.read(client, seeded.bucket, Layout(seeded.root).manifest_key(strategy))
-    return table
+    return readers.manifest_table(client, seeded.bucket, seeded.root, strategy)
 
 
 def assert_every_pointer_resolves(client, seeded, strategy):
@@ -187,6 +196,23 @@ def assert_stopped(summary, strategy: str, pattern: str) -> None:
     assert re.search(pattern, summary.stopped[strategy]), summary.stopped[strategy]
 
 
+TEXT_STATE_KEY = "clipfarm/state/text_downloader.sqlite"
+
+
+def text_stage_processes(client, bucket, video_id, status="success", processed_at="2026-03-02T09:00:00Z"):
+    """What the text stage does when it (re)processes a video: its row gets a new status and processed_at."""
+    body = client.get_object(Bucket=bucket, Key=TEXT_STATE_KEY)["Body"].read()
+    connection = sqlite3.connect(":memory:")
+    connection.deserialize(body)
+    connection.execute(
+        "UPDATE processed_items SET status = ?, processed_at = ? WHERE video_id = ?",
+        (status, processed_at, video_id),
+    )
+    connection.commit()
+    client.put_object(Bucket=bucket, Key=TEXT_STATE_KEY, Body=bytes(connection.serialize()))
+    connection.close()
+
+
 def test_placeholder_is_upgraded_when_text_appears(client, seed_day):
     seeded = seed_day(videos=40)
     pipeline.run(seeded.config(), DAY)
@@ -194,6 +220,7 @@ def test_placeholder_is_upgraded_when_text_appears(client, seed_day):
     text = synthetic.npy_bytes(np.full(768, 0.5, np.float32))
     seeded.objects[f"embeddings/text/{placeholder}.npy"] = text
     client.put_object(Bucket=seeded.bucket, Key=f"clipfarm/embeddings/text/{placeholder}.npy", Body=text)
+    text_stage_processes(client, seeded.bucket, placeholder)
     summary = pipeline.run(seeded.config(), DAY)
     for strategy in STRATEGIES:
         assert statuses(seeded, strategy).loc[placeholder, "status"] == policy.SUCCESS_FULL
@@ -204,8 +231,29 @@ def test_placeholder_is_upgraded_when_text_appears(client, seed_day):
         rows = assert_every_pointer_resolves(client, seeded, strategy).to_pandas().set_index("video_id")
         assert rows.loc[placeholder, "text_present"] == 1
         assert rows.loc[placeholder, "fusion_status"] == policy.SUCCESS_FULL
-    others = [v for v, c in seeded.day.cases.items() if c == "placeholder" and v != placeholder]
-    assert summary.strategies["concat"].upgrade_checked == len(others)
+    assert summary.strategies["concat"].upgrade_checked == 0  # no news for the others: not even looked at
+
+
+def test_placeholders_without_text_stage_news_cost_no_request(client, seed_day):
+    """A placeholder is rechecked only when the text stage's row for it changed since the last run, so a
+    corpus of placeholders costs nothing per day; a text embedding uploaded without that signal waits."""
+    seeded = seed_day(videos=40)
+    pipeline.run(seeded.config(), DAY)
+    placeholders = [v for v, c in seeded.day.cases.items() if c == "placeholder"]
+    text = synthetic.npy_bytes(np.full(768, 0.5, np.float32))
+    client.put_object(Bucket=seeded.bucket, Key=f"clipfarm/embeddings/text/{placeholders[0]}.npy", Body=text)
+    gets = []
+    client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: gets.append(params["url_path"])
+    )
+    summary = pipeline.run(seeded.config(), DAY)
+    assert not [g for g in gets if "/embeddings/" in g]
+    assert statuses(seeded, "concat").loc[placeholders[0], "status"] == policy.SUCCESS_PLACEHOLDER
+    assert summary.strategies["concat"].upgrade_checked == 0
+    text_stage_processes(client, seeded.bucket, placeholders[0], status="no_captions")  # re-processed
+    summary = pipeline.run(seeded.config(), DAY)
+    assert statuses(seeded, "concat").loc[placeholders[0], "status"] == policy.SUCCESS_FULL
+    assert summary.strategies["concat"].upgrade_checked == 0
 
 
 def test_failures_turn_terminal_after_retries_and_reset_on_hash_change(client, seed_day):
@@ -249,13 +297,14 @@ def test_as_of_filter_keeps_later_rows_out(client, seed_day):
     )
 
 
-def test_fresh_state_dir_restores_from_the_mirror(client, seed_day, tmp_path):
+def test_a_fresh_state_dir_continues_from_the_state_table(client, seed_day, tmp_path):
+    """--state-dir is only a cache: another machine continues where the bucket says, writing nothing."""
     seeded = seed_day(videos=40, mix={"full": 0.8, "placeholder": 0.1, "missing_video": 0.1})
     first = pipeline.run(seeded.config(), DAY)
-    assert first.strategies["concat"].state_source == "new state DB"
+    assert first.strategies["concat"].state_source == "new state table"
     before = snapshot(client, seeded.bucket)
     second = pipeline.run(seeded.config(state_dir=tmp_path / "other-machine"), DAY)
-    assert second.strategies["concat"].state_source == "restored from mirror"
+    assert second.strategies["concat"].state_source == "state table"
     assert second.strategies["concat"].counts.get(policy.SUCCESS_FULL, 0) == 0
     assert snapshot(client, seeded.bucket) == before
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipfarm_fusion import manifest, pipeline, projection, shards
+from clipfarm_fusion import pipeline, projection, readers, shards
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.fuse import STRATEGIES, FusionOptions, fuse
 from clipfarm_fusion.synthetic import object_array_npy
@@ -138,7 +138,8 @@ def test_make_projection_then_fuse_lock_and_drift(client, seed_day, tmp_path):
         client.get_object(Bucket=seeded.bucket, Key="clipfarm/fused/projection/schema.json")["Body"].read()
     )
     assert lock["projection_id"] == loaded.projection_id and lock["base_strategy"] == "concat"
-    table, _ = manifest.read(client, seeded.bucket, "clipfarm/fused/projection/fused_manifest.parquet")
+    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "projection")
+    assert table.num_rows == summary.strategies["projection"].manifest_added > 0
     assert set(table["projection_id"].to_pylist()) == {loaded.projection_id}
     for row in table.to_pylist():
         shard = shards.decode(client.get_object(Bucket=seeded.bucket, Key=row["fused_key"])["Body"].read())

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from clipfarm_fusion import cli, manifest, pipeline, readcli, s3io, synthetic
+from clipfarm_fusion import cli, manifest, pipeline, readcli, readers, s3io, synthetic
 from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.layout import Layout
@@ -25,6 +25,7 @@ from clipfarm_fusion.readback import (
     latest_per_video,
     read_vectors,
 )
+from tests.conftest import replace_manifest
 from tests.test_pipeline import expected_vector
 
 DAY1, DAY2 = date(2026, 3, 1), date(2026, 3, 2)
@@ -82,15 +83,14 @@ def two_days(s3_endpoint, tmp_path_factory) -> TwoDays:
 
 
 def manifest_of(client, two_days: TwoDays) -> pa.Table:
-    table, _ = manifest.read(client, two_days.bucket, Layout(ROOT).manifest_key(STRATEGY))
+    table = readers.manifest_table(client, two_days.bucket, ROOT, STRATEGY)
+    assert table is not None
     return table
 
 
 def publish_broken_manifest(client, two_days: TwoDays, root: str, table: pa.Table) -> None:
     """A tampered copy of the manifest under another root; its fused_keys still point at the real shards."""
-    client.put_object(
-        Bucket=two_days.bucket, Key=Layout(root).manifest_key(STRATEGY), Body=manifest.encode(table)
-    )
+    replace_manifest(client, two_days.bucket, root, STRATEGY, table)
 
 
 def replace_column(table: pa.Table, name: str, values: list) -> pa.Table:
@@ -186,6 +186,8 @@ def test_unknown_ids_are_left_out_and_reported_by_a_warning_that_carries_them(cl
 
 
 def test_each_shard_is_fetched_with_one_get(two_days):
+    """Counted on the boto3 client, which fetches the shards; the manifest table is read by delta-rs,
+    and with a table published no seed-era fused_manifest.parquet is asked for."""
     client = s3io.make_client(8)
     fetched: Counter = Counter()
     client.meta.events.register(
@@ -193,7 +195,7 @@ def test_each_shard_is_fetched_with_one_get(two_days):
     )
     _, _, rows = read_vectors(STRATEGY, bucket=two_days.bucket, client=client, threads=4)
     shard_keys = set(rows["fused_key"].to_pylist())
-    assert fetched == Counter([Layout(ROOT).manifest_key(STRATEGY), *shard_keys])
+    assert len(shard_keys) == 5 + 3 and fetched == Counter(shard_keys)
 
     fetched.clear()
     read_vectors(
@@ -203,7 +205,7 @@ def test_each_shard_is_fetched_with_one_get(two_days):
         bucket=two_days.bucket,
         client=client,
     )
-    assert sorted(fetched.values()) == [1, 1], "three ids of one shard: the manifest and that shard"
+    assert list(fetched.values()) == [1], "three ids of one shard: that shard, once"
 
 
 def test_a_pointer_to_a_missing_shard_raises_naming_the_key(client, two_days):
@@ -247,7 +249,8 @@ def test_config_errors_say_what_to_do(client, two_days, monkeypatch):
     with pytest.raises(ConfigError, match="CLIPFARM_BUCKET"):
         read_vectors(STRATEGY, client=client)
     with pytest.raises(
-        ConfigError, match=r"nowhere/fused/concat/fused_manifest.parquet.*clipfarm-fusion run"
+        ConfigError,
+        match=r"s3://readback-two-days/nowhere/fused/concat/manifest does not exist.*clipfarm-fusion run",
     ):
         read_vectors(STRATEGY, bucket=two_days.bucket, root="nowhere", client=client)
     with pytest.raises(ConfigError, match="a list of ids"):
@@ -282,12 +285,15 @@ def test_inspect_prints_lock_totals_and_each_id(client, two_days, capsys):
     assert f"dim 2305  norm {np.linalg.norm(vector):.6g}  min {vector.min():.6g}" in lines[0]
     assert lines[0].endswith("(latest of 2 rows)")
     assert lines[1].strip() == "nope  not in manifest"
+    # the manifest is named by where it lives: the table's prefix, not the seed-era single file
+    assert f"manifest s3://{two_days.bucket}/{ROOT}/fused/{STRATEGY}/manifest:" in out
 
 
 def test_inspect_without_a_manifest_exits_2_naming_the_key(two_days, capsys):
     assert cli.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--root", "empty"]) == 2
     err = capsys.readouterr().err
-    assert "empty/fused/concat/fused_manifest.parquet does not exist" in err and "clipfarm-fusion run" in err
+    assert f"s3://{two_days.bucket}/empty/fused/concat/manifest does not exist" in err
+    assert "clipfarm-fusion run" in err
 
 
 def test_export_parquet_holds_what_read_vectors_returns(client, two_days, tmp_path, capsys):

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from clipfarm_fusion import policy, read_manifest, read_state
 from clipfarm_fusion.layout import Layout
 
 from .test_cli import cli
+from .test_crash import RUNNER, assert_converged
 
 RUN_DATE = "2026-03-01"
 
@@ -27,28 +30,26 @@ def listing(client, bucket: str) -> dict[str, str]:
     }
 
 
-def working_copies(state_dir) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(state_dir.glob("*"))} if state_dir.exists() else {}
-
-
-def run(seeded, tmp_path, *extra, endpoint=None, strategy="concat", summary="s.json"):
-    env = {"AWS_ENDPOINT_URL": endpoint} if endpoint else {}
-    return cli(
+def run_args(seeded, *extra, strategy="concat", summary="s.json") -> list[str]:
+    """`run` for the day; strategy None: every default strategy."""
+    return [
         "run",
         "--run-date",
         RUN_DATE,
         "--bucket",
         seeded.bucket,
-        "--strategy",
-        strategy,
+        *(("--strategy", strategy) if strategy else ()),
         "--state-dir",
         str(seeded.state_dir),
         "--summary-json",
         summary,
         *extra,
-        env=env,
-        cwd=tmp_path,
-    )
+    ]
+
+
+def run(seeded, tmp_path, *extra, endpoint=None, strategy="concat", summary="s.json"):
+    env = {"AWS_ENDPOINT_URL": endpoint} if endpoint else {}
+    return cli(*run_args(seeded, *extra, strategy=strategy, summary=summary), env=env, cwd=tmp_path)
 
 
 def expected_with_no_retries(seeded) -> dict[str, str]:
@@ -88,8 +89,8 @@ def test_a_long_outage_stops_with_exit_6_burning_no_retries(client, seed_day, s3
     client.put_object(
         Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
     )
-    state_before = read_state("concat", bucket=seeded.bucket)
-    copies_before, objects_before = working_copies(seeded.state_dir), listing(client, seeded.bucket)
+    state_before, objects_before = read_state("concat", bucket=seeded.bucket), listing(client, seeded.bucket)
+    assert len(state_before) == len(expected_with_no_retries(seeded))
 
     proxy = start_proxy(s3_endpoint)
     proxy.outage(120.0, after=8, kinds=("GET", "LIST"), mode="error")
@@ -101,8 +102,7 @@ def test_a_long_outage_stops_with_exit_6_burning_no_retries(client, seed_day, s3
     assert "S3 unavailable" in result.stderr and "retry later" in result.stderr
     assert "Traceback" not in result.stderr
     assert read_state("concat", bucket=seeded.bucket).equals(state_before)  # no retry burnt, nothing new
-    assert working_copies(seeded.state_dir) == copies_before
-    after = listing(client, seeded.bucket)
+    after = listing(client, seeded.bucket)  # no table commit either: only unreferenced shards, if any
     assert {k: v for k, v in after.items() if "/shards/" not in k} == {
         k: v for k, v in objects_before.items() if "/shards/" not in k
     }
@@ -117,26 +117,76 @@ def test_a_long_outage_stops_with_exit_6_burning_no_retries(client, seed_day, s3
     assert states == expected  # good videos fused, never failed
 
 
-def test_an_outage_at_the_state_upload_leaves_the_working_copy_as_it_was(
-    client, seed_day, s3_endpoint, tmp_path
+def run_paused_before_commit(seeded, tmp_path, match: str, at_pause, *extra, endpoint: str):
+    """`run` (every strategy) through crash_runner, paused before the first commit of a table whose
+    location holds `match`: `at_pause()` runs there (this process), then the run goes on. Returns
+    (exit code, stderr, whether the pause was reached)."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            RUNNER,
+            "pause-before-commit",
+            match,
+            "1",
+            "--",
+            *run_args(seeded, *extra, strategy=None, summary="paused.json"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "AWS_ENDPOINT_URL": endpoint},
+    )
+    lines, paused = [], False
+    for line in process.stderr:  # the run logs to stderr; the runner says when it pauses
+        lines.append(line)
+        if line.startswith("crash_runner: paused"):
+            paused = True
+            at_pause()
+            process.stdin.write("go\n")
+            process.stdin.flush()
+    process.stdin.close()
+    return process.wait(timeout=300), "".join(lines), paused
+
+
+@pytest.mark.parametrize("first_run", [True, False], ids=["state-table-create", "state-table-upsert"])
+def test_an_outage_at_the_state_commit_leaves_the_state_table_as_it_was_and_a_rerun_converges(
+    client, seed_day, s3_endpoint, tmp_path, first_run
 ):
-    seeded = seed_day(videos=20, mix={"full": 1.0})
-    copies_before = working_copies(seeded.state_dir)
+    """S3 becomes unreachable right after concat's manifest commit, before its state commit (the
+    table's creation on a first run, an upsert later): exit 6, the state as it was, and a rerun converges."""
+    seeded = seed_day(videos=40)
+    if not first_run:  # a state table to keep as it was, and work left for the next run
+        assert run(seeded, tmp_path, "--max-items", "15", strategy=None, summary="first.json").returncode == 0
+    state_before = {s: read_state(s, bucket=seeded.bucket) for s in ("concat", "sum_pool", "max_pool")}
+    manifest_before = read_manifest("concat", bucket=seeded.bucket)
     proxy = start_proxy(s3_endpoint)
-    # one strategy, one shard: PUTs are the shard, schema.json, the manifest, then the state mirror
-    proxy.outage(120.0, after=3, kinds=("PUT",), mode="error")
     try:
-        result = run(seeded, tmp_path, "--s3-patience", "1", endpoint=proxy.url)
+        code, stderr, paused = run_paused_before_commit(
+            seeded,
+            tmp_path,
+            "state/fusion_concat",
+            lambda: proxy.outage(600.0, after=0, mode="drop"),  # every request from now on
+            "--s3-patience",
+            "1",
+            endpoint=proxy.url,
+        )
+        counts = proxy.counts()
     finally:
         proxy.stop()
-    assert result.returncode == 6, result.stderr[-2000:]
-    assert working_copies(seeded.state_dir) == copies_before
-    assert read_state("concat", bucket=seeded.bucket).empty
-    rerun = run(seeded, tmp_path, summary="again.json")
+    assert paused, f"the state commit was never reached: {stderr[-2000:]}"
+    assert code == 6, stderr[-2000:]
+    assert counts["outage"] >= 1, counts
+    assert "S3 unavailable" in stderr and "Traceback" not in stderr
+    manifest_after = read_manifest("concat", bucket=seeded.bucket)
+    assert len(manifest_after) > len(manifest_before), "the manifest commit landed before the outage"
+    for strategy, before in state_before.items():
+        assert read_state(strategy, bucket=seeded.bucket).equals(before), strategy
+
+    rerun = cli(*run_args(seeded, strategy=None, summary="again.json"), cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert set(read_state("concat", bucket=seeded.bucket)["video_id"]) == set(seeded.day.cases)
-    rows = read_manifest("concat", bucket=seeded.bucket)
-    assert len(rows) == 20 and not rows.duplicated(["video_id", "source_hash"]).any()
+    assert_converged(client, seeded, seeded.state_dir, runs=2)
 
 
 def test_an_outage_during_the_embedding_list_is_exit_6_not_a_traceback(seed_day, s3_endpoint, tmp_path):
@@ -182,20 +232,25 @@ def corrupt_sqlite(tmp_path) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["random-bytes", "empty", "another-table"])
-def test_a_corrupt_state_mirror_stops_with_exit_7_and_keeps_the_good_copy(client, seed_day, tmp_path, kind):
+def test_a_corrupt_seed_era_state_file_stops_with_exit_7_before_anything_is_written(
+    client, seed_day, tmp_path, kind
+):
     seeded = seed_day(videos=30)
-    assert run(seeded, tmp_path).returncode == 0
-    good = Layout.state_path(seeded.state_dir, "concat").read_bytes()
     body = {"random-bytes": os.urandom(4096), "empty": b"", "another-table": corrupt_sqlite(tmp_path)}[kind]
-    key = "clipfarm/state/fusion_concat.sqlite"
+    key = Layout(seeded.root).state_mirror_key("concat")
     client.put_object(Bucket=seeded.bucket, Key=key, Body=body)
     objects_before = listing(client, seeded.bucket)
-    result = run(seeded, tmp_path, summary="again.json")
+    result = run(seeded, tmp_path, strategy=None)
     assert result.returncode == 7, result.stderr[-2000:]
     assert f"s3://{seeded.bucket}/{key}" in result.stderr and "Restore it" in result.stderr
     assert "Traceback" not in result.stderr
-    assert Layout.state_path(seeded.state_dir, "concat").read_bytes() == good
-    assert listing(client, seeded.bucket) == objects_before  # nothing written, nothing reset
+    assert listing(client, seeded.bucket) == objects_before  # no shard, no table, nothing reset
+
+    client.delete_object(Bucket=seeded.bucket, Key=key)  # "or delete it on purpose to start over"
+    assert run(seeded, tmp_path, strategy=None, summary="over.json").returncode == 0
+    assert set(read_state("concat", bucket=seeded.bucket)["video_id"]) == set(
+        expected_with_no_retries(seeded)
+    )
 
 
 @pytest.mark.parametrize(
@@ -205,23 +260,26 @@ def test_a_corrupt_state_mirror_stops_with_exit_7_and_keeps_the_good_copy(client
         ("clipfarm/fused/concat/fused_manifest.parquet", b""),
         ("clipfarm/fused/concat/schema.json", b"{not json"),
     ],
-    ids=["garbage-manifest", "empty-manifest", "garbage-lock"],
+    ids=["garbage-seed-era-manifest", "empty-seed-era-manifest", "garbage-lock"],
 )
 def test_an_unreadable_manifest_or_lock_stops_before_the_first_shard(client, seed_day, tmp_path, key, body):
+    """A seed-era manifest file is read only while there is no manifest table (to import it), so it is
+    planted in a bucket no run has written yet; the lock is read by every run."""
     seeded = seed_day(videos=30)
-    assert run(seeded, tmp_path).returncode == 0
-    metadata = seeded.day.metadata_csv.decode().replace("/shorts/", "/shorts/v2/")  # work to do
-    client.put_object(
-        Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
-    )
+    if key.endswith("schema.json"):
+        assert run(seeded, tmp_path, strategy=None).returncode == 0
+        metadata = seeded.day.metadata_csv.decode().replace("/shorts/", "/shorts/v2/")  # work to do
+        client.put_object(
+            Bucket=seeded.bucket, Key="clipfarm/metadata/shorts_metadata_horizon.csv", Body=metadata.encode()
+        )
     client.put_object(Bucket=seeded.bucket, Key=key, Body=body)
     objects_before = listing(client, seeded.bucket)
-    result = run(seeded, tmp_path, summary="again.json")
+    result = run(seeded, tmp_path, strategy=None, summary="again.json")  # concat first, then the others
     assert result.returncode == 7, result.stderr[-2000:]
     assert (
         key in result.stderr and "nothing was written" in result.stderr and "Traceback" not in result.stderr
     )
-    assert listing(client, seeded.bucket) == objects_before  # no orphan shard either
+    assert listing(client, seeded.bucket) == objects_before  # no orphan shard, no table either
 
 
 @pytest.mark.parametrize("body", [b"", os.urandom(2048)], ids=["empty", "random-bytes"])

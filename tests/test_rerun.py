@@ -1,17 +1,20 @@
 """Run as users really do: twice in the same place, after the bucket was recreated, against two buckets
 with one state dir, with the seed script's flags, with today's date, and reading the demo's outputs."""
 
+import dataclasses
 import json
 import os
 import re
+import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
-from clipfarm_fusion import read_manifest, read_state, synthetic
+from clipfarm_fusion import package_data, policy, read_manifest, read_state, synthetic
 from clipfarm_fusion.demo import demo_bucket
+from clipfarm_fusion.layout import Layout
 from clipfarm_fusion.readback import read_vectors
 
 from .test_cli import CLI, cli
@@ -31,23 +34,125 @@ def fused(summary_path) -> dict[str, int]:
     return {name: s["manifest_added"] + s["manifest_updated"] for name, s in summary["strategies"].items()}
 
 
-def test_a_recreated_bucket_is_fused_again_and_the_old_copy_set_aside(client, seed_day, tmp_path):
-    seeded = seed_day(videos=40)
-    env = {"CLIPFARM_BUCKET": seeded.bucket}
-    first = cli("run", "--run-date", RUN_DATE, "--summary-json", "one.json", env=env, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+STRATEGIES = ("concat", "sum_pool", "max_pool")
+
+
+def recreate(client, seeded, day: synthetic.SyntheticDay) -> None:
+    """Delete the bucket and everything in it, create it again and seed `day` into it."""
     delete_bucket(client, seeded.bucket)
     client.create_bucket(Bucket=seeded.bucket)
-    synthetic.seed(client, seeded.bucket, "clipfarm", seeded.day, seeded.objects)
+    synthetic.seed(client, seeded.bucket, seeded.root, day, seeded.objects)
 
-    second = cli("run", "--run-date", RUN_DATE, "--summary-json", "two.json", env=env, cwd=tmp_path)
+
+def run_day(seeded, tmp_path, summary: str):
+    return cli(
+        "run",
+        "--run-date",
+        RUN_DATE,
+        "--bucket",
+        seeded.bucket,
+        "--state-dir",
+        str(seeded.state_dir),
+        "--summary-json",
+        summary,
+        cwd=tmp_path,
+    )
+
+
+def assert_published_from_scratch(client, seeded, summary_path, expected: dict[str, str]) -> None:
+    """Every strategy started from empty state and fused what `expected` says, every pointer in the
+    state and the manifest naming a shard this bucket holds."""
+    summary = json.loads(summary_path.read_text())
+    held = {
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=seeded.bucket)
+        for item in page.get("Contents", [])
+    }
+    fused = {v for v, s in expected.items() if s in policy.FUSED_STATUSES}
+    for strategy in STRATEGIES:
+        assert summary["strategies"][strategy]["state_source"] == "new state table", strategy
+        assert summary["strategies"][strategy]["manifest_added"] == len(fused), strategy
+        frame = read_state(strategy, bucket=seeded.bucket, client=client)
+        assert frame.set_index("video_id")["status"].to_dict() == expected, strategy
+        assert set(frame["artifact_key"].dropna()) <= held, (
+            f"{strategy}: state points at a shard of the old bucket"
+        )
+        rows = read_manifest(strategy, bucket=seeded.bucket, client=client)
+        assert set(rows["video_id"]) == fused and not rows.duplicated(["video_id", "source_hash"]).any()
+        assert set(rows["fused_key"]) <= held, strategy
+
+
+def text_stage_says(day: synthetic.SyntheticDay, status: str, ids: list[str]) -> synthetic.SyntheticDay:
+    """`day` with the text stage's rows of `ids` at `status`: another snapshot, another ETag."""
+    connection = sqlite3.connect(":memory:")
+    connection.deserialize(day.text_state_sqlite)
+    connection.executemany(
+        "UPDATE processed_items SET status = ? WHERE video_id = ?", [(status, v) for v in ids]
+    )
+    connection.commit()
+    body = bytes(connection.serialize())
+    connection.close()
+    return dataclasses.replace(day, text_state_sqlite=body)
+
+
+def expected_statuses(day: synthetic.SyntheticDay) -> dict[str, str]:
+    return {v: s for v, s in day.expected_status().items() if s != policy.INVALID_VIDEO_ID}
+
+
+def test_a_recreated_bucket_is_fused_again_from_empty_state(client, seed_day, tmp_path):
+    """Nothing of the old bucket survives in --state-dir: not the state (it lives in the bucket), and not
+    the cached text-stage snapshot, which the recreated bucket's text stage has replaced."""
+    seeded = seed_day(videos=40)
+    first = run_day(seeded, tmp_path, "one.json")
+    assert first.returncode == 0, first.stderr
+    assert any(seeded.state_dir.rglob("*")), "the text-stage snapshot is cached under --state-dir"
+    placeholders = [v for v, case in seeded.day.cases.items() if case == "placeholder"]
+    assert placeholders
+    recreated = text_stage_says(seeded.day, "queued", placeholders)  # their text is on its way again
+    recreate(client, seeded, recreated)
+
+    second = run_day(seeded, tmp_path, "two.json")
     assert second.returncode == 0, second.stderr
-    assert fused(tmp_path / "two.json") == fused(tmp_path / "one.json")
-    assert min(fused(tmp_path / "two.json").values()) > 0
-    assert "set aside" in second.stderr and "is gone" in second.stderr
-    kept = sorted(p.name for p in (tmp_path / "state").iterdir() if ".set-aside-" in p.name)
-    assert len([name for name in kept if not name.endswith(".mirror.json")]) == 3  # one per strategy
-    assert len(read_manifest("concat", bucket=seeded.bucket)) == fused(tmp_path / "two.json")["concat"]
+    expected = expected_statuses(seeded.day)
+    expected.update({v: policy.MISSING_TEXT_PENDING for v in placeholders})
+    assert_published_from_scratch(client, seeded, tmp_path / "two.json", expected)
+    assert min(fused(tmp_path / "two.json").values()) == min(fused(tmp_path / "one.json").values()) - len(
+        placeholders
+    )
+
+
+def seed_era_state(frame) -> bytes:
+    """The rows of `frame` (read_state's columns) as a 0.x SQLite state file (sql/state.sql)."""
+    connection = sqlite3.connect(":memory:")
+    connection.executescript(package_data.state_ddl())
+    connection.executemany(
+        "INSERT INTO processed_items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None),
+    )
+    connection.commit()
+    body = bytes(connection.serialize())
+    connection.close()
+    return body
+
+
+def test_a_recreated_bucket_is_fused_again_even_by_a_machine_upgraded_from_0x(client, seed_day, tmp_path):
+    """A machine that ran 0.x keeps its SQLite working copies under --state-dir (the upgrade imported the
+    S3 mirror and leaves them be). They describe the old bucket: after the bucket is recreated they must
+    not come back as its state, or every video counts as fused into shards that no longer exist."""
+    seeded = seed_day(videos=40)
+    first = run_day(seeded, tmp_path, "one.json")
+    assert first.returncode == 0, first.stderr
+    for strategy in STRATEGIES:  # what 0.x left on this machine: a working copy of the same state,
+        body = seed_era_state(read_state(strategy, bucket=seeded.bucket, client=client))
+        path = Layout.state_path(seeded.state_dir, strategy)
+        path.write_bytes(body)  # with the sidecar naming the S3 mirror it was a cache of
+        mirror = f"s3://{seeded.bucket}/{Layout(seeded.root).state_mirror_key(strategy)}"
+        path.with_name(path.name + ".mirror.json").write_text(json.dumps({"uri": mirror, "etag": '"e"'}))
+    recreate(client, seeded, seeded.day)
+
+    second = run_day(seeded, tmp_path, "two.json")
+    assert second.returncode == 0, second.stderr
+    assert_published_from_scratch(client, seeded, tmp_path / "two.json", expected_statuses(seeded.day))
 
 
 def test_one_state_dir_for_two_buckets_never_mixes_their_state(client, seed_day, tmp_path):
@@ -70,7 +175,7 @@ def test_one_state_dir_for_two_buckets_never_mixes_their_state(client, seed_day,
         )
         assert result.returncode == 0, result.stderr
     assert fused(tmp_path / "b.json") == fused(tmp_path / "a.json")  # bucket B fused everything it has
-    assert set(fused(tmp_path / "a2.json").values()) == {0}  # back on A: A's own mirror, nothing to redo
+    assert set(fused(tmp_path / "a2.json").values()) == {0}  # back on A: A's own tables, nothing to redo
     assert set(read_state("concat", bucket=other)["video_id"]) == set(
         read_state("concat", bucket=seeded.bucket)["video_id"]
     )

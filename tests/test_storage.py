@@ -1,5 +1,6 @@
-"""Shards, manifest upsert and the schema lock against the moto server."""
+"""Shards, manifest upserts (a real Delta table) and the schema lock against the moto server."""
 
+import logging
 from datetime import date
 
 import numpy as np
@@ -7,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from clipfarm_fusion import manifest, schema_lock, shards
-from clipfarm_fusion.errors import ConcurrentWriteError, SchemaDriftError
+from clipfarm_fusion.errors import SchemaDriftError
 from clipfarm_fusion.fuse import FusionOptions
 from clipfarm_fusion.layout import Layout
 
@@ -59,27 +60,59 @@ def manifest_rows(ids, hashes, key, captured="2026-03-01"):
     )
 
 
-def test_manifest_upsert_keeps_latest_row_per_key():
+ROOT = "clipfarm"
+
+
+def open_manifest(client, bucket, root=ROOT, strategy="concat"):
+    return manifest.open_table(client, bucket, Layout(root), strategy, 30)
+
+
+def published(client, bucket, root=ROOT, strategy="concat"):
+    return manifest.read(client, bucket, Layout(root), strategy)
+
+
+def by_key(table):
+    return {(r["video_id"], r["source_hash"]): r for r in table.to_pylist()}
+
+
+def test_manifest_commit_keeps_latest_row_per_key(client, bucket):
+    table = open_manifest(client, bucket)
+    assert table.source == "new manifest table" and published(client, bucket) is None
     old = manifest_rows(["a", "b", "c"], ["h1", "h1", "h1"], "k/part-0000.npz")
+    assert table.commit(old) == (3, 0)  # the first commit creates the table
     new = manifest_rows(["b", "c", "d"], ["h1", "h2", "h1"], "k/part-0001.npz", captured="2026-03-02")
-    merged, added, updated = manifest.merge(old, new)
-    assert (added, updated) == (2, 1)
-    rows = {(r["video_id"], r["source_hash"]): r["fused_key"] for r in merged.to_pylist()}
-    assert rows == {
+    assert open_manifest(client, bucket).commit(new) == (2, 1)
+    merged = published(client, bucket)
+    assert merged.schema == manifest.SCHEMA  # the stored instant column stays internal
+    assert {k: r["fused_key"] for k, r in by_key(merged).items()} == {
         ("a", "h1"): "k/part-0000.npz",
         ("b", "h1"): "k/part-0001.npz",
         ("c", "h1"): "k/part-0000.npz",
         ("c", "h2"): "k/part-0001.npz",
         ("d", "h1"): "k/part-0001.npz",
     }
-    again, added, updated = manifest.merge(merged, new)
-    assert (added, updated) == (0, 0)
-    assert again.sort_by("video_id").equals(merged.sort_by("video_id"))
+    assert by_key(merged)[("b", "h1")]["captured_at"] == "2026-03-02"
+    assert open_manifest(client, bucket).commit(new) == (0, 0)  # re-merging the same rows
+    assert open_manifest(client, bucket).commit(old) == (0, 0)  # and older ones
+    assert (
+        published(client, bucket)
+        .sort_by([("video_id", "ascending"), ("source_hash", "ascending")])
+        .equals(merged.sort_by([("video_id", "ascending"), ("source_hash", "ascending")]))
+    )
 
 
 def one_row(captured, key, video_id="a", source_hash="h1", status="success_full"):
     row = manifest_rows([video_id], [source_hash], key, captured=captured)
     return row.set_column(row.schema.get_field_index("fusion_status"), "fusion_status", pa.array([status]))
+
+
+def merged_pair(client, bucket, existing, new, root=ROOT):
+    """Commit `existing` (creating the table), then upsert `new` into it: (added, updated, the one row)."""
+    assert open_manifest(client, bucket, root).commit(existing) == (1, 0)
+    added, updated = open_manifest(client, bucket, root).commit(new)
+    rows = published(client, bucket, root).to_pylist()
+    assert len(rows) == 1
+    return added, updated, rows[0]
 
 
 @pytest.mark.parametrize(
@@ -92,40 +125,60 @@ def one_row(captured, key, video_id="a", source_hash="h1", status="success_full"
         ("2026-03-01", "not a date", "old"),
     ],
 )
-def test_manifest_merge_compares_captured_at_as_instants_not_strings(old_captured, new_captured, winner):
+def test_manifest_merge_compares_captured_at_as_instants_not_strings(
+    client, bucket, old_captured, new_captured, winner
+):
     old = one_row(old_captured, "k/date=2026-03-01/part-0000.npz")
     new = one_row(new_captured, "k/date=2026-03-01/part-0001.npz")
-    merged, added, updated = manifest.merge(old, new)
+    added, updated, row = merged_pair(client, bucket, old, new)
     assert (added, updated) == (0, int(winner == "new"))
-    assert merged.num_rows == 1
-    assert merged["captured_at"][0].as_py() == (new_captured if winner == "new" else old_captured)
+    assert row["captured_at"] == (new_captured if winner == "new" else old_captured)
 
 
-def test_manifest_merge_tie_at_the_same_instant_goes_to_the_larger_fused_key_else_the_existing_row():
+def test_manifest_merge_tie_at_the_same_instant_goes_to_the_larger_fused_key_else_the_existing_row(
+    client, bucket
+):
     earlier_key, later_key = "k/date=2026-03-01/part-0001.npz", "k/date=2026-03-01/part-0002.npz"
     old = one_row("2026-03-01T08:00:00Z", later_key)
     new = one_row("2026-03-01T10:00:00+02:00", earlier_key)  # the same instant
-    merged, added, updated = manifest.merge(old, new)
-    assert (added, updated, merged["fused_key"][0].as_py()) == (0, 0, later_key)
-    merged, added, updated = manifest.merge(new, old)
-    assert (added, updated, merged["fused_key"][0].as_py()) == (0, 1, later_key)
+    assert merged_pair(client, bucket, old, new, root="r1")[:2] == (0, 0)
+    assert published(client, bucket, "r1")["fused_key"].to_pylist() == [later_key]
+    added, updated, row = merged_pair(client, bucket, new, old, root="r2")
+    assert (added, updated, row["fused_key"]) == (0, 1, later_key)
     same = one_row("2026-03-01T08:00:00+00:00", later_key, status="success_text_placeholder")
-    merged, added, updated = manifest.merge(old, same)  # a full tie: the existing row stays
-    assert (added, updated, merged["fusion_status"][0].as_py()) == (0, 0, "success_full")
+    added, updated, row = merged_pair(
+        client, bucket, old, same, root="r3"
+    )  # a full tie: the existing row stays
+    assert (added, updated, row["fusion_status"]) == (0, 0, "success_full")
+    no_key = one_row("2026-03-01T08:00:00Z", None)
+    added, updated, row = merged_pair(client, bucket, no_key, new, root="r4")  # a null fused_key loses
+    assert (added, updated, row["fused_key"]) == (0, 1, earlier_key)
+    added, updated, row = merged_pair(client, bucket, new, no_key, root="r5")
+    assert (added, updated, row["fused_key"]) == (0, 0, earlier_key)
 
 
-def test_manifest_commit_merges_on_the_fresh_manifest_after_a_lost_race(client, bucket):
-    key = "clipfarm/fused/concat/fused_manifest.parquet"
-    manifest.commit(client, bucket, key, manifest_rows(["a"], ["h"], "k0"))
-    _, etag = manifest.read(client, bucket, key)
-    manifest.commit(client, bucket, key, manifest_rows(["b"], ["h"], "k1"))
-    from clipfarm_fusion import s3io
+def test_manifest_commit_merges_on_the_fresh_table_after_a_lost_race(client, bucket, caplog):
+    open_manifest(client, bucket).commit(manifest_rows(["a", "x"], ["h", "h"], "k0", captured="2026-03-01"))
+    first, second = open_manifest(client, bucket), open_manifest(client, bucket)
+    assert first.commit(manifest_rows(["b", "x"], ["h", "h"], "k1", captured="2026-03-03")) == (1, 1)
+    # the second writer read the table before the first one's commit: its x is newer than what it
+    # read but older than what the first writer committed, so it must not replace it
+    with caplog.at_level(logging.WARNING, logger="clipfarm_fusion.manifest"):
+        assert second.commit(manifest_rows(["c", "x"], ["h", "h"], "k2", captured="2026-03-02")) == (1, 0)
+    assert "merging again" in caplog.text  # it did lose the race, and merged on the fresh table
+    rows = by_key(published(client, bucket))
+    assert sorted(rows) == [("a", "h"), ("b", "h"), ("c", "h"), ("x", "h")]
+    assert (rows[("x", "h")]["fused_key"], rows[("x", "h")]["captured_at"]) == ("k1", "2026-03-03")
 
-    with pytest.raises(ConcurrentWriteError):
-        s3io.put_replacing(client, bucket, key, b"stale", etag)
-    manifest.commit(client, bucket, key, manifest_rows(["c"], ["h"], "k2"))
-    table, _ = manifest.read(client, bucket, key)
-    assert sorted(table["video_id"].to_pylist()) == ["a", "b", "c"]
+
+def test_manifest_commits_of_two_writers_racing_to_create_the_table_both_land(client, bucket):
+    first, second = open_manifest(client, bucket), open_manifest(client, bucket)
+    assert first.table is None and second.table is None
+    assert first.commit(manifest_rows(["a", "x"], ["h", "h"], "k1", captured="2026-03-02")) == (2, 0)
+    assert second.commit(manifest_rows(["b", "x"], ["h", "h"], "k2", captured="2026-03-01")) == (1, 0)
+    rows = by_key(published(client, bucket))
+    assert sorted(rows) == [("a", "h"), ("b", "h"), ("x", "h")]
+    assert rows[("x", "h")]["fused_key"] == "k1"
 
 
 def test_schema_lock_is_written_once(client, bucket):

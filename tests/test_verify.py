@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from clipfarm_fusion import manifest, pipeline, verify
+from clipfarm_fusion import pipeline, verify
 from clipfarm_fusion.layout import Layout
 
+from .conftest import replace_manifest
 from .test_cli import cli
 
 LAYOUT = Layout("clipfarm")
@@ -25,7 +26,7 @@ def published(seed_day, client):
 
 
 def rewrite_manifest(client, outputs: verify.Published, table: pa.Table) -> None:
-    client.put_object(Bucket=outputs.bucket, Key=outputs.manifest_key, Body=manifest.encode(table))
+    replace_manifest(client, outputs.bucket, outputs.root, outputs.strategy, table)
 
 
 def with_column(table: pa.Table, name: str, values: list) -> pa.Table:
@@ -217,6 +218,10 @@ def test_verify_command_exit_0_on_a_good_bucket(fused_day):
     result = cli("verify", "--strategy", "concat", "--bucket", seeded.bucket, "--progress-every", "5")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "verify concat: OK"
+    # the manifest is named by its table's prefix
+    assert result.stdout.startswith(
+        f"verify concat s3://{seeded.bucket}/clipfarm/fused/concat/manifest (all dates):"
+    )
     assert (
         f"{len(keys)} referenced, {len(keys)} listed, {len(keys)} checked, 0 missing, 0 broken"
         in result.stdout
@@ -269,9 +274,24 @@ def test_verify_command_exit_5_on_a_pointer_to_another_row(fused_day, client):
     assert outputs.manifest["fused_key"][0].as_py() in result.stderr
 
 
+def test_verify_command_exit_5_on_a_duplicated_key_naming_the_manifest_table(fused_day, client):
+    seeded, _ = fused_day
+    outputs = verify.read_published(client, seeded.bucket, "clipfarm", "concat")
+    rewrite_manifest(client, outputs, pa.concat_tables([outputs.manifest, outputs.manifest.slice(0, 1)]))
+    result = cli("verify", "--strategy", "concat", "--bucket", seeded.bucket)
+    assert result.returncode == 5, result.stderr
+    assert "manifest keys: 1 (video_id, source_hash) keys have more than one row" in result.stdout
+    assert (
+        "clipfarm/fused/concat/manifest: verify concat failed: 1 duplicated manifest key(s)" in result.stderr
+    )
+
+
 def test_verify_command_exit_2_without_a_manifest_or_bucket(bucket):
     result = cli("verify", "--strategy", "concat", "--bucket", bucket)
-    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert (
+        result.returncode == 2
+        and f"s3://{bucket}/clipfarm/fused/concat/manifest does not exist" in result.stderr
+    )
     assert cli("verify", "--strategy", "concat").returncode == 2
     assert cli("verify", "--strategy", "nope", "--bucket", bucket).returncode == 2
 

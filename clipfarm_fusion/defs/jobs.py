@@ -1,4 +1,4 @@
-"""Two unpartitioned maintenance jobs over every strategy that is an asset (`ASSET_STRATEGIES`):
+"""Three unpartitioned maintenance jobs over every strategy that is an asset (`ASSET_STRATEGIES`):
 
 - `verify_published`: `verify.verify_strategy` over the whole store (or one `date`): lock, unique keys,
   every shard exists and every pointer resolves. It fails naming the bad shards; the daily checks
@@ -7,8 +7,11 @@
   `older_than` (default 1d). It runs in the fusion pool, so in a deployment it never overlaps a fuse
   (the grace period protects a run in progress anyway, e.g. one started from the CLI).
 
-A strategy with nothing published yet (no manifest) is skipped by both. Their schedules are in
-`schedules.py`, stopped by default.
+- `maintain_tables`: `maintenance.maintain` compacts, checkpoints and vacuums each strategy's manifest
+  and state tables (Delta Lake), so daily commits never pile up small files. In the fusion pool too.
+
+A strategy with nothing published yet (no manifest) is skipped. The schedules are in `schedules.py`:
+maintenance runs daily by default, verify and gc are stopped until turned on.
 
 No `from __future__ import annotations` here: Dagster reads the ops' `Config` annotations at import.
 """
@@ -16,7 +19,7 @@ No `from __future__ import annotations` here: Dagster reads the ops' `Config` an
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from .. import sweep, verify
+from .. import maintenance, sweep, verify
 from ..errors import ConfigError
 from ..readback import parse_run_date
 from .assets import FUSION_POOL
@@ -28,6 +31,14 @@ class VerifyConfig(Config):
         default=None, description="Only this date's rows and shards (YYYY-MM-DD); default: everything."
     )
     progress_every: int = Field(default=100, description="A progress log line every this many shards.")
+
+
+class MaintainConfig(Config):
+    retention: str = Field(
+        default="7d",
+        description="Vacuum keeps the files any table version younger than this needs (time travel "
+        "works inside it): 7d, 30d.",
+    )
 
 
 class GcConfig(Config):
@@ -133,6 +144,41 @@ def sweep_orphan_shards(context: OpExecutionContext, config: GcConfig, fusion: F
             metadata=metadata,
         )
     return Output(totals, metadata=metadata)
+
+
+@op(
+    description="Compact, checkpoint and vacuum every strategy's manifest and state tables.",
+    pool=FUSION_POOL,
+)
+def maintain_all_tables(context: OpExecutionContext, config: MaintainConfig, fusion: FusionResource):
+    client = fusion.client()
+    try:
+        retention = sweep.parse_age(config.retention)
+    except ConfigError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    metadata: dict[str, MetadataValue] = {}
+    for strategy in ASSET_STRATEGIES:
+        for upkeep in maintenance.maintain(client, fusion.bucket, fusion.root, strategy, retention):
+            context.log.info(upkeep.line())
+            name = upkeep.location.rsplit("/", 1)[-1]
+            metadata[f"{strategy}/{name}"] = MetadataValue.json(
+                {
+                    "version": upkeep.version,
+                    "files_compacted": upkeep.files_removed,
+                    "files_written": upkeep.files_added,
+                    "files_vacuumed": upkeep.vacuumed,
+                }
+            )
+    return Output(len(metadata), metadata=metadata)
+
+
+@job(
+    name="maintain_tables",
+    description="Compact the manifest and state tables (Delta Lake) of every strategy into ~32 MB files, "
+    "checkpoint them and vacuum files older versions no longer need (config `retention`, default 7d).",
+)
+def maintain_tables_job():
+    maintain_all_tables()
 
 
 @job(

@@ -52,8 +52,8 @@ class FusionResource(ConfigurableResource):
     )
     state_dir: str | None = Field(
         default=None,
-        description="Local working copies of the state DBs (default: <tmp>/clipfarm_fusion/<bucket>/<root>). "
-        "The S3 mirror is the source of truth; this is a cache.",
+        description="A local cache of the text stage's snapshot (default: <tmp>/clipfarm_fusion/<bucket>/<root>). "
+        "The state is a table in the bucket; this directory holds nothing a run needs to keep.",
     )
     max_items: int | None = Field(
         default=None,
@@ -97,8 +97,8 @@ class FusionResource(ConfigurableResource):
     )
 
     def fusion_config(self, strategies: tuple[str, ...]) -> FusionConfig:
-        """The run's config; the state dir is scoped by bucket and root because a working copy of another
-        bucket's state must never be continued when this bucket has no mirror yet."""
+        """The run's config; the cache dir is scoped by bucket and root, so a seed-era working copy of
+        another bucket's state can never be imported into this one."""
         state_dir = Path(
             self.state_dir or Path(tempfile.gettempdir(), "clipfarm_fusion", self.bucket, self.root)
         )

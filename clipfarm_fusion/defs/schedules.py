@@ -4,8 +4,10 @@
   slack let the upstream embedding and text stages finish the day before it is read.
 - `verify_published_weekly`: Sundays 04:00 UTC, verify every shard and pointer of every strategy.
 - `gc_orphan_shards_weekly`: Sundays 05:00 UTC, sweep orphan shards older than a day.
+- `maintain_tables_daily`: 03:30 UTC, compact and vacuum the lake tables. RUNNING by default: table
+  upkeep is not a chore anyone should have to remember.
 
-All three are stopped until turned on in the UI (the daemon runs them).
+The others are stopped until turned on in the UI (the daemon runs them).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dagster import (
 )
 
 from .assets import fuse_embeddings
-from .jobs import gc_orphan_shards_job, verify_published_job
+from .jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
 
 fuse_daily_job = define_asset_job(
     "fuse_daily",
@@ -44,4 +46,12 @@ gc_orphan_shards_schedule = ScheduleDefinition(
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.STOPPED,
     description="Every Sunday at 05:00 UTC: delete orphan shards older than the grace period (1d).",
+)
+maintain_tables_schedule = ScheduleDefinition(
+    name="maintain_tables_daily",
+    job=maintain_tables_job,
+    cron_schedule="30 3 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Daily at 03:30 UTC (after the fuse): compact, checkpoint and vacuum the lake tables.",
 )

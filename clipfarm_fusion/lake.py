@@ -1,0 +1,235 @@
+"""Delta Lake tables in the bucket, through delta-rs (`deltalake`): the one module that talks to it.
+
+The manifest and the state are Delta tables under `<root>/`, so a daily run costs O(delta): an upsert
+is one replaceWhere commit (the rows of the touched ids replaced by their new rows) that adds one small
+file and rewrites only the files holding rows it replaces; a commit is one conditional PUT of a log
+entry (`aws_conditional_put=etag`), atomic and safe against concurrent writers. Reads stream the
+table a row group at a time (we write 64k-row groups), so memory does not follow the table's size; we
+use no DataFusion scan or MERGE because those hold whole files and join in memory (about 1 GB for a
+1M-row table). Any engine that reads Delta (deltalake, polars, duckdb, Spark, Trino) reads the tables.
+
+delta-rs brings its own S3 client: its settings are derived here from our boto3 client (endpoint,
+region, credentials) and from the run's S3 patience; `s3io.is_fault` recognises its faults.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError as CommitFailedError  # re-exported for callers
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from . import s3io
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+META_PREFIX = "clipfarm."
+HISTORY_LOOKBACK = 100  # commits searched for our own metadata (compactions carry none)
+ROW_GROUP = 65_536  # rows per parquet row group we write, and per batch we read: bounds read memory
+TARGET_FILE_BYTES = 32 * 1024 * 1024  # files we write (and compact to): an update rewrites at most this
+WRITER = WriterProperties(max_row_group_size=ROW_GROUP, compression="ZSTD")
+
+
+def storage_options(client, patience_s: float = 60.0) -> dict[str, str]:
+    """delta-rs settings for the bucket our boto3 `client` talks to: same endpoint, region and
+    credentials (so `AWS_ENDPOINT_URL`, profiles and MinIO work alike), conditional PUTs for safe
+    concurrent commits, and retries for as long as the run's S3 patience."""
+    options = {
+        "AWS_REGION": client.meta.region_name or "us-east-1",
+        "aws_conditional_put": "etag",
+        "max_retries": "10",
+        "retry_timeout": f"{max(1, int(patience_s))}s",
+        "timeout": "60s",
+        "connect_timeout": "10s",
+    }
+    endpoint = client.meta.endpoint_url
+    if endpoint and not endpoint.startswith("https://s3.") and ".amazonaws.com" not in endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    credentials = client._request_signer._credentials  # botocore keeps the resolved chain here only
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        options["AWS_ACCESS_KEY_ID"] = frozen.access_key
+        options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+        if frozen.token:
+            options["AWS_SESSION_TOKEN"] = frozen.token
+    return options
+
+
+def uri(bucket: str, prefix: str) -> str:
+    return f"s3://{bucket}/{prefix.strip('/')}"
+
+
+def open_table(location: str, options: dict[str, str]) -> DeltaTable | None:
+    """The table at `location`, or None when there is no Delta table there yet; StoreError when there is
+    one but its log cannot be read (an outage is not that: it stays a fault, exit 6)."""
+    try:
+        return DeltaTable(location, storage_options=options)
+    except TableNotFoundError:
+        return None
+    except (DeltaError, OSError) as exc:
+        if s3io.is_fault(exc):
+            raise
+        raise StoreError(
+            f"{location} is not a readable Delta table ({str(exc).splitlines()[0][:300]}); nothing was written. "
+            "Restore its _delta_log from a bucket version"
+        ) from None
+
+
+def create(location: str, schema: pa.Schema, options: dict[str, str]) -> tuple[DeltaTable, bool]:
+    """(the table, whether this call created it). Tables are created EMPTY: writers that race to create
+    one may both be told they did (delta-rs can turn the loser's create into a later version), which is
+    harmless without rows; every row then goes in through a commit that detects conflicts."""
+    created = True
+    try:
+        write_deltalake(location, schema.empty_table(), mode="error", storage_options=options)
+    except CommitFailedError:
+        created = False
+    except DeltaError as exc:
+        if "already exists" not in str(exc):
+            raise
+        created = False
+    if not created:
+        log.info("%s was created by a concurrent writer", location)
+    return DeltaTable(location, storage_options=options), created
+
+
+def import_rows(location: str, rows: pa.Table, options: dict[str, str], where: str) -> DeltaTable:
+    """A new table at `location` holding `rows` (imported from `where`), once: created empty, then
+    filled in one commit that replaces every row (`predicate="true"`), so of two runs importing at
+    once exactly one commit lands and the other finds the rows there."""
+    table, _ = create(location, rows.schema, options)
+    if not table.file_uris():
+        try:
+            write_deltalake(
+                table,
+                rows,
+                mode="overwrite",
+                predicate="true",
+                writer_properties=WRITER,
+                target_file_size=TARGET_FILE_BYTES,
+                commit_properties=_properties({"imported_from": where}),
+            )
+        except CommitFailedError:
+            log.info("%s was imported by a concurrent run", location)
+    table.update_incremental()
+    return table
+
+
+def _properties(metadata: dict[str, str]) -> CommitProperties:
+    return CommitProperties(custom_metadata={META_PREFIX + k: v for k, v in metadata.items()})
+
+
+def sql_list(values: Iterable[str]) -> str:
+    """`'a', 'b'` with quotes doubled: ids may contain `'`."""
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def batches(table: DeltaTable, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The table's rows, `columns` only, a row group at a time, file by file: memory stays at a row
+    group whatever the table's size (DataFusion's scans and MERGE, and pyarrow's dataset scanner, hold
+    far more). String columns come back as plain strings."""
+    dataset = table.to_pyarrow_dataset()  # the snapshot's files (we write no deletion vectors)
+    for path in dataset.files:
+        parquet = pq.ParquetFile(dataset.filesystem.open_input_file(path), pre_buffer=False)
+        wanted = None if columns is None else list(columns)
+        for batch in parquet.iter_batches(batch_size=ROW_GROUP, columns=wanted, use_threads=False):
+            yield _plain(batch)
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """delta-rs hands strings out as string_view; everything downstream expects plain strings."""
+    return pa.schema(
+        [pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) else f for f in schema]
+    )
+
+
+def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
+    schema = _plain_schema(batch.schema)
+    return batch if schema == batch.schema else batch.cast(schema)
+
+
+def select(
+    table: DeltaTable, schema: pa.Schema, keep: Callable[[pa.RecordBatch], pa.Array] | None = None
+) -> pa.Table:
+    """The rows for which `keep(batch)` is true (all without it), `schema`'s columns, read streaming."""
+    parts = []
+    for batch in batches(table, schema.names):
+        parts.append(batch if keep is None else batch.filter(keep(batch)))
+    return pa.Table.from_batches(parts, schema=schema) if parts else schema.empty_table()
+
+
+def select_ids(table: DeltaTable, column: str, ids: pa.Array, schema: pa.Schema) -> pa.Table:
+    """The rows whose `column` is one of `ids`."""
+    ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
+    if len(ids) == 0:
+        return schema.empty_table()
+    return select(table, schema, lambda batch: pc.is_in(batch.column(column), value_set=ids))
+
+
+def read_all(table: DeltaTable) -> pa.Table:
+    """Every row, in the table's own schema (string columns as plain strings)."""
+    parts = list(batches(table))
+    return (
+        pa.Table.from_batches(parts)
+        if parts
+        else _plain_schema(table.to_pyarrow_dataset().schema).empty_table()
+    )
+
+
+def replace(
+    table: DeltaTable, rows: pa.Table, column: str, ids: Sequence[str], metadata: dict[str, str]
+) -> None:
+    """One commit that replaces every row whose `column` is in `ids` with `rows` (an upsert when `rows`
+    holds the final rows of those ids). A filtered delete-and-append (replaceWhere), not a MERGE: it
+    streams instead of joining, and rewrites only the files holding matched rows. Raises
+    CommitFailedError when a concurrent commit added or removed rows it reads; the caller decides."""
+    write_deltalake(
+        table,
+        rows,
+        mode="overwrite",
+        predicate=f'"{column}" IN ({sql_list(ids)})',
+        writer_properties=WRITER,
+        target_file_size=TARGET_FILE_BYTES,
+        commit_properties=_properties(metadata),
+    )
+
+
+def note(table: DeltaTable, schema: pa.Schema, metadata: dict[str, str]) -> None:
+    """A commit that adds no rows and carries only our `metadata` (a MERGE of nothing commits nothing)."""
+    write_deltalake(table, schema.empty_table(), mode="append", commit_properties=_properties(metadata))
+
+
+def commit_metadata(table: DeltaTable, key: str) -> str | None:
+    """The value of our commit metadata `key` in the newest commit that carries it, None if none does.
+    Usually the newest commit has it (each run records it); compactions in between carry none, so
+    the search widens, a commit file per entry, up to HISTORY_LOOKBACK."""
+    limit = 4
+    while True:
+        entries = table.history(limit)
+        for entry in entries:
+            value = entry.get(META_PREFIX + key)
+            if value is not None:
+                return str(value)
+        if len(entries) < limit or limit >= HISTORY_LOOKBACK:
+            return None
+        limit = min(limit * 5, HISTORY_LOOKBACK)
+
+
+def writes_since(table: DeltaTable, version: int) -> list[str]:
+    """Operations committed after `version` that changed data (compactions do not)."""
+    current = table.version()
+    if current <= version:
+        return []
+    return [
+        str(entry.get("operation"))
+        for entry in table.history(current - version)
+        if entry.get("version", current) > version
+        and entry.get("operation") not in ("OPTIMIZE", "VACUUM START", "VACUUM END")
+    ]
