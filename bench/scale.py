@@ -16,8 +16,9 @@ gives every run a new container).
 Measured per run:
 - *wall*: from spawning the CLI process to its exit (interpreter start and imports included, ~2 s);
   the pipeline's own figure (`seconds` of --summary-json) is kept in the JSON too;
-- *peak RSS*: `ru_maxrss` of exactly that child, from `os.wait4(pid)` (not RUSAGE_CHILDREN, whose
-  maxrss is a maximum over every child ever waited for, so a smaller rerun would be hidden);
+- *peak RSS*: the run's own VmHWM, written by `bench/peak.py`, which runs the CLI in its process (a
+  child's `ru_maxrss` starts at its parent's size at spawn, and this harness, whose proxy buffers every
+  body, grows to GBs at 3M; under `--profile` it falls back to `ru_maxrss`);
 - *written*: bytes of request bodies on the wire (PUT/POST), by kind of object; *read*: response bodies;
 - requests by method; the CLI's log lines with their offsets, which show where the time goes.
 `--profile` runs both CLI processes under cProfile (main thread only; it slows pandas-heavy phases, so the
@@ -78,8 +79,11 @@ def run_cli(
         str(summary_path),
     ]
     profile_path = out_dir / f"{label}.prof"
+    peak_path = out_dir / f"{label}.peak"
     command = (
-        [sys.executable, "-m", "cProfile", "-o", str(profile_path), CLI, *args] if profile else [CLI, *args]
+        [sys.executable, "-m", "cProfile", "-o", str(profile_path), CLI, *args]
+        if profile
+        else [sys.executable, str(Path(__file__).with_name("peak.py")), str(peak_path), *args]
     )
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
     stdout, stderr = out_dir / f"{label}.stdout", out_dir / f"{label}.stderr"
@@ -104,7 +108,10 @@ def run_cli(
         "label": label,
         "exit_code": process.returncode,
         "seconds": round(seconds, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        # the run's own high-water mark (bench/peak.py); ru_maxrss would start at this harness's size
+        "peak_rss_mb": float(peak_path.read_text())
+        if peak_path.exists()
+        else round(usage.ru_maxrss / 1024, 1),
         "cpu_user_s": round(usage.ru_utime, 2),
         "cpu_sys_s": round(usage.ru_stime, 2),
         "log": log_lines,

@@ -183,18 +183,21 @@ def read_all(table: DeltaTable) -> pa.Table:
     )
 
 
-def replace(
-    table: DeltaTable, rows: pa.Table, column: str, ids: Sequence[str], metadata: dict[str, str]
-) -> None:
-    """One commit that replaces every row whose `column` is in `ids` with `rows` (an upsert when `rows`
-    holds the final rows of those ids). A filtered delete-and-append (replaceWhere), not a MERGE: it
+def in_list(column: str, values: Iterable[str]) -> str:
+    """`"column" IN ('a', 'b')`: a predicate delta-rs can also check concurrent commits against."""
+    return f'"{column}" IN ({sql_list(values)})'
+
+
+def replace(table: DeltaTable, rows: pa.Table, predicate: str, metadata: dict[str, str]) -> None:
+    """One commit that replaces every row matching `predicate` (plain column comparisons, e.g. from
+    `in_list`) with `rows`: an upsert when `rows` holds the final rows of exactly the matched ones. A filtered delete-and-append (replaceWhere), not a MERGE: it
     streams instead of joining, and rewrites only the files holding matched rows. Raises
     CommitFailedError when a concurrent commit added or removed rows it reads; the caller decides."""
     write_deltalake(
         table,
         rows,
         mode="overwrite",
-        predicate=f'"{column}" IN ({sql_list(ids)})',
+        predicate=predicate,
         writer_properties=WRITER,
         target_file_size=TARGET_FILE_BYTES,
         commit_properties=_properties(metadata),

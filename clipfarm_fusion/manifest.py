@@ -3,9 +3,9 @@
 A run upserts its rows on the key, keeping one row per key by the rule of `latest`: the latest
 captured_at as a parsed UTC instant (not as text: `...+02:00` and `...Z` compare by the clock; empty or
 unparseable is oldest), then the larger fused_key, and on a full tie the existing row. The rows already
-published for the run's videos are read with a streaming scan and merged in memory (`merge`), then the
-videos' rows are replaced in one commit (`lake.replace`): new keys land in one small file, and only the
-files holding the videos' old rows are rewritten. A commit that loses a race to another writer is merged
+published for the run's videos are read with a streaming scan and compared in memory (`winners`), then
+the winning keys are replaced in one commit (`lake.replace`): new keys land in one small file, and only
+the files holding replaced rows are rewritten. A commit that loses a race to another writer is merged
 again on the fresh table. The table has exactly the manifest's columns.
 """
 
@@ -72,49 +72,41 @@ def empty() -> pa.Table:
 
 
 def _keys(table: pa.Table) -> pa.ChunkedArray:
-    return pc.binary_join_element_wise(table["video_id"], table["source_hash"], "\x1f")
+    """`video_id|source_hash` per row: unambiguous, since a source_hash is 64 hex digits."""
+    return pc.binary_join_element_wise(table["video_id"], table["source_hash"], "|")
 
 
-def merge(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int, int]:
-    """(merged, rows added, rows updated). `new` must have one row per key.
+COMPARED = ("video_id", "source_hash", "captured_at", "fused_key")  # all the latest rule reads
 
-    The latest row per key wins (`latest.latest_index`: captured_at as an instant, then fused_key);
-    on a full tie the existing row stays, so merging the same rows again changes nothing and counts
-    no update.
-    """
-    new = conform(new, SCHEMA if "projection_id" not in new.column_names else PROJECTION_SCHEMA)
-    if old is None or old.num_rows == 0:
-        return new, new.num_rows, 0
-    old = conform(old, new.schema)
-    # Only rows whose video_id is in `new` can clash: find those cheaply on one column, and build the
-    # joined (video_id, source_hash) keys for that small subset, not for the whole manifest.
-    candidates = np.flatnonzero(pc.is_in(old["video_id"], value_set=new["video_id"].combine_chunks()))
-    subset = old.take(candidates)
-    new_keys = _keys(new).combine_chunks() if new.num_rows else pa.array([], pa.string())
-    clash_in_subset = pc.is_in(_keys(subset), value_set=new_keys).to_numpy(zero_copy_only=False)
-    clashing_rows = candidates[clash_in_subset]
-    clashing = int(clashing_rows.size)
-    added = new.num_rows - clashing
-    if clashing == 0:
-        return pa.concat_tables([old, new]), added, 0
+
+def winners(old: pa.Table, new: pa.Table) -> tuple[pa.Table, int, int]:
+    """(the rows of `new` to write, rows added, rows updated). `new` has one row per key; `old` holds the
+    published rows of the same videos (the `COMPARED` columns are enough). A new row is written when its
+    key is not published, or when it is later by the rule of `latest` (captured_at as an instant, then
+    fused_key); on a full tie the existing row stays, so writing the same rows again changes nothing."""
+    clash = pc.is_in(_keys(old), value_set=_keys(new).combine_chunks()).to_numpy(zero_copy_only=False)
+    contenders = old.filter(pa.array(clash)).select(list(COMPARED))
+    existing = set(_keys(contenders).to_pylist())
+    fresh = ~np.isin(_keys(new).to_numpy(zero_copy_only=False), list(existing))
+    added = int(fresh.sum())
+    if not existing:
+        return new, added, 0
     contested = pa.concat_tables(
         [  # the existing rows first: on a full tie the first row wins
-            old.take(clashing_rows).append_column("_new", pa.array(np.zeros(clashing, np.int8))),
-            new.append_column("_new", pa.array(np.ones(new.num_rows, np.int8))),
+            contenders.append_column("_row", pa.array(np.full(contenders.num_rows, -1, np.int64))),
+            new.select(list(COMPARED)).append_column("_row", pa.array(np.arange(new.num_rows, dtype=np.int64))),
         ]
     )
-    winners = contested.take(
+    won = contested.take(
         latest.latest_index(
             [contested[name] for name in KEY_COLUMNS],
             latest.instants(contested[INSTANT_COLUMN]),
             [contested[name] for name in TIEBREAK_COLUMNS],
         )
-    )
-    updated = (pc.sum(winners["_new"]).as_py() or 0) - added
-    keep = np.ones(old.num_rows, dtype=bool)
-    keep[clashing_rows] = False
-    merged = pa.concat_tables([old.filter(pa.array(keep)), winners.drop_columns(["_new"])])
-    return merged, added, updated
+    )["_row"].to_numpy()
+    write = np.zeros(new.num_rows, dtype=bool)
+    write[won[won >= 0]] = True
+    return new.filter(pa.array(write)), added, int(write.sum()) - added
 
 
 REQUIRED = (
@@ -183,21 +175,24 @@ class ManifestTable:
     source: str
 
     def commit(self, new: pa.Table) -> tuple[int, int]:
-        """Upsert the run's rows (one per key): (rows added, rows updated). The rows already published
-        for the same videos are read (a streaming scan), merged by the latest rule, and the videos' rows
-        replaced in one commit; nothing is committed when no row changes. A concurrent writer's commit
-        is merged with, not overwritten: the upsert is redone on the fresh table."""
+        """Upsert the run's rows (one per key): (rows added, rows updated). The published rows of the same
+        videos are read (a streaming scan of four narrow columns), the rows that win by the latest rule
+        are written in one commit that replaces exactly those keys; nothing is committed when no row
+        wins. A concurrent writer's commit is merged with, not overwritten: the upsert is redone on the
+        fresh table."""
         new = conform(new, schema_for(self.strategy))
         ids = pc.unique(new["video_id"].combine_chunks())
+        compared = pa.schema([SCHEMA.field(name) for name in COMPARED])
         for attempt in range(COMMIT_ATTEMPTS):
             if self.table is None:
                 self.table, _ = lake.create(self.location, schema_for(self.strategy), self.options)
-            published = lake.select_ids(self.table, "video_id", ids, schema_for(self.strategy))
-            merged, added, updated = merge(published, new)
-            if not added and not updated:
+            published = lake.select_ids(self.table, "video_id", ids, compared)
+            rows, added, updated = winners(published, new)
+            if not rows.num_rows:
                 return 0, 0
+            rows, predicate = self._replacing(rows, published)
             try:
-                lake.replace(self.table, merged, "video_id", ids.to_pylist(), {})
+                lake.replace(self.table, rows, predicate, {})
                 return added, updated
             except lake.CommitFailedError:
                 log.warning(
@@ -207,6 +202,30 @@ class ManifestTable:
         raise ConcurrentWriteError(
             f"{self.location}: lost the race {COMMIT_ATTEMPTS} times to other writers; rerun later"
         )
+
+
+    def _replacing(self, rows: pa.Table, published: pa.Table) -> tuple[pa.Table, str]:
+        """`rows` and a predicate that matches exactly their keys among the published rows. The predicate
+        is `video_id IN (...) AND source_hash IN (...)` (delta-rs checks concurrent commits against plain
+        comparisons, not against expressions); a published row it also matches (same video, another
+        hash that one of the written rows has) is written back unchanged, so nothing else is lost."""
+        predicate = (
+            f"{lake.in_list('video_id', pc.unique(rows['video_id']).to_pylist())} AND "
+            f"{lake.in_list('source_hash', pc.unique(rows['source_hash']).to_pylist())}"
+        )
+        caught = pc.and_(
+            pc.and_(
+                pc.is_in(published["video_id"], value_set=rows["video_id"].combine_chunks()),
+                pc.is_in(published["source_hash"], value_set=rows["source_hash"].combine_chunks()),
+            ),
+            pc.invert(pc.is_in(_keys(published), value_set=_keys(rows).combine_chunks())),
+        )
+        keep = _keys(published.filter(caught)).combine_chunks()
+        if len(keep):
+            ids = pc.unique(published.filter(caught)["video_id"].combine_chunks())
+            full = lake.select_ids(self.table, "video_id", ids, schema_for(self.strategy))
+            rows = pa.concat_tables([rows, full.filter(pc.is_in(_keys(full), value_set=keep))])
+        return rows, predicate
 
 
 def open_table(client, bucket: str, layout: Layout, strategy: str, patience_s: float) -> ManifestTable:

@@ -225,6 +225,13 @@ class _Source:
         return self.body if isinstance(self.body, bytes) else Path(self.body).read_bytes()
 
 
+def _int64_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A zero-copy numpy view of a one-chunk int64 column's values, nulls included (as whatever bytes
+    their slots hold): at millions of known videos a copy per column is tens of MB."""
+    array = column.chunk(0) if column.num_chunks else pa.array([], pa.int64())
+    return np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array)]
+
+
 class _Keep:
     """Which rows a scan keeps: as of the run date, then (when something is known) the rows that can be
     new or changed, or in `also`. The id sets are built once, for every block."""
@@ -236,13 +243,15 @@ class _Keep:
         self.known = None
         self.also = None
         if known is not None:
-            known = known.filter(pc.is_valid(known["video_id"]))
+            known = known.combine_chunks()  # one chunk per column: the arrays below are views of it
+            if known["video_id"].null_count:  # (copying the table only in that odd case)
+                known = known.filter(pc.is_valid(known["video_id"]))
         if known is not None and len(known):  # with nothing known every row is kept
             self.known = _IdSet(known["video_id"])
             unknown = pc.or_(pc.is_null(known["captured_ns"]), pc.is_null(known["hash64"]))
             self.known_unset = unknown.to_numpy(zero_copy_only=False)
-            self.known_ns = pc.fill_null(known["captured_ns"], 0).to_numpy()
-            self.known_hash = pc.fill_null(known["hash64"], 0).to_numpy()
+            self.known_ns = _int64_values(known["captured_ns"])  # garbage where unset: never read there
+            self.known_hash = _int64_values(known["hash64"])
             self.processed_seen = np.zeros(len(known), dtype=bool)  # the processed row itself is in the file
             self.also = _IdSet(also) if also is not None and len(also) else None
 
@@ -614,8 +623,11 @@ class _IdSet:
         hashes = np.empty(len(self.values), dtype=np.uint64)
         for start in range(0, len(self.values), _HASH_CHUNK):
             hashes[start : start + _HASH_CHUNK] = _hash64(self.values.slice(start, _HASH_CHUNK))
-        self.order = np.argsort(hashes)
-        self.sorted = hashes[self.order]
+        order = np.argsort(hashes)
+        self.order = order.astype(np.int32 if len(order) < 2**31 else np.int64)  # half the memory
+        del order
+        hashes.sort()  # in place: the sorted hashes without a second array
+        self.sorted = hashes
         self.shared: pa.Array | None = None
         self.shared_at = np.zeros(0, dtype=np.int64)
         pairs = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])  # duplicates, or rarely a collision
@@ -636,7 +648,7 @@ class _IdSet:
         at = np.empty(len(ids), dtype=np.int64)
         at[by_hash] = np.searchsorted(self.sorted, hashes[by_hash])
         at = np.minimum(at, len(self.sorted) - 1)
-        positions = self.order[at]
+        positions = self.order[at].astype(np.int64)
         candidates = self.values.take(pa.array(positions))
         found = (self.sorted[at] == hashes) & pc.equal(candidates, ids).to_numpy(zero_copy_only=False)
         located = np.where(found, positions, -1)

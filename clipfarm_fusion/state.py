@@ -87,14 +87,12 @@ class StateStore:
             if self.table is None:
                 self._survey = (KNOWN_SCHEMA.empty_table(), empty, empty)
                 return self._survey
-            known, open_ids, placeholders = [], [empty], [empty]
+            columns: dict[str, list[pa.Array]] = {name: [] for name in KNOWN_SCHEMA.names}
+            open_ids, placeholders = [empty], [empty]
             terminal = pa.array(TERMINAL)
             for batch in lake.batches(self.table, [*KNOWN_SCHEMA.names, "status"]):
-                known.append(
-                    pa.RecordBatch.from_arrays(
-                        [batch.column(n) for n in KNOWN_SCHEMA.names], schema=KNOWN_SCHEMA
-                    )
-                )
+                for name, parts in columns.items():
+                    parts.append(batch.column(name))
                 status = batch.column("status")
                 is_open = pc.invert(pc.fill_null(pc.is_in(status, value_set=terminal), False))
                 open_ids.append(batch.column("video_id").filter(is_open))
@@ -103,8 +101,13 @@ class StateStore:
                         pc.fill_null(pc.equal(status, SUCCESS_PLACEHOLDER), False)
                     )
                 )
+            joined = {}
+            for name in KNOWN_SCHEMA.names:  # one column at a time: its chunks go once it is one array
+                parts = columns.pop(name)
+                joined[name] = pa.concat_arrays(parts) if parts else pa.array([], KNOWN_SCHEMA.field(name).type)
+                del parts
             self._survey = (
-                pa.Table.from_batches(known, schema=KNOWN_SCHEMA),
+                pa.table(joined, schema=KNOWN_SCHEMA),  # one chunk per column: viewed, not copied, later
                 pa.concat_arrays(open_ids),
                 pa.concat_arrays(placeholders),
             )
@@ -125,7 +128,10 @@ class StateStore:
         return ids if among is None else ids.filter(pc.is_in(ids, value_set=among))
 
     def rows_for(self, ids: pa.Array) -> pd.DataFrame:
-        """The state rows of `ids`, indexed by video_id (the prior the delta rules compare with)."""
+        """The state rows of `ids`, indexed by video_id (the prior the delta rules compare with). Ids the
+        table does not hold (a day's new videos) cost nothing: when none is held, nothing is read."""
+        known = self.known()["video_id"]
+        ids = ids.filter(pc.is_in(ids, value_set=known)) if len(ids) and len(known) else ids[:0]
         if self.table is None or len(ids) == 0:
             return empty_frame()
         return to_frame(lake.select_ids(self.table, "video_id", ids, SCHEMA))
@@ -151,7 +157,8 @@ class StateStore:
                 raise self._conflict(others)
             try:
                 if source.num_rows:
-                    lake.replace(self.table, source, "video_id", source["video_id"].to_pylist(), cursors)
+                    predicate = lake.in_list("video_id", source["video_id"].to_pylist())
+                    lake.replace(self.table, source, predicate, cursors)
                 else:
                     lake.note(self.table, SCHEMA, cursors)
                 self._committed(cursors)

@@ -74,7 +74,7 @@ def test_ids_with_quotes_are_selected_exactly(client, bucket):
     assert sorted(
         lake.select_ids(table, "video_id", pa.array(ids), schema)["video_id"].to_pylist()
     ) == sorted(ids)
-    lake.replace(table, pa.table({"video_id": ["it's"]}), "video_id", ["it's", "''"], {})
+    lake.replace(table, pa.table({"video_id": ["it's"]}), lake.in_list("video_id", ["it's", "''"]), {})
     table.update_incremental()
     assert sorted(lake.read_all(table)["video_id"].to_pylist()) == sorted(
         ["plain", "it's", "a' OR '1'='1", "other"]

@@ -207,3 +207,23 @@ def test_drift_is_raised_only_when_most_disagree():
     }
     with pytest.raises(SchemaDriftError, match="2 of 3 video embeddings are 8-d.*migrate-schema"):
         schema_lock.check_drift(lock, most_odd, "schema.json")
+
+
+def test_an_upsert_never_drops_a_row_its_predicate_also_matches(client, bucket):
+    """The commit replaces `video_id IN (...) AND source_hash IN (...)`: a published row of a written video
+    with another written row's hash is matched too, and must survive unchanged."""
+    open_manifest(client, bucket).commit(
+        manifest_rows(["a", "a"], ["h1", "h2"], "k0", captured="2026-03-01")
+    )
+    added_updated = open_manifest(client, bucket).commit(
+        pa.concat_tables(
+            [
+                manifest_rows(["a"], ["h1"], "k1", captured="2026-03-02"),
+                manifest_rows(["b"], ["h2"], "k1", captured="2026-03-02"),
+            ]
+        )
+    )
+    assert added_updated == (1, 1)
+    rows = by_key(published(client, bucket))
+    assert sorted(rows) == [("a", "h1"), ("a", "h2"), ("b", "h2")]
+    assert rows[("a", "h2")]["fused_key"] == "k0" and rows[("a", "h1")]["fused_key"] == "k1"
