@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from clipfarm_fusion import package_data, policy, read_manifest, read_state, synthetic
+from clipfarm_fusion import policy, read_manifest, read_state, synthetic
 from clipfarm_fusion.demo import demo_bucket
 from clipfarm_fusion.layout import Layout
 from clipfarm_fusion.readback import read_vectors
 
 from .test_cli import CLI, cli
+from .test_upgrade import seed_era_state
 
 RUN_DATE = "2026-03-01"
 
@@ -119,20 +120,6 @@ def test_a_recreated_bucket_is_fused_again_from_empty_state(client, seed_day, tm
     assert min(fused(tmp_path / "two.json").values()) == min(fused(tmp_path / "one.json").values()) - len(
         placeholders
     )
-
-
-def seed_era_state(frame) -> bytes:
-    """The rows of `frame` (read_state's columns) as a 0.x SQLite state file (sql/state.sql)."""
-    connection = sqlite3.connect(":memory:")
-    connection.executescript(package_data.state_ddl())
-    connection.executemany(
-        "INSERT INTO processed_items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None),
-    )
-    connection.commit()
-    body = bytes(connection.serialize())
-    connection.close()
-    return body
 
 
 def test_a_recreated_bucket_is_fused_again_even_by_a_machine_upgraded_from_0x(client, seed_day, tmp_path):
