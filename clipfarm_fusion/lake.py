@@ -15,7 +15,7 @@ region, credentials) and from the run's S3 patience; `s3io.is_fault` recognises 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -155,22 +155,15 @@ def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch if schema == batch.schema else batch.cast(schema)
 
 
-def select(
-    table: DeltaTable, schema: pa.Schema, keep: Callable[[pa.RecordBatch], pa.Array] | None = None
-) -> pa.Table:
-    """The rows for which `keep(batch)` is true (all without it), `schema`'s columns, read streaming."""
-    parts = []
-    for batch in batches(table, schema.names):
-        parts.append(batch if keep is None else batch.filter(keep(batch)))
-    return pa.Table.from_batches(parts, schema=schema) if parts else schema.empty_table()
-
-
 def select_ids(table: DeltaTable, column: str, ids: pa.Array, schema: pa.Schema) -> pa.Table:
-    """The rows whose `column` is one of `ids`."""
+    """The rows whose `column` is one of `ids`, `schema`'s columns, read streaming."""
     ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
     if len(ids) == 0:
         return schema.empty_table()
-    return select(table, schema, lambda batch: pc.is_in(batch.column(column), value_set=ids))
+    parts = [
+        batch.filter(pc.is_in(batch.column(column), value_set=ids)) for batch in batches(table, schema.names)
+    ]
+    return pa.Table.from_batches(parts, schema=schema) if parts else schema.empty_table()
 
 
 def read_all(table: DeltaTable) -> pa.Table:

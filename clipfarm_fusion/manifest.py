@@ -67,10 +67,6 @@ def conform(table: pa.Table, schema: pa.Schema = SCHEMA) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def empty() -> pa.Table:
-    return SCHEMA.empty_table()
-
-
 def _keys(table: pa.Table) -> pa.ChunkedArray:
     """`video_id|source_hash` per row: unambiguous, since a source_hash is 64 hex digits."""
     return pc.binary_join_element_wise(table["video_id"], table["source_hash"], "|")
@@ -94,7 +90,9 @@ def winners(old: pa.Table, new: pa.Table) -> tuple[pa.Table, int, int]:
     contested = pa.concat_tables(
         [  # the existing rows first: on a full tie the first row wins
             contenders.append_column("_row", pa.array(np.full(contenders.num_rows, -1, np.int64))),
-            new.select(list(COMPARED)).append_column("_row", pa.array(np.arange(new.num_rows, dtype=np.int64))),
+            new.select(list(COMPARED)).append_column(
+                "_row", pa.array(np.arange(new.num_rows, dtype=np.int64))
+            ),
         ]
     )
     won = contested.take(
@@ -136,12 +134,6 @@ def _opened(body: bytes, where: str) -> pq.ParquetFile:
     if missing:
         raise StoreError(f"{_repair(where)} (no column {', '.join(missing)})")
     return parquet
-
-
-def check(body: bytes, where: str) -> None:
-    """StoreError unless `body` looks like a manifest (footer and columns): cheap enough to run before a
-    run writes its first shard, without holding the table for the whole run."""
-    _opened(body, where)
 
 
 def parse(body: bytes, where: str) -> pa.Table:
@@ -202,7 +194,6 @@ class ManifestTable:
         raise ConcurrentWriteError(
             f"{self.location}: lost the race {COMMIT_ATTEMPTS} times to other writers; rerun later"
         )
-
 
     def _replacing(self, rows: pa.Table, published: pa.Table) -> tuple[pa.Table, str]:
         """`rows` and a predicate that matches exactly their keys among the published rows. The predicate

@@ -658,10 +658,6 @@ class _IdSet:
             located[hit] = self.shared_at[in_shared[hit].astype(np.int64)]
         return located
 
-    def contains(self, ids: pa.Array) -> np.ndarray:
-        """`(len(ids),)` bool: which of `ids` are in the set."""
-        return self.locate(ids) >= 0
-
 
 def _mix64(values: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: spreads every input bit over the output."""

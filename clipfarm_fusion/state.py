@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from deltalake import DeltaTable
 
-from . import lake, latest, manifest, metadata, package_data, s3io, sqlite_bytes
+from . import lake, latest, manifest, metadata, s3io, sqlite_bytes
 from .errors import ConcurrentWriteError, StoreError
 from .layout import Layout
 from .policy import FAIL_TERMINAL, SUCCESS_FULL, SUCCESS_PLACEHOLDER
@@ -104,7 +104,9 @@ class StateStore:
             joined = {}
             for name in KNOWN_SCHEMA.names:  # one column at a time: its chunks go once it is one array
                 parts = columns.pop(name)
-                joined[name] = pa.concat_arrays(parts) if parts else pa.array([], KNOWN_SCHEMA.field(name).type)
+                joined[name] = (
+                    pa.concat_arrays(parts) if parts else pa.array([], KNOWN_SCHEMA.field(name).type)
+                )
                 del parts
             self._survey = (
                 pa.table(joined, schema=KNOWN_SCHEMA),  # one chunk per column: viewed, not copied, later
@@ -326,8 +328,3 @@ def read_snapshot(body: bytes, where: str) -> pd.DataFrame:
     frame = frame[list(STATE_COLUMNS)].astype({"video_id": str})
     frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
     return frame.set_index("video_id")
-
-
-def legacy_ddl() -> str:
-    """The seed-era DDL (sql/state.sql): what tests and the bench build seed-era files with."""
-    return package_data.state_ddl()

@@ -212,9 +212,7 @@ def test_drift_is_raised_only_when_most_disagree():
 def test_an_upsert_never_drops_a_row_its_predicate_also_matches(client, bucket):
     """The commit replaces `video_id IN (...) AND source_hash IN (...)`: a published row of a written video
     with another written row's hash is matched too, and must survive unchanged."""
-    open_manifest(client, bucket).commit(
-        manifest_rows(["a", "a"], ["h1", "h2"], "k0", captured="2026-03-01")
-    )
+    open_manifest(client, bucket).commit(manifest_rows(["a", "a"], ["h1", "h2"], "k0", captured="2026-03-01"))
     added_updated = open_manifest(client, bucket).commit(
         pa.concat_tables(
             [
