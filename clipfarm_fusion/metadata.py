@@ -4,7 +4,7 @@ URLs, filters as-of, keeps only the rows that can be new or changed, hashes thos
 Real horizon files carry many more columns, quoted multi-line text and emoji, and millions of rows, so
 they go through a real parser (pyarrow's streaming CSV reader, or the Parquet reader batch by batch),
 parsing only the columns we use, one block at a time: memory is one block plus the rows kept (and
-the lookup of the known ids).
+the index of the known videos, `known.KnownIndex`, which holds no strings).
 
 The rules below are the text stage's; `source_hash` must equal its hash byte for byte.
 
@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 
 from . import latest
 from .errors import ConfigError
+from .known import KnownIndex, contains, key_set
 
 URL_COLUMNS: tuple[str, ...] = ("video_url", "url", "youtube_url")
 ID_COLUMN = "video_id"
@@ -65,7 +66,6 @@ _ID_FROM_URL = re.compile(r"(?:youtu\.be/|/shorts/|/embed/|/live/|[?&]v=)(?P<id>
 
 BLOCK_BYTES = 4 << 20  # CSV bytes parsed at a time: large enough to amortise per-block work, small to hold
 BATCH_ROWS = 65_536  # Parquet rows read at a time
-_HASH_CHUNK = 16_384  # ids hashed at a time when indexing `known`, to bound the temporaries
 _UTF8_STEP = 1 << 20  # bytes per chunk of the whole-file checks
 _HEADER_BYTES = 1 << 16  # bytes read first to find the header line
 
@@ -155,7 +155,7 @@ def scan(
     run_date: date,
     include_captured_at_in_hash: bool,
     *,
-    known: pa.Table | None = None,
+    known: KnownIndex | None = None,
     also: pa.Array | pa.ChunkedArray | None = None,
     sample: int = 5,
 ) -> HorizonScan:
@@ -163,8 +163,8 @@ def scan(
     them, which is read a block at a time and never held whole), read from `location`, in one pass.
 
     A row with a video id, captured on or before the end of `run_date` (UTC; undated rows count), is
-    KEPT when `known` is None (a full scan), or its video_id is not in `known` (a table of
-    `video_id, captured_ns, hash64`; a null in either value column means "unknown": every row is kept),
+    KEPT when `known` is None (a full scan), or its video_id is not in `known` (see `known.KnownIndex`:
+    an unset cursor means "compare in full": every row of that video is kept),
     or its instant is later than the known `captured_ns`, or equal to it with another `hash64`, or its
     video_id is in `also` (None: empty). Kept rows are deduplicated by the module's rule, which gives
     exactly the full scan's rows of the videos with a kept row (see the module docstring for why).
@@ -225,35 +225,19 @@ class _Source:
         return self.body if isinstance(self.body, bytes) else Path(self.body).read_bytes()
 
 
-def _int64_values(column: pa.ChunkedArray) -> np.ndarray:
-    """A zero-copy numpy view of a one-chunk int64 column's values, nulls included (as whatever bytes
-    their slots hold): at millions of known videos a copy per column is tens of MB."""
-    array = column.chunk(0) if column.num_chunks else pa.array([], pa.int64())
-    return np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array)]
-
-
 class _Keep:
     """Which rows a scan keeps: as of the run date, then (when something is known) the rows that can be
     new or changed, or in `also`. The id sets are built once, for every block."""
 
     def __init__(
-        self, run_date: date, known: pa.Table | None, also: pa.Array | pa.ChunkedArray | None
+        self, run_date: date, known: KnownIndex | None, also: pa.Array | pa.ChunkedArray | None
     ) -> None:
         self.cutoff = pd.Timestamp(datetime.combine(run_date, time.max, tzinfo=UTC)).value
-        self.known = None
+        self.known = known if known is not None and len(known) else None  # nothing known: keep all
         self.also = None
-        if known is not None:
-            known = known.combine_chunks()  # one chunk per column: the arrays below are views of it
-            if known["video_id"].null_count:  # (copying the table only in that odd case)
-                known = known.filter(pc.is_valid(known["video_id"]))
-        if known is not None and len(known):  # with nothing known every row is kept
-            self.known = _IdSet(known["video_id"])
-            unknown = pc.or_(pc.is_null(known["captured_ns"]), pc.is_null(known["hash64"]))
-            self.known_unset = unknown.to_numpy(zero_copy_only=False)
-            self.known_ns = _int64_values(known["captured_ns"])  # garbage where unset: never read there
-            self.known_hash = _int64_values(known["hash64"])
-            self.processed_seen = np.zeros(len(known), dtype=bool)  # the processed row itself is in the file
-            self.also = _IdSet(also) if also is not None and len(also) else None
+        if self.known is not None:
+            self.processed_seen = np.zeros(len(self.known), dtype=bool)  # the processed row is in the file
+            self.also = key_set(also) if also is not None and len(also) else None
 
     def as_of(self, has_id: np.ndarray, instants: np.ndarray) -> np.ndarray:
         return has_id & (instants <= self.cutoff)  # undated rows are OLDEST, so they pass
@@ -264,19 +248,20 @@ class _Keep:
         """Which of the as-of `rows` can be new or changed (a mask over the block); None when all can."""
         if self.known is None:
             return None
-        at = self.known.locate(ids)
+        known = self.known
+        at = known.locate(ids)
         found = at >= 0
         position = np.where(found, at, 0)
-        wanted = ~found | self.known_unset[position] | (instants > self.known_ns[position])
-        same = np.flatnonzero(found & ~wanted & (instants == self.known_ns[position]))
+        wanted = ~found | known.unset[position] | (instants > known.captured_ns[position])
+        same = np.flatnonzero(found & ~wanted & (instants == known.captured_ns[position]))
         same = same[np.isin(same, rows)]
         if len(same):
             hashes = hash64(hash_keys.take(pa.array(same)))
-            unchanged = hashes == self.known_hash[position[same]]
+            unchanged = hashes == known.hash64[position[same]]
             wanted[same] = ~unchanged
             self.processed_seen[position[same[unchanged]]] = True
         if self.also is not None:
-            wanted |= self.also.locate(ids) >= 0
+            wanted |= contains(self.also, ids)
         return wanted
 
     def settle(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -287,7 +272,8 @@ class _Keep:
         if self.known is None or rows.empty:
             return rows
         ids = pa.array(rows["video_id"].tolist(), pa.string())
-        at = self.known.locate(ids)
+        known = self.known
+        at = known.locate(ids)
         found = at >= 0
         position = np.where(found, at, 0)
         winner_ns = latest.instants(rows["captured_ts"])
@@ -295,12 +281,12 @@ class _Keep:
         still = (
             found
             & self.processed_seen[position]
-            & ~self.known_unset[position]
-            & (winner_ns == self.known_ns[position])
-            & (winner_hash < self.known_hash[position].view(np.uint64))
+            & ~known.unset[position]
+            & (winner_ns == known.captured_ns[position])
+            & (winner_hash < known.hash64[position].view(np.uint64))
         )
         if self.also is not None:
-            still &= self.also.locate(ids) < 0
+            still &= ~contains(self.also, ids)
         return rows[~still].reset_index(drop=True)
 
 
@@ -604,81 +590,3 @@ def _check_utf8(source: _Source, location: str) -> None:
 
 
 # --- membership of ids in a large set ---
-
-
-class _IdSet:
-    """Exact membership of strings in a set built once.
-
-    `pc.is_in` builds a hash table of its value set on every call: for a million known ids that costs
-    more than parsing the block it is asked about, on every block. Here the set's ids are hashed to 64
-    bits once (vectorised over Arrow's buffers) and sorted; a lookup is a binary search, and every hit
-    is confirmed by comparing the strings. Ids whose hash another, different id of the set shares
-    (practically never) are looked up with `pc.is_in` on just those, so the answer is always exact.
-    """
-
-    def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        self.values = values.cast(pa.string()).drop_null()
-        hashes = np.empty(len(self.values), dtype=np.uint64)
-        for start in range(0, len(self.values), _HASH_CHUNK):
-            hashes[start : start + _HASH_CHUNK] = _hash64(self.values.slice(start, _HASH_CHUNK))
-        order = np.argsort(hashes)
-        self.order = order.astype(np.int32 if len(order) < 2**31 else np.int64)  # half the memory
-        del order
-        hashes.sort()  # in place: the sorted hashes without a second array
-        self.sorted = hashes
-        self.shared: pa.Array | None = None
-        self.shared_at = np.zeros(0, dtype=np.int64)
-        pairs = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])  # duplicates, or rarely a collision
-        if len(pairs):
-            first = self.values.take(pa.array(self.order[pairs]))
-            second = self.values.take(pa.array(self.order[pairs + 1]))
-            collided = self.sorted[pairs[~pc.equal(first, second).to_numpy(zero_copy_only=False)]]
-            if len(collided):
-                self.shared_at = self.order[np.isin(self.sorted, collided)]
-                self.shared = self.values.take(pa.array(self.shared_at))
-
-    def locate(self, ids: pa.Array) -> np.ndarray:
-        """`(len(ids),)` int64: the position of each id in the values the set was built from, -1 if absent."""
-        if len(self.sorted) == 0 or len(ids) == 0:
-            return np.full(len(ids), -1, dtype=np.int64)
-        hashes = _hash64(ids)
-        by_hash = np.argsort(hashes)  # sorted probes walk the table in order: far fewer cache misses
-        at = np.empty(len(ids), dtype=np.int64)
-        at[by_hash] = np.searchsorted(self.sorted, hashes[by_hash])
-        at = np.minimum(at, len(self.sorted) - 1)
-        positions = self.order[at].astype(np.int64)
-        candidates = self.values.take(pa.array(positions))
-        found = (self.sorted[at] == hashes) & pc.equal(candidates, ids).to_numpy(zero_copy_only=False)
-        located = np.where(found, positions, -1)
-        if self.shared is not None:
-            in_shared = pc.index_in(ids, value_set=self.shared).to_numpy(zero_copy_only=False)
-            hit = ~np.isnan(in_shared.astype(float))
-            located[hit] = self.shared_at[in_shared[hit].astype(np.int64)]
-        return located
-
-
-def _mix64(values: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads every input bit over the output."""
-    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return values ^ (values >> np.uint64(31))
-
-
-def _hash64(strings: pa.Array) -> np.ndarray:
-    """`(N,)` uint64 hash of each string's bytes (nulls hash as ""): a sum of byte * weight(position)
-    plus length * weight, mixed; computed on the Arrow buffers without making Python strings."""
-    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
-    buffers = strings.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=width)[strings.offset : strings.offset + len(strings) + 1]
-    offsets = offsets.astype(np.int64)
-    data = np.frombuffer(buffers[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
-    starts = offsets[:-1] - offsets[0]
-    lengths = np.diff(offsets)
-    weights = _mix64(np.arange(1, int(lengths.max(initial=0)) + 2, dtype=np.uint64))
-    position = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
-    with np.errstate(over="ignore"):
-        sums = np.zeros(len(data) + 1, dtype=np.uint64)
-        np.cumsum(data.astype(np.uint64) * weights[position + 1], out=sums[1:])
-        return _mix64(sums[starts + lengths] - sums[starts] + lengths.astype(np.uint64) * weights[0])

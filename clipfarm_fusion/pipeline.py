@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import delta as delta_rules
 from . import latest, manifest, metadata, policy, projection, s3io, schema_lock, state, text_state
 from .config import FusionConfig
 from .errors import ConfigError, ItemError, SchemaDriftError
 from .fuse import STRATEGIES, FusionOptions, fuse
+from .known import KnownIndex
 from .layout import MODALITIES, Layout, video_id_problem
 from .npy import decode_vector
 from .schema_lock import SchemaLock
@@ -193,7 +193,7 @@ class Selection:
     """Which horizon rows a run hashes and compares (see `metadata.scan`), and per strategy which
     placeholders the text stage has news for (None: every placeholder among the candidates)."""
 
-    known: pa.Table
+    known: KnownIndex
     also: pa.Array
     recheck: dict[str, set[str] | None]
 
@@ -206,11 +206,11 @@ def _select(
     row changed since that strategy's last commit, or (on the first run, with no cursor yet) its status
     is no longer a terminal one such as `no_captions`. Without a usable signal (the text stage
     unreadable, or no `processed_at` column in it) every placeholder is rechecked, a text GET each."""
-    known: pa.Table | None = None
+    known: KnownIndex | None = None
     also: list[pa.Array] = []
     recheck: dict[str, set[str] | None] = {}
     for name, store in stores.items():
-        known = store.known() if known is None else _agreeing(known, store.known())
+        known = store.known() if known is None else known.agreeing(store.known())
         also.append(store.open_ids())
         changed = None if text.problem else text.changed_since(store.text_cursor)
         if changed is not None and store.text_cursor is None:  # no cursor yet: the status tells
@@ -227,28 +227,9 @@ def _select(
             also.append(placeholders)
             recheck[name] = set(placeholders.to_pylist())
     return Selection(
-        known=known if known is not None else state.KNOWN_SCHEMA.empty_table(),
+        known=known if known is not None else KnownIndex.empty(),
         also=pa.concat_arrays([a.cast(pa.string()) for a in also]) if also else pa.array([], pa.string()),
         recheck=recheck,
-    )
-
-
-def _agreeing(left: pa.Table, right: pa.Table) -> pa.Table:
-    """Videos known to both strategies; where they processed different rows, the cursor is null (the
-    video is compared in full)."""
-    joined = left.join(right, "video_id", join_type="inner", right_suffix="_r", use_threads=False)
-    same = pc.and_(
-        pc.equal(joined["captured_ns"], joined["captured_ns_r"]),
-        pc.equal(joined["hash64"], joined["hash64_r"]),
-    )
-    mask = pc.invert(pc.fill_null(same, False))
-    return pa.table(
-        {
-            "video_id": joined["video_id"],
-            "captured_ns": pc.if_else(mask, pa.scalar(None, pa.int64()), joined["captured_ns"]),
-            "hash64": pc.if_else(mask, pa.scalar(None, pa.int64()), joined["hash64"]),
-        },
-        schema=state.KNOWN_SCHEMA,
     )
 
 

@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from clipfarm_fusion import latest, metadata
 from clipfarm_fusion.errors import ConfigError, ItemError
+from clipfarm_fusion.known import KnownIndex
 from clipfarm_fusion.npy import decode_vector
 from clipfarm_fusion.synthetic import npy_bytes
 
@@ -296,7 +297,15 @@ def test_incremental_scan_is_the_full_scan_of_the_videos_with_a_kept_row(
         columns = list(zip(*entries, strict=True)) if entries else [[], [], []]
         arrays = [pa.array(c, f.type) for c, f in zip(columns, KNOWN_SCHEMA, strict=True)]
         table = pa.Table.from_arrays(arrays, schema=KNOWN_SCHEMA)
-    result = metadata.scan(body, "fuzz.csv", RUN_DATE, with_ts, known=table, also=ids(also), sample=3)
+    result = metadata.scan(
+        body,
+        "fuzz.csv",
+        RUN_DATE,
+        with_ts,
+        known=None if table is None else KnownIndex.of(table),
+        also=ids(also),
+        sample=3,
+    )
 
     def keeps(row: Row, instant: int) -> bool:
         if known is None or row.video_id not in known or row.video_id in (also or []):

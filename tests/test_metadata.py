@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from clipfarm_fusion import known as known_index
 from clipfarm_fusion import latest, metadata, s3io
 from clipfarm_fusion.errors import ConfigError
 
@@ -320,10 +321,10 @@ def test_small_blocks_give_the_same_scan_as_one_block(monkeypatch):
     unchanged = processed(full.iloc[::2])  # half the videos processed as they are now
     edited = known_table([(v, at("2026-02-15"), 0) for v in full["video_id"].iloc[1::6]])
     known = pa.concat_tables([unchanged, edited])
-    whole = [metadata.scan(body, "m.csv", DAY, True, known=k, sample=4) for k in (None, known)]
+    whole = [metadata.scan(body, "m.csv", DAY, True, known=index(k), sample=4) for k in (None, known)]
     monkeypatch.setattr(metadata, "BLOCK_BYTES", 256)  # many blocks; the long row makes the scan start over
     for expected, k in zip(whole, (None, known), strict=True):
-        blocks = metadata.scan(body, "m.csv", DAY, True, known=k, sample=4)
+        blocks = metadata.scan(body, "m.csv", DAY, True, known=index(k), sample=4)
         pd.testing.assert_frame_equal(blocks.rows, expected.rows)
         pd.testing.assert_frame_equal(blocks.unparseable_samples, expected.unparseable_samples)
         assert (blocks.horizon_rows, blocks.unparseable) == (expected.horizon_rows, expected.unparseable)
@@ -410,6 +411,11 @@ def known_table(entries):
     return pa.Table.from_arrays(arrays, schema=KNOWN_SCHEMA)
 
 
+def index(table):
+    """The scan's `known` from a `(video_id, captured_ns, hash64)` table (None stays None)."""
+    return None if table is None else known_index.KnownIndex.of(table)
+
+
 def processed(rows):
     """`known` as the state records it after processing the scan's `rows`: per video the row's instant
     (OLDEST when undated) and the hash64 of its source_hash."""
@@ -464,7 +470,7 @@ CHANGED = ["edit01", "fresh1", "newer1", "nullh1", "nulln1", "undat2"]
 
 
 def incremental(known=KNOWN, with_ts=False, **options):
-    return metadata.scan(INCREMENTAL, "m.csv", DAY, with_ts, known=known, **options)
+    return metadata.scan(INCREMENTAL, "m.csv", DAY, with_ts, known=index(known), **options)
 
 
 def full_rows_of(videos, with_ts=False):
@@ -519,7 +525,7 @@ def test_rows_older_than_the_processed_one_are_dropped_whatever_their_url(cursor
     )
     instant, key = cursor
     known = known_table([("a1", None if instant is None else at(instant), None if key is None else h64(key))])
-    result = metadata.scan(body, "m.csv", DAY, False, known=known).rows
+    result = metadata.scan(body, "m.csv", DAY, False, known=index(known)).rows
     assert result["url"].tolist() == ([] if expected is None else [expected])
     if expected is not None:
         pd.testing.assert_frame_equal(result, metadata.scan(body, "m.csv", DAY, False).rows)
@@ -547,20 +553,35 @@ def test_incremental_scan_without_known_or_with_every_video_also_is_the_full_sca
     pd.testing.assert_frame_equal(everything, full)
 
 
-def test_known_in_chunks_or_with_id_hashes_that_collide_gives_the_same_scan(monkeypatch):
+def test_known_in_chunks_gives_the_same_scan():
     expected = [incremental().rows, incremental(also=pa.array(["alsoo1", "same01"])).rows]
     chunked = pa.concat_tables([KNOWN.slice(0, 4), KNOWN.slice(4, 3), KNOWN.slice(7)])
     assert chunked["video_id"].num_chunks == 3
-    monkeypatch.setattr(metadata, "_hash64", lambda strings: np.zeros(len(strings), dtype=np.uint64))
-    for known in (KNOWN, chunked):
-        pd.testing.assert_frame_equal(incremental(known).rows, expected[0])
-        pd.testing.assert_frame_equal(
-            incremental(known, also=pa.array(["alsoo1", "same01"])).rows, expected[1]
-        )
+    pd.testing.assert_frame_equal(incremental(chunked).rows, expected[0])
+    pd.testing.assert_frame_equal(incremental(chunked, also=pa.array(["alsoo1", "same01"])).rows, expected[1])
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        lambda strings: np.zeros(len(strings), dtype=np.uint64),  # every id collides
+        lambda strings: pc.utf8_length(strings).to_numpy().astype(np.uint64),  # some do
+    ],
+    ids=["all", "by-length"],
+)
+def test_id_keys_that_collide_only_widen_the_scan(monkeypatch, keys):
+    """Colliding videos are compared in full: the scan keeps more of the full scan's rows, never fewer."""
+    narrow = incremental().rows
+    monkeypatch.setattr(known_index, "_hash64", keys)
+    wide = incremental().rows
+    full = incremental(known=None).rows
+    assert set(narrow["video_id"]) <= set(wide["video_id"])
+    pd.testing.assert_frame_equal(wide, full_rows_of(wide["video_id"]))
+    assert len(wide) > len(narrow) and len(wide) <= len(full)
 
 
 def test_an_empty_known_table_knows_nothing():
-    """The state's first run passes `state.KNOWN_SCHEMA.empty_table()`: every video is new."""
+    """The state's first run passes an empty index: every video is new."""
     full = incremental(known=None).rows
     pd.testing.assert_frame_equal(incremental(known_table([])).rows, full)
     pd.testing.assert_frame_equal(incremental(known_table([]), also=pa.array(["same01"])).rows, full)
@@ -580,7 +601,7 @@ def test_a_lesser_row_at_the_processed_instant_does_not_replace_the_processed_ro
         b"a1,https://youtu.be/a1?y,2026-02-01T00:00:00Z\n"
     )
     full = metadata.scan(body, "m.csv", DAY, False).rows
-    result = metadata.scan(body, "m.csv", DAY, False, known=processed(full)).rows
+    result = metadata.scan(body, "m.csv", DAY, False, known=index(processed(full))).rows
     assert result.empty or result.equals(full), result["url"].tolist()
 
 
@@ -598,14 +619,14 @@ def test_scan_counts_the_horizon_and_the_unparseable_dates_whatever_it_keeps():
     full = metadata.scan(body, "m.csv", DAY, False, sample=2)
     assert full.rows["video_id"].tolist() == ["a1", "b2", "c3", "d4", "f6"]
     for known in (None, processed(full.rows), known_table([("zz", 0, 0)])):
-        result = metadata.scan(body, "m.csv", DAY, False, sample=2, known=known)
+        result = metadata.scan(body, "m.csv", DAY, False, sample=2, known=index(known))
         assert result.horizon_rows == 5  # kept or not
         assert result.unparseable == 3
         assert result.unparseable_samples.to_dict("list") == {
             "video_id": ["a1", "d4"],
             "captured_at": ["03/10/2026 10:00", "yesterday"],
         }
-    assert metadata.scan(body, "m.csv", DAY, False, known=processed(full.rows)).rows.empty
+    assert metadata.scan(body, "m.csv", DAY, False, known=index(processed(full.rows))).rows.empty
     undated = metadata.scan(b"video_id,url,captured_at\na1,u,\nb2,v,03/10/2026\n", "m.csv", DAY, False)
     assert undated.horizon_rows == 2 and undated.unparseable == 1
 
@@ -687,40 +708,6 @@ def test_hash64_has_both_signs_and_a_missing_hex_hash_is_zero():
     ]
     assert metadata.hash64_of_hex([None, "", "abc"]).tolist() == [0, 0, 0]
     assert metadata.hash64([]).tolist() == [] == metadata.hash64_of_hex([]).tolist()
-
-
-ID_HASHES = pytest.mark.parametrize(
-    "hash64",
-    [
-        metadata._hash64,
-        lambda strings: np.zeros(len(strings), dtype=np.uint64),  # every id collides
-        lambda strings: pc.utf8_length(strings).to_numpy().astype(np.uint64),  # some do
-    ],
-)
-
-
-@ID_HASHES
-def test_id_lookup_is_exact_whatever_the_hashes(monkeypatch, hash64):
-    monkeypatch.setattr(metadata, "_hash64", hash64)
-    ids = metadata._IdSet(pa.chunked_array([["ab", "cd", "ab", None], ["e", "fgh", ""]]))
-    probe = pa.array(["ab", "cd", "xy", "e", "f", "fgh", "", "abc", "AB"])
-    assert (ids.locate(probe) >= 0).tolist() == [True, True, False, True, False, True, True, False, False]
-    assert (metadata._IdSet(pa.array([], pa.string())).locate(probe) >= 0).tolist() == [False] * len(probe)
-
-
-@ID_HASHES
-def test_id_locate_gives_each_ids_position_or_minus_one_whatever_the_hashes(monkeypatch, hash64):
-    monkeypatch.setattr(metadata, "_hash64", hash64)
-    values = ["ab", "cd", "ab", "e", "fgh", "", "é", "🎬x"]
-    ids = metadata._IdSet(pa.chunked_array([values[:3], values[3:]]))
-    probe = pa.array(["ab", "cd", "xy", "e", "f", "fgh", "", "abc", "AB", "é", "🎬x", "🎬", "ab"])
-    located = ids.locate(probe)
-    assert located.dtype == np.int64
-    expected = [{0, 2}, {1}, {-1}, {3}, {-1}, {4}, {5}, {-1}, {-1}, {6}, {7}, {-1}, {0, 2}]
-    assert [int(p) in e for p, e in zip(located, expected, strict=True)] == [True] * len(probe)
-    assert ids.locate(probe.slice(3, 4)).tolist() == located[3:7].tolist()  # an array with an offset
-    assert ids.locate(pa.array([], pa.string())).tolist() == []
-    assert metadata._IdSet(pa.array([], pa.string())).locate(probe).tolist() == [-1] * len(probe)
 
 
 def test_the_scan_strips_exactly_what_str_strip_strips():
