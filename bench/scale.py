@@ -175,10 +175,10 @@ PHASES = {
     "state.known",
     "state.rows_for",
     "manifest.open_table",
-    "pipeline._select",
+    "plan._select",
     "delta.compute",
-    "pipeline._fuse_all",
-    "pipeline._commit",
+    "chunk.run_all",
+    "commit.commit",
     "manifest.commit",
     "state.commit",
 }

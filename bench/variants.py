@@ -26,7 +26,8 @@ def apply(variant: str) -> None:
         return
     if variant != "one_wave":
         raise ValueError(f"unknown variant {variant!r}")
-    from clipfarm_fusion import pipeline, s3io
+    from clipfarm_fusion import fetch as fetch_stage
+    from clipfarm_fusion import s3io
 
     pools: dict[int, ThreadPoolExecutor] = {}
     original_get_many = s3io.get_many
@@ -45,9 +46,9 @@ def apply(variant: str) -> None:
         return dict(pool.map(fetch, unique))
 
     prefetched: dict[str, list] = {}
-    original_fetch = pipeline._fetch
+    original_fetch = fetch_stage._fetch
 
-    def fetch(client, config, layout, modality, ids):
+    def fetch(client, config, layout, modality, ids, keys_per_item):
         if modality == "video":
             keys = [layout.embedding_key(m, v) for m in ("video", "audio") for v in ids]
             bodies = s3io.get_many(client, config.bucket, keys, config.fetch_threads)
@@ -55,10 +56,10 @@ def apply(variant: str) -> None:
             return [bodies[layout.embedding_key("video", v)] for v in ids]
         if modality == "audio" and "audio" in prefetched:
             return prefetched.pop("audio")
-        return original_fetch(client, config, layout, modality, ids)
+        return original_fetch(client, config, layout, modality, ids, keys_per_item)
 
     s3io.get_many = get_many
-    pipeline._fetch = fetch
+    fetch_stage._fetch = fetch
 
 
 def main() -> None:

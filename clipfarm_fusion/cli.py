@@ -127,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="vectors per shard, also the batch size that bounds memory (default: 2048)",
     )
     run.add_argument(
+        "--chunk-size",
+        type=positive,
+        default=FusionConfig.chunk_size,
+        help="videos per chunk: the day's delta is fused a chunk at a time, each chunk by one worker, and "
+        f"published in one commit (default: {FusionConfig.chunk_size}; with --max-items the day is one chunk)",
+    )
+    run.add_argument(
+        "--workers",
+        type=positive,
+        default=1,
+        help="fuse the chunks in N local processes; the plan and the commit stay in this one. Worth it for "
+        "a day of several chunks (a backfill, a re-fusion); on Dagster, CLIPFARM_EXECUTOR does this (default: 1)",
+    )
+    run.add_argument(
         "--max-fail-retries",
         type=int,
         default=3,
@@ -320,7 +334,7 @@ def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> Non
 
 
 def make_projection(args: argparse.Namespace) -> int:
-    from .projection import make
+    from .projection_artifacts import make
 
     bucket = resolve_bucket(args.bucket)
     projection_id, input_dim, dim = make(
@@ -381,6 +395,7 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         strict_dates=args.strict_dates,
         s3_patience_seconds=args.s3_patience,
         shard_size=args.shard_size,
+        chunk_size=args.chunk_size,
         max_fail_retries=args.max_fail_retries,
         text_dim=args.text_dim,
         include_captured_at_in_hash=args.include_captured_at_in_hash,
@@ -408,12 +423,14 @@ def progress_bar(enabled: bool):
     return update, bar.close
 
 
-def run_and_report(config: FusionConfig, run_date: date | None, summary_json: Path | None) -> int:
+def run_and_report(
+    config: FusionConfig, run_date: date | None, summary_json: Path | None, workers: int = 1
+) -> int:
     """Run one day and print its summary table once (stdout); exit 3 when a strategy stopped."""
     run_date = run_date or datetime.now(UTC).date()
     on_progress, close = progress_bar(config.progress)
     try:
-        summary = pipeline.run(config, run_date, on_progress=on_progress)
+        summary = pipeline.run(config, run_date, on_progress=on_progress, workers=workers)
     finally:
         close()
     print(summary.to_table())
@@ -474,7 +491,7 @@ def _run_command(args: argparse.Namespace) -> int:
             return readcli.run(args)
         if args.command == "dev":
             return dev(args)
-        return run_and_report(config_from_args(args), args.run_date, args.summary_json)
+        return run_and_report(config_from_args(args), args.run_date, args.summary_json, args.workers)
     except Exception as exc:
         verdict = exit_for(exc)
         if verdict is None:

@@ -31,6 +31,7 @@ class FusionConfig:
     state_dir: Path = field(default_factory=lambda: Path("state"))
     max_items: int | None = None
     shard_size: int = 2048
+    chunk_size: int = 20_000  # videos per chunk of the fuse stage (a Dagster step, or a --workers task)
     max_fail_retries: int = 3
     text_dim: int = 768
     include_captured_at_in_hash: bool = False
@@ -52,7 +53,7 @@ class FusionConfig:
         unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
         if unknown or not self.strategies:
             raise ConfigError(f"unknown strategy {unknown}: choose from {', '.join(STRATEGY_NAMES)} or all")
-        for name in ("shard_size", "text_dim", "fetch_threads", "sample_size"):
+        for name in ("shard_size", "chunk_size", "text_dim", "fetch_threads", "sample_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.s3_patience_seconds < float("inf"):

@@ -93,6 +93,19 @@ class Layout:
         """The seed-era and 0.x SQLite state file, imported once into the state table."""
         return f"{self.root}/state/fusion_{strategy}.sqlite"
 
+    def staging_prefix(self) -> str:
+        """Objects a run's stages hand each other (see `staging`); removed by its commit."""
+        return f"{self.root}/staging/"
+
+    def chunk_input_key(self, run_id: str, index: int) -> str:
+        return f"{self.staging_prefix()}{run_id}/chunk-{index:05d}.in.parquet"
+
+    def chunk_output_key(self, run_id: str, index: int) -> str:
+        return f"{self.staging_prefix()}{run_id}/chunk-{index:05d}.out.parquet"
+
+    def plan_key(self, run_id: str) -> str:
+        return f"{self.staging_prefix()}{run_id}/plan.parquet"
+
     @staticmethod
     def state_path(state_dir: Path, strategy: str) -> Path:
         """A seed-era working copy of the state file under --state-dir."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -23,6 +25,10 @@ from deltalake import DeltaTable
 from . import lake, latest, s3io
 from .errors import ConcurrentWriteError, StoreError
 from .layout import Layout
+from .policy import SUCCESS_FULL, SUCCESS_PLACEHOLDER
+
+if TYPE_CHECKING:
+    from .fuse import FusionOptions
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
@@ -53,6 +59,49 @@ SCHEMA = pa.schema(
 )
 # Strategy `projection` adds one column beyond DESIGN §2: the artifact's sha256 on every row.
 PROJECTION_SCHEMA = SCHEMA.append(pa.field("projection_id", pa.string()))
+
+
+def shard_rows(
+    strategy: str,
+    layout: Layout,
+    rows: pd.DataFrame,
+    text_present: np.ndarray,
+    text_status: np.ndarray,
+    fused_dim: int,
+    key: str,
+    retry_base: np.ndarray,
+    options: FusionOptions,
+) -> pa.Table:
+    """Manifest rows (DESIGN §2) for the horizon `rows` fused into shard `key`, in shard order."""
+    ids = rows["video_id"].tolist()
+    table = pa.table(
+        {
+            "video_id": ids,
+            "captured_at": rows["captured_at"].tolist(),
+            "source_hash": rows["source_hash"].tolist(),
+            "fusion_strategy": [strategy] * len(ids),
+            "fused_dim": np.full(len(ids), fused_dim, dtype=np.int32),
+            "fused_key": [key] * len(ids),
+            "shard_idx": np.arange(len(ids), dtype=np.int32),
+            "shard_n": np.full(len(ids), len(ids), dtype=np.int32),
+            "video_emb_key": [layout.embedding_key("video", v) for v in ids],
+            "audio_emb_key": [layout.embedding_key("audio", v) for v in ids],
+            "text_emb_key": [layout.embedding_key("text", v) for v in ids],
+            "text_present": text_present.astype(np.int8),
+            "text_source": np.where(text_present, "full", "placeholder").tolist(),
+            "text_state_status": ["" if s is None else s for s in text_status],
+            "text_missing_reason": [
+                "" if p else f"terminal_text_status:{s}"
+                for p, s in zip(text_present, text_status, strict=True)
+            ],
+            "fusion_status": np.where(text_present, SUCCESS_FULL, SUCCESS_PLACEHOLDER).tolist(),
+            "retry_count_at_write": retry_base.astype(np.int32),
+        },
+        schema=SCHEMA,
+    )
+    if strategy == "projection":
+        table = table.append_column("projection_id", pa.array([options.projection.projection_id] * len(ids)))
+    return table
 
 
 def schema_for(strategy: str) -> pa.Schema:
@@ -219,15 +268,20 @@ class ManifestTable:
         return rows, predicate
 
 
-def open_table(client, bucket: str, layout: Layout, strategy: str, patience_s: float) -> ManifestTable:
+def open_table(
+    client, bucket: str, layout: Layout, strategy: str, patience_s: float, *, import_seed_era: bool = True
+) -> ManifestTable:
     """The strategy's manifest table; the first run that finds none imports a seed-era
     `fused_manifest.parquet` into it once (StoreError, before anything is written, if that file is not
-    a manifest). The file itself is left as it was and is never read again by runs."""
+    a manifest). The file itself is left as it was and is never read again by runs. A commit opens the
+    table its plan already imported (`import_seed_era=False`)."""
     options = lake.storage_options(client, patience_s)
     location = lake.uri(bucket, layout.manifest_table_key(strategy))
     table = lake.open_table(location, options)
     if table is not None:
         return ManifestTable(location, options, strategy, table, f"manifest table version {table.version()}")
+    if not import_seed_era:
+        return ManifestTable(location, options, strategy, None, "new manifest table")
     key = layout.manifest_key(strategy)
     where = f"s3://{bucket}/{key}"
     fetched = s3io.get_object(client, bucket, key)

@@ -9,12 +9,11 @@ keeps its own `fused_dim`, so vectors fused under the old lock stay readable and
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
-import numpy as np
-
-from . import projection, readers, s3io, schema_lock
+from . import drift, projection_artifacts, readers, s3io, schema_lock
 from .errors import ConfigError, ItemError
 from .fuse import STRATEGIES, FusionOptions
 from .layout import MODALITIES, Layout
@@ -48,7 +47,7 @@ def probe_dims(client, bucket: str, layout: Layout, sample: int) -> dict[str, in
                     found.append(decode_vector(body, key, modality).shape[0])
                 except ItemError:
                     continue
-        dims[modality] = schema_lock.majority_dim(np.array(found, dtype=np.int64))
+        dims[modality] = drift.majority(dict(Counter(found)))
     return dims
 
 
@@ -78,7 +77,7 @@ def migrate(
             raise ConfigError(
                 "migrate-schema --strategy projection needs the artifact to lock: pass --projection PATH|s3://B/KEY"
             )
-        artifact = projection.load(client, projection_uri, STRATEGIES)
+        artifact = projection_artifacts.load(client, projection_uri, STRATEGIES)
     elif projection_uri:
         raise ConfigError(f"--projection is only for strategy projection, not {strategy}")
     key = layout.schema_key(strategy)

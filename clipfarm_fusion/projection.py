@@ -1,7 +1,8 @@
-"""Frozen, versioned projections: a base strategy's vector `x`, then `x @ P (+ b)`, then optionally a
-frozen MLP (`relu`/`gelu` between layers). Weights come from an `.npz` artifact, local or on S3,
-loaded without pickle; the artifact's sha256 is its `projection_id`, locked in schema.json and
-written in every manifest row, so vectors from two different projections are never mixed silently.
+"""Pure: frozen, versioned projections. A base strategy's vector `x`, then `x @ P (+ b)`, then optionally
+a frozen MLP (`relu`/`gelu` between layers); the bytes of an `.npz` artifact parsed (without pickle) and
+built. The artifact's sha256 is its `projection_id`, locked in schema.json and written in every manifest
+row, so vectors from two different projections are never mixed silently. Reading and writing artifacts,
+local or on S3, is `projection_artifacts`.
 
 Artifact arrays: `P (D_in, D_out)`, optional `b (D_out,)`, optional `mlp_w0, mlp_b0, mlp_w1, ...`,
 `activation` (0-d string, default relu) and `base_strategy` (0-d string, default concat). `D_in` is
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import s3io
 from .errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu")
@@ -102,15 +102,6 @@ def parse(body: bytes, location: str, strategies: dict) -> Projection:
     )
 
 
-def load(client, location: str, strategies: dict) -> Projection:
-    body = s3io.read_uri(client, location)
-    if body is None:
-        raise ConfigError(
-            f"projection artifact {location} not found; build one with clipfarm-fusion make-projection"
-        )
-    return parse(body, location, strategies)
-
-
 def build(kind: str, dim: int, sample: np.ndarray | None, input_dim: int, base: str, seed: int) -> bytes:
     """Artifact bytes: `gaussian` is a seeded N(0, 1/dim) matrix; `pca` the top `dim` principal axes of
     `sample` (numpy SVD), with `b = -mean @ P` so `x @ P + b` projects the centred vector."""
@@ -133,42 +124,3 @@ def build(kind: str, dim: int, sample: np.ndarray | None, input_dim: int, base: 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, base_strategy=np.array(base), activation=np.array("relu"), allow_pickle=False)
     return buffer.getvalue()
-
-
-def make(
-    client, bucket: str, root: str, *, kind: str, dim: int, seed: int, base: str, out: str, sample_size: int
-) -> tuple[str, int, int]:
-    """`clipfarm-fusion make-projection`: build an artifact for `base`'s locked vectors and write it once.
-
-    Returns (projection_id, input_dim, output_dim). Input width comes from the base strategy's
-    schema.json (without its mask); PCA reads a sample of its fused vectors back from the shards.
-    """
-    from . import readback, readers, schema_lock
-    from .layout import Layout
-
-    layout = Layout(root)
-    lock = schema_lock.read(client, bucket, layout.schema_key(base))
-    if lock is None:
-        raise ConfigError(f"no s3://{bucket}/{layout.schema_key(base)}: run --strategy {base} first")
-    input_dim = lock.fused_dim - int(lock.mask_appended)
-    sample = None
-    if kind == "pca":
-        table = readers.manifest_table(client, bucket, root, base)
-        ids = [] if table is None else sorted(set(table["video_id"].to_pylist()))[:sample_size]
-        if ids:
-            _, vectors, _ = readback.read_vectors(base, ids, bucket=bucket, root=root, client=client)
-            sample = vectors[:, :input_dim]
-    body = build(kind, dim, sample, input_dim, base, seed)
-    if out.startswith("s3://"):
-        out_bucket, key = s3io.parse_s3_uri(out)
-        if s3io.put_if_absent(client, out_bucket, key, body) is None:
-            raise ConfigError(f"{out} already exists; artifacts are never overwritten: choose a new --out")
-    else:
-        try:
-            with open(out, "xb") as handle:
-                handle.write(body)
-        except FileExistsError:
-            raise ConfigError(
-                f"{out} already exists; artifacts are never overwritten: choose a new --out"
-            ) from None
-    return hashlib.sha256(body).hexdigest(), input_dim, dim

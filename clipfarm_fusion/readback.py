@@ -4,7 +4,9 @@ The manifest says where each vector lives (`fused_key` row `shard_idx`). Choosin
 width filters, the latest row per video, request order) is pyarrow over the manifest alone. Reading
 groups the chosen rows by shard so each shard is fetched once, decodes it in a worker thread and
 copies out only the chosen rows, so memory holds what is returned plus a bounded window of shards in
-flight. `read_vectors` and the CLI's `inspect` and `export` all build on `select_rows` + `iter_shards`.
+flight. `read_vectors` and the CLI's `inspect` and `export` all build on `select_rows` + `iter_shards`;
+`verify` builds on the same `map_shards`, `fetch_shard` and `pointer_problem`, so readers and checks
+judge a shard by one rule.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import warnings
 import zipfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import NamedTuple
+from functools import partial
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +31,9 @@ from .errors import ClipfarmError, ConfigError
 from .layout import Layout
 
 MAX_NAMED = 5
+# What numpy raises for bytes that are not a shard: random bytes, a truncated zip, a missing array.
+UNDECODABLE = (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile)
+T = TypeVar("T")
 
 
 class MissingVectorsWarning(UserWarning):
@@ -74,6 +80,15 @@ class ShardRead(NamedTuple):
     vectors: np.ndarray
 
 
+class FetchedShard(NamedTuple):
+    """One shard after one GET: its decoded arrays (`video_ids (n,)`, `vectors (n, F)`, `captured_at
+    (n,)`), or None and why: `missing` (no such object) or `decode_error` (bytes that are not a shard)."""
+
+    arrays: dict[str, np.ndarray] | None
+    missing: bool = False
+    decode_error: Exception | None = None
+
+
 def parse_run_date(run_date: date | str | None) -> date | None:
     if run_date is None or isinstance(run_date, date):
         return run_date
@@ -97,10 +112,15 @@ def load_manifest(client, bucket: str, root: str, strategy: str) -> pa.Table:
     return table
 
 
+def on_run_date(table: pa.Table, run_date: date) -> pa.ChunkedArray:
+    """`(N,)` bool: which manifest rows point into a shard under `date=<run_date>/`."""
+    return pc.match_substring(table["fused_key"], f"/date={run_date.isoformat()}/")
+
+
 def filter_rows(table: pa.Table, run_date: date | None = None, fused_dim: int | None = None) -> pa.Table:
     """Rows whose shard is under `date=<run_date>/`, and/or whose vectors are `fused_dim` wide."""
     if run_date is not None:
-        table = table.filter(pc.match_substring(table["fused_key"], f"/date={run_date.isoformat()}/"))
+        table = table.filter(on_run_date(table, run_date))
     if fused_dim is not None:
         table = table.filter(pc.equal(table["fused_dim"], fused_dim))
     return table
@@ -170,26 +190,37 @@ def group_by_shard(rows: pa.Table) -> list[tuple[str, np.ndarray]]:
     return list(zip(keys.tolist(), np.split(order, bounds), strict=True))
 
 
+def fetch_shard(client, bucket: str, key: str) -> FetchedShard:
+    """GET `key` once and decode it. A missing or undecodable shard is a value, not an exception, so a
+    reader can stop at it and a check can report it; a failed GET (botocore) still raises."""
+    body = s3io.get_object(client, bucket, key).body
+    if body is None:
+        return FetchedShard(None, missing=True)
+    try:
+        return FetchedShard(shards.decode(body))
+    except UNDECODABLE as exc:
+        return FetchedShard(None, decode_error=exc)
+
+
 def _read_shard(client, bucket: str, key: str, positions: np.ndarray, rows: pa.Table) -> ShardRead:
     """GET and decode one shard, check every pointer into it, copy the pointed-at rows out.
 
     Runs in a worker thread; the decoded shard is dropped on return, so only the copies live on.
     """
-    body = s3io.get_object(client, bucket, key).body
-    if body is None:
+    shard = fetch_shard(client, bucket, key)
+    if shard.missing:
         example = rows["video_id"][0].as_py()
         raise BrokenPointerError(
             key, f"shard missing; {rows.num_rows} manifest row(s) point at it, e.g. {example!r}"
         )
-    try:
-        shard = shards.decode(body)
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise BrokenPointerError(key, f"shard does not decode ({exc})") from None
-    problem = pointer_problem(shard["video_ids"], shard["vectors"], rows)
+    if shard.decode_error is not None:
+        raise BrokenPointerError(key, f"shard does not decode ({shard.decode_error})")
+    vectors = shard.arrays["vectors"]
+    problem = pointer_problem(shard.arrays["video_ids"], vectors, rows)
     if problem:
         raise BrokenPointerError(key, problem)
     index = rows["shard_idx"].to_numpy()
-    return ShardRead(key, positions, rows, shard["vectors"][index].astype(np.float32, copy=False))
+    return ShardRead(key, positions, rows, vectors[index].astype(np.float32, copy=False))
 
 
 def pointer_problem(stored_ids: np.ndarray, vectors: np.ndarray, rows: pa.Table) -> str | None:
@@ -214,26 +245,34 @@ def pointer_problem(stored_ids: np.ndarray, vectors: np.ndarray, rows: pa.Table)
     return None
 
 
-def iter_shards(client, bucket: str, rows: pa.Table, threads: int) -> Iterator[ShardRead]:
-    """One `ShardRead` per shard the rows point into, shards in key order, each fetched with ONE GET.
+def map_shards(rows: pa.Table, threads: int, read: Callable[[str, np.ndarray, pa.Table], T]) -> Iterator[T]:
+    """`read(fused_key, positions (n,), shard_rows)` for each shard the rows point into, in worker
+    threads; results in key order.
 
-    At most `threads` shards are fetched, decoded or waiting to be consumed at any time, so memory is
-    bounded by `threads` shards whatever the size of the selection or the speed of the consumer.
+    At most `threads` shards are being read or waiting to be consumed at any time, so memory is bounded
+    by `threads` shards whatever the size of the selection or the speed of the consumer. A consumer
+    that stops early (or a `read` that raises) cancels the reads not yet started.
     """
     groups = group_by_shard(rows)
     if not groups:
         return
-    pending: deque[Future[ShardRead]] = deque()
+    pending: deque[Future[T]] = deque()
     pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(groups))))
     try:
         for key, positions in groups:
-            pending.append(pool.submit(_read_shard, client, bucket, key, positions, rows.take(positions)))
+            pending.append(pool.submit(read, key, positions, rows.take(positions)))
             if len(pending) >= threads:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def iter_shards(client, bucket: str, rows: pa.Table, threads: int) -> Iterator[ShardRead]:
+    """One `ShardRead` per shard the rows point into, shards in key order, each fetched with ONE GET and
+    `threads` at a time; BrokenPointerError at the first shard that does not resolve its rows."""
+    return map_shards(rows, threads, partial(_read_shard, client, bucket))
 
 
 def read_vectors(

@@ -132,6 +132,18 @@ def unavailable(exc: BaseException, what: str) -> S3UnavailableError:
     )
 
 
+@contextlib.contextmanager
+def faults_as_outage(what: str) -> Iterator[None]:
+    """Past botocore's own retries (and our patience), a fault is an outage, not a bug and not the
+    items: S3UnavailableError, which says what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if is_fault(exc):
+            raise unavailable(exc, what) from exc
+        raise
+
+
 def with_patience(
     call: Callable[[], T], what: str, patience_s: float, stop: threading.Event | None = None
 ) -> T:

@@ -1,4 +1,4 @@
-"""`schema.json`: the dims a strategy's vectors are locked to, and the drift rules of DESIGN §6.
+"""`schema.json`: the dims a strategy's vectors are locked to, (the drift rules of DESIGN §6 are in `drift`).
 
 The lock is written once, by the first run that fuses anything; after that every run must match it.
 Changing it is `clipfarm-fusion migrate-schema`, never a side effect of a daily run.
@@ -10,13 +10,9 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-
 from . import s3io
 from .errors import SchemaDriftError, StoreError
 from .fuse import STRATEGIES, FusionOptions, fused_dim
-
-DIM_FIELDS = ("video_dim", "audio_dim", "text_dim")
 
 
 @dataclass(frozen=True)
@@ -103,15 +99,6 @@ def write_if_absent(client, bucket: str, key: str, lock: SchemaLock) -> SchemaLo
     return lock
 
 
-def majority_dim(dims: np.ndarray) -> int | None:
-    """Most common positive dim `(N,)` (ties -> the smaller), or None when nothing was decoded."""
-    observed = dims[dims > 0]
-    if observed.size == 0:
-        return None
-    values, counts = np.unique(observed, return_counts=True)
-    return int(values[np.argmax(counts)])
-
-
 def check_options(lock: SchemaLock | None, strategy: str, options: FusionOptions, key: str) -> None:
     """The run's mask, L2 and weights must be the locked ones: vectors fused otherwise would not compare."""
     if lock is None:
@@ -128,21 +115,3 @@ def check_options(lock: SchemaLock | None, strategy: str, options: FusionOptions
             f"{key}: {differences}; run with the locked settings, or change them deliberately with "
             f"clipfarm-fusion migrate-schema --strategy {strategy}"
         )
-
-
-def check_drift(lock: SchemaLock, observed: dict[str, np.ndarray], key: str) -> None:
-    """Stop the run when most decoded vectors of a modality disagree with the lock (an upstream change).
-
-    `observed` maps `video_dim`/`audio_dim`/`text_dim` to the decoded dims `(N,)`, 0 where absent.
-    """
-    for name, expected in zip(DIM_FIELDS, lock.dims, strict=True):
-        dims = observed[name][observed[name] > 0]
-        wrong = int(np.count_nonzero(dims != expected))
-        if dims.size and wrong * 2 > dims.size:
-            found = majority_dim(dims)
-            raise SchemaDriftError(
-                f"schema drift: {wrong} of {dims.size} {name.split('_')[0]} embeddings are {found}-d but {key} "
-                f"locks {name}={expected}. Nothing was written and no retries were used. If the upstream "
-                "model changed on purpose, run: clipfarm-fusion migrate-schema --strategy "
-                f"{lock.fusion_strategy}"
-            )

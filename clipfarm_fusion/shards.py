@@ -34,27 +34,27 @@ def decode(body: bytes) -> dict[str, np.ndarray]:
         return {name: npz[name] for name in ("video_ids", "vectors", "captured_at")}
 
 
-class ShardWriter:
-    """Writes the shards of one strategy and date; lists the date's prefix once, lazily."""
+def first_free_part(client, bucket: str, layout: Layout, strategy: str, run_date: date) -> int:
+    """The part number after the highest of the day's existing shards (one LIST)."""
+    keys = s3io.list_keys(client, bucket, layout.shard_prefix(strategy, run_date))
+    return max((p for p in map(part_number, keys) if p is not None), default=-1) + 1
 
-    def __init__(self, client, bucket: str, layout: Layout, strategy: str, run_date: date) -> None:
+
+class ShardWriter:
+    """Writes the shards of one strategy and date from part `first_part` on (the plan found the first
+    free part of the day and gives each chunk its own range, so chunks need no LIST of their own)."""
+
+    def __init__(
+        self, client, bucket: str, layout: Layout, strategy: str, run_date: date, first_part: int
+    ) -> None:
         self.client, self.bucket, self.layout = client, bucket, layout
         self.strategy, self.run_date = strategy, run_date
-        self._next_part: int | None = None
+        self._next_part = first_part
         self.written: list[str] = []
-
-    def _first_free_part(self) -> int:
-        keys = s3io.list_keys(
-            self.client, self.bucket, self.layout.shard_prefix(self.strategy, self.run_date)
-        )
-        parts = [p for p in map(part_number, keys) if p is not None]
-        return max(parts, default=-1) + 1
 
     def write(self, video_ids: Sequence[str], vectors: np.ndarray, captured_at: Sequence[str]) -> str:
         """PUT one shard under the next free part number; returns its key."""
         body = encode(video_ids, vectors, captured_at)
-        if self._next_part is None:
-            self._next_part = self._first_free_part()
         while True:
             key = self.layout.shard_key(self.strategy, self.run_date, self._next_part)
             self._next_part += 1

@@ -24,6 +24,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -127,10 +128,10 @@ class StateStore:
         changed rows, or every later run would ask the text stage about the same rows again."""
         return cursors.get("text_cursor") not in (None, self.text_cursor)
 
-    def commit(self, rows: list[dict], cursors: dict[str, str]) -> None:
-        """Upsert `rows` on video_id (one replaceWhere commit) with the run's cursors, unless another run committed
-        state since this run read it (ConcurrentWriteError)."""
-        source = pa.Table.from_pylist(rows, schema=SCHEMA)
+    def commit(self, rows: pa.Table | list[dict], cursors: dict[str, str]) -> None:
+        """Upsert `rows` (SCHEMA's columns) on video_id (one replaceWhere commit) with the run's cursors,
+        unless another run committed state since this run read it (ConcurrentWriteError)."""
+        source = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
         if self.table is None:
             self.table, created = lake.create(self.location, SCHEMA, self.options)
             if not created:
@@ -166,6 +167,23 @@ class StateStore:
             f"({', '.join(operations)}); this run's shards and manifest rows are published, its state is not. "
             "Rerun the day: it converges"
         )
+
+
+def reopen(
+    client,
+    bucket: str,
+    layout: Layout,
+    strategy: str,
+    patience_s: float,
+    version: int | None,
+    text_cursor: str | None,
+) -> StateStore:
+    """The store as a plan read it (`version`, None: no table then), for that plan's commit: a commit
+    through it is refused (exit 4) when another run committed state since that version."""
+    options = lake.storage_options(client, patience_s)
+    location = lake.uri(bucket, layout.state_table_key(strategy))
+    table = lake.open_table(location, options) if version is not None else None
+    return StateStore(location, options, table, "state table", version=version, text_cursor=text_cursor)
 
 
 def open_store(
@@ -312,3 +330,52 @@ def read_snapshot(body: bytes, where: str) -> pd.DataFrame:
     frame = frame[list(STATE_COLUMNS)].astype({"video_id": str})
     frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
     return frame.set_index("video_id")
+
+
+def row_cursors(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """`captured_ns` and `hash64` of horizon rows: what the state keeps of the row it processed."""
+    return latest.instants(rows["captured_ts"]), metadata.hash64_of_hex(rows["source_hash"])
+
+
+def refreshed_rows(horizon: pd.DataFrame, prior: pd.DataFrame, delta: pd.DataFrame) -> list[dict]:
+    """State rows of candidates that need no work but whose horizon row is not the one the state
+    remembers (a newer capture of the same URL, or a row imported from a seed-era state without the
+    cursor columns): the same row with the cursor columns of the current horizon row, so the next scan
+    drops the video unhashed."""
+    rows = horizon[horizon["video_id"].isin(prior.index) & ~horizon["video_id"].isin(delta["video_id"])]
+    if rows.empty:
+        return []
+    captured_ns, hashes = row_cursors(rows)
+    old = prior.loc[rows["video_id"]]
+    stale = (old["captured_ns"].to_numpy(dtype="float64", na_value=np.nan) != captured_ns) | (
+        old["hash64"].to_numpy(dtype="float64", na_value=np.nan) != hashes
+    )
+    stale |= old["captured_ns"].isna().to_numpy() | old["hash64"].isna().to_numpy()
+    refreshed = old[stale].reset_index()
+    refreshed["captured_ns"] = captured_ns[stale]
+    refreshed["hash64"] = hashes[stale]
+    return [
+        {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
+        for row in refreshed[list(SCHEMA.names)].to_dict("records")
+    ]
+
+
+def _same(old: object, new: object) -> bool:
+    """A stored value equals a new one; missing equals only missing."""
+    if new is None or pd.isna(old):
+        return new is None and pd.isna(old)
+    return bool(old == new)
+
+
+def changed_rows(rows: list[dict], prior: pd.DataFrame) -> list[dict]:
+    """The `rows` that differ from what the table already holds (`prior`, indexed by video_id;
+    processed_at aside), so a rerun with nothing new writes nothing."""
+    fields = ("source_hash", "status", "error", "artifact_key", "retry_count", *CURSOR_COLUMNS)
+    changed = []
+    for row in rows:
+        if row["video_id"] in prior.index:
+            old = prior.loc[row["video_id"]]
+            if all(_same(old[f], row[f]) for f in fields):
+                continue
+        changed.append(row)
+    return changed

@@ -46,6 +46,21 @@ class StrategySummary:
                 if video_id in errors:
                     self.errors[video_id] = errors[video_id]
 
+    def merge(self, part: StrategySummary, sample_size: int) -> None:
+        """Add a later part of the same run (a chunk's, in video_id order): counts add up, samples fill
+        up in order, so the sum of the parts is what one pass over the day records."""
+        for status, count in part.counts.items():
+            self.counts[status] = self.counts.get(status, 0) + count
+        for status, ids in part.samples.items():
+            sample = self.samples.setdefault(status, [])
+            for video_id in ids[: max(sample_size - len(sample), 0)]:
+                sample.append(video_id)
+                if video_id in part.errors:
+                    self.errors[video_id] = part.errors[video_id]
+        self.shards_written += part.shards_written
+        self.upgrade_checked += part.upgrade_checked
+        self.fused_dim = part.fused_dim or self.fused_dim
+
     @property
     def fused(self) -> int:
         return sum(self.counts.get(s, 0) for s in FUSED_STATUSES)

@@ -3,18 +3,17 @@ pointers that load back from their shards, and a day's fail rate; and `verify_st
 every shard, for `clipfarm-fusion verify` and the `verify_published` job.
 
 Plain functions returning a `Verdict` (or a `Report`) with plain-value metadata, so the Dagster asset
-checks, the CLI, a script or a test can run them alike. There is one read side: a shard is fetched with
-one GET and its pointers are judged by `readback.pointer_problem`, the rule `read_vectors`, `inspect`
-and `export` apply. Unlike those readers, a check never stops at the first broken shard: it reports
-every one. A LIST of a shard prefix (one request per 1000 keys) finds deleted shards without a GET.
+checks, the CLI, a script or a test can run them alike. There is one read side, `readback`: shards are
+walked by `readback.map_shards`, each fetched with one GET by `readback.fetch_shard` and its pointers
+judged by `readback.pointer_problem`, as `read_vectors`, `inspect` and `export` do. Unlike those
+readers, a check never stops at the first broken shard: it reports every one. A LIST of a shard prefix
+(one request per 1000 keys) finds deleted shards without a GET.
 """
 
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Collection, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import NamedTuple
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import policy, readback, readers, s3io, schema_lock, shards
+from . import policy, readback, readers, s3io, schema_lock
 from .errors import SchemaDriftError, StoreError
 from .fuse import FusionOptions, fused_dim
 from .layout import Layout, part_number
@@ -33,8 +32,6 @@ from .schema_lock import SchemaLock
 log = logging.getLogger(__name__)
 MAX_REPORTED = 10
 MISSING = "shard missing"
-# What numpy raises for bytes that are not a shard: random bytes, a truncated zip, a missing array.
-UNDECODABLE = (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile)
 
 
 class Verdict(NamedTuple):
@@ -59,12 +56,16 @@ class Published:
 
 
 def read_published(client, bucket: str, root: str, strategy: str) -> Published:
-    """Read the manifest and lock once for every check of a strategy. An unparsable lock is a finding,
-    not a crash, so the schema check can report it."""
+    """Read the manifest and lock once for every check of a strategy."""
     root = root.strip("/")
+    return _published(client, bucket, root, strategy, readers.manifest_table(client, bucket, root, strategy))
+
+
+def _published(client, bucket: str, root: str, strategy: str, table: pa.Table | None) -> Published:
+    """`table` (the manifest, as the caller read it) and the lock, read now. An unparsable lock is a
+    finding, not a crash, so the schema check can report it."""
     layout = Layout(root)
     manifest_key, schema_key = layout.manifest_table_key(strategy), layout.schema_key(strategy)
-    table = readers.manifest_table(client, bucket, root, strategy)
     try:
         lock, lock_problem = schema_lock.read(client, bucket, schema_key), None
     except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
@@ -113,8 +114,7 @@ def schema_matches_output(client, published: Published) -> Verdict:
         newest = pc.max(table["fused_key"]).as_py()
         recorded = pc.unique(table.filter(pc.equal(table["fused_key"], newest))["fused_dim"]).to_pylist()
         facts["newest_shard"] = newest
-        body = s3io.get_object(client, published.bucket, newest).body
-        width, unreadable = (None, "is missing") if body is None else _shard_width(body)
+        width, unreadable = _shard_width(readback.fetch_shard(client, published.bucket, newest))
         if unreadable:
             problems.append(f"newest shard {newest} {unreadable}")
         else:
@@ -128,16 +128,21 @@ def schema_matches_output(client, published: Published) -> Verdict:
     return Verdict(not problems, facts)
 
 
-def _shard_width(body: bytes) -> tuple[int | None, str | None]:
+def _shard_width(shard: readback.FetchedShard) -> tuple[int | None, str | None]:
     """(vector width, None) for a shard that decodes to a 2-d `vectors`, else (None, what is wrong):
-    a corrupt or truncated shard is a finding of the check, never a crash of it."""
-    try:
-        vectors = shards.decode(body)["vectors"]
-    except UNDECODABLE as exc:
-        return None, f"does not decode ({type(exc).__name__}: {exc})"
+    a missing, corrupt or truncated shard is a finding of the check, never a crash of it."""
+    if shard.missing:
+        return None, "is missing"
+    if shard.decode_error is not None:
+        return None, _undecodable(shard.decode_error)
+    vectors = shard.arrays["vectors"]
     if vectors.ndim != 2:
         return None, f"holds {vectors.ndim}-d vectors of shape {list(vectors.shape)}, expected (rows, width)"
     return int(vectors.shape[1]), None
+
+
+def _undecodable(error: Exception) -> str:
+    return f"does not decode ({type(error).__name__}: {error})"
 
 
 def manifest_keys_unique(published: Published) -> Verdict:
@@ -183,17 +188,15 @@ def check_shard(client, bucket: str, key: str, rows: pa.Table, absent: bool = Fa
     if absent:
         return ShardCheck(key, rows.num_rows, MISSING, True)
     try:
-        body = s3io.get_object(client, bucket, key).body
+        shard = readback.fetch_shard(client, bucket, key)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         return ShardCheck(key, rows.num_rows, f"shard unreadable ({exc})")
-    if body is None:
+    if shard.missing:
         return ShardCheck(key, rows.num_rows, MISSING, True)
-    try:
-        decoded = shards.decode(body)
-    except UNDECODABLE as exc:
-        return ShardCheck(key, rows.num_rows, f"shard does not decode ({type(exc).__name__}: {exc})")
+    if shard.decode_error is not None:
+        return ShardCheck(key, rows.num_rows, f"shard {_undecodable(shard.decode_error)}")
     return ShardCheck(
-        key, rows.num_rows, readback.pointer_problem(decoded["video_ids"], decoded["vectors"], rows)
+        key, rows.num_rows, readback.pointer_problem(shard.arrays["video_ids"], shard.arrays["vectors"], rows)
     )
 
 
@@ -206,23 +209,21 @@ def check_shards(
     progress_every: int = 0,
     logger: logging.Logger | None = None,
 ) -> Iterator[ShardCheck]:
-    """One `ShardCheck` per shard `rows` point into, in key order, `threads` shards at a time.
+    """One `ShardCheck` per shard `rows` point into, in key order, `threads` shards at a time
+    (`readback.map_shards`, so memory holds at most `threads` shards whatever the number of shards).
 
-    `absent`: keys a LIST has shown do not exist; they are reported missing without a GET. Each worker
-    drops its shard's bytes before it returns, so memory holds at most `threads` shards whatever the
-    number of shards. Every `progress_every` shards, a log line.
+    `absent`: keys a LIST has shown do not exist; they are reported missing without a GET. Every
+    `progress_every` shards, a log line.
     """
-    groups = readback.group_by_shard(rows)
-    if not groups:
-        return
     logger = logger or log
-    tasks = [(key, rows.take(positions), key in absent) for key, positions in groups]
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks)))) as pool:
-        results = pool.map(lambda task: check_shard(client, bucket, *task), tasks)
-        for done, result in enumerate(results, start=1):
-            if progress_every and (done % progress_every == 0 or done == len(tasks)):
-                logger.info("checked %d of %d shards", done, len(tasks))
-            yield result
+    total = len(_keys(rows))
+    checks = readback.map_shards(
+        rows, threads, lambda key, _, shard_rows: check_shard(client, bucket, key, shard_rows, key in absent)
+    )
+    for done, check in enumerate(checks, start=1):
+        if progress_every and (done % progress_every == 0 or done == total):
+            logger.info("checked %d of %d shards", done, total)
+        yield check
 
 
 @dataclass
@@ -271,9 +272,11 @@ class PointerTally:
         return facts
 
 
-def _shard_keys(client, bucket: str, prefix: str) -> set[str]:
-    """The shard keys under `prefix`: one LIST request per 1000 keys."""
-    return {key for key in s3io.list_keys(client, bucket, prefix) if part_number(key) is not None}
+def _listed_and_absent(client, bucket: str, prefix: str, referenced: set[str]) -> tuple[set[str], set[str]]:
+    """The shard keys under `prefix` (one LIST request per 1000 keys), and the `referenced` keys under
+    `prefix` that are not among them: deleted shards, found without a GET."""
+    listed = {key for key in s3io.list_keys(client, bucket, prefix) if part_number(key) is not None}
+    return listed, {key for key in referenced if key.startswith(prefix) and key not in listed}
 
 
 def _keys(table: pa.Table) -> set[str]:
@@ -304,11 +307,10 @@ def manifest_pointers_resolve(
     day_keys: set[str] = set()
     older = table
     if day is not None:
-        in_day = pc.match_substring(table["fused_key"], f"/date={day.isoformat()}/")
+        in_day = readback.on_run_date(table, day)
         day_keys, older = _keys(table.filter(in_day)), table.filter(pc.invert(in_day))
         prefix = Layout(published.root).shard_prefix(published.strategy, day)
-        listed = _shard_keys(client, published.bucket, prefix)
-        absent = {key for key in day_keys if key.startswith(prefix) and key not in listed}
+        listed, absent = _listed_and_absent(client, published.bucket, prefix, day_keys)
         facts.update(partition_shards=len(day_keys), unreferenced_partition_shards=len(listed - day_keys))
     sampled = sample_rows(older, sample_size)
     sampled_keys = _keys(sampled)
@@ -434,26 +436,12 @@ def verify_strategy(
     root = root.strip("/")
     layout = Layout(root)
     table = readback.filter_rows(readback.load_manifest(client, bucket, root, strategy), day)
-    try:
-        lock, lock_problem = schema_lock.read(client, bucket, layout.schema_key(strategy)), None
-    except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
-        lock, lock_problem = None, str(exc)
-    published = Published(
-        strategy,
-        bucket,
-        root,
-        layout.manifest_table_key(strategy),
-        layout.schema_key(strategy),
-        table,
-        lock,
-        lock_problem,
-    )
+    published = _published(client, bucket, root, strategy, table)
     lock_facts, lock_problems = _lock_findings(published)
     _, unique = manifest_keys_unique(published)
     prefix = layout.shard_prefix(strategy, day) if day else f"{layout.strategy_prefix(strategy)}shards/"
-    listed = _shard_keys(client, bucket, prefix)
     referenced = _keys(table)
-    absent = {key for key in referenced if key.startswith(prefix) and key not in listed}
+    listed, absent = _listed_and_absent(client, bucket, prefix, referenced)
     (logger or log).info(
         "verify %s: %d manifest rows in %d shards; %d shards listed under s3://%s/%s",
         strategy,

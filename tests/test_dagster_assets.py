@@ -1,5 +1,6 @@
-"""The Dagster assets as the UI and the scheduler run them: one partition = one pipeline.run() pinned to
-that date, metadata per strategy, days in order, errors that fail the run with their message."""
+"""The Dagster assets as the UI and the scheduler run them: one partition = one plan -> fuse_chunk x N ->
+commit pinned to that date, metadata per strategy, days in order, errors that fail the run with their
+message. These run in process (`materialize`); tests/test_dagster_fanout.py runs the executors."""
 
 import io
 import shutil
@@ -22,11 +23,13 @@ from dagster import (
 
 import clipfarm_fusion
 from clipfarm_fusion import readers, s3io, schema_lock, shards, synthetic
-from clipfarm_fusion.defs.assets import FUSION_POOL, UPSTREAM_SPECS, fuse_embeddings
+from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.checks import published_outputs
 from clipfarm_fusion.defs.definitions import defs
+from clipfarm_fusion.defs.ops import FUSION_POOL
 from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.defs.schedules import fuse_daily_schedule
+from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
 from clipfarm_fusion.fuse import DEFAULT_STRATEGIES as STRATEGY_NAMES
 from clipfarm_fusion.fuse import FusionOptions
 from clipfarm_fusion.layout import Layout
@@ -139,11 +142,14 @@ def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
     assert table.num_rows == 40
 
 
-def test_backfills_go_day_by_day_oldest_first_in_one_pool():
+def test_backfills_go_day_by_day_oldest_first_committing_in_one_pool():
     """Each day depends on the day before (the state DB carries over), so a backfill runs one day per run,
-    oldest first, never starting a day before its predecessor has materialised."""
+    oldest first, never starting a day before its predecessor has materialised. Only the commit holds
+    the pool: the chunks of a day fuse side by side, one day commits at a time."""
     assert fuse_embeddings.backfill_policy == BackfillPolicy.multi_run(1)
-    assert fuse_embeddings.can_subset and fuse_embeddings.op.pool == FUSION_POOL
+    assert fuse_embeddings.can_subset
+    pools = {node.name: node.definition.pool for node in fuse_embeddings.node_def.nodes}
+    assert pools == {"plan": None, "fan_out": None, "fuse_chunk": None, "commit": FUSION_POOL}
     graph = defs.resolve_asset_graph()
     for strategy in STRATEGY_NAMES:
         key = AssetKey(strategy)

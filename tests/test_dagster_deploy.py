@@ -62,6 +62,35 @@ def test_compose_runs_minio_postgres_and_dagster():
     assert workspace["load_from"][0]["grpc_server"]["host"] == "code"
 
 
+def test_compose_runs_the_steps_on_celery_workers_that_share_the_step_outputs():
+    """The run in `code` queues its steps in Redis; the workers run them against the same instance and
+    the same step-output directory, with the broker the executor names."""
+    compose = yaml.safe_load((REPO / "infra" / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert {"redis", "worker"} <= set(services)
+    worker = services["worker"]
+    assert worker["command"][:4] == ["dagster-celery", "worker", "start", "-A"]
+    assert worker["command"][worker["command"].index("-y") + 1] == "celery.yaml"
+    env = worker["environment"]
+    assert env is services["code"]["environment"] and env["CLIPFARM_EXECUTOR"].endswith(":-celery}")
+    celery = yaml.safe_load((REPO / "infra" / "celery.yaml").read_text())["execution"]["config"]
+    assert celery["broker"] == env["CLIPFARM_CELERY_BROKER"] == "redis://redis:6379/0"
+    storage = "step-outputs:/opt/dagster/home/storage"  # $DAGSTER_HOME/storage of the image
+    assert storage in worker["volumes"] and storage in services["code"]["volumes"]
+    assert "celery.yaml" in (REPO / "infra" / "Dockerfile").read_text()
+
+
+def test_helm_values_run_each_step_in_a_pod_sharing_the_step_outputs():
+    values = yaml.safe_load((REPO / "infra" / "k8s-values.yaml").read_text())
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "clipfarm_fusion.defs.definitions"]
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    assert env["CLIPFARM_EXECUTOR"] == "k8s" and int(env["CLIPFARM_MAX_CONCURRENT"]) > 1
+    [mount] = deployment["volumeMounts"]
+    assert mount["mountPath"] == "/opt/dagster/dagster_home/storage"  # the chart's $DAGSTER_HOME
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
 def test_dev_seeds_an_empty_bucket_once(client, bucket):
     assert dev.seed_if_empty(client, bucket, "clipfarm", videos=5) == synthetic.make_day(5)[0].run_date
     metadata = Layout("clipfarm").metadata_key()

@@ -436,10 +436,11 @@ def test_a_small_delta_over_a_big_prefix_gets_instead_of_listing(client, seed_da
     pipeline.run(seeded.config(strategies=("concat",), max_items=150), DAY)
     calls: list[str] = []
     client.meta.events.register(
-        "before-call.s3.ListObjectsV2", lambda params, **_: calls.append(params["url_path"])
+        "before-call.s3.ListObjectsV2", lambda params, **_: calls.append(params["query_string"]["prefix"])
     )
     pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
-    assert len(calls) <= 1, f"expected no embedding LIST for a small delta, got {calls}"
+    assert "/embeddings/" not in " ".join(calls), f"expected no embedding LIST for a small delta, got {calls}"
+    assert len(calls) == 2, calls  # the stale staged objects, the day's shards
 
 
 def test_new_strategies_record_their_options_and_refuse_other_ones(client, seed_day):

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipfarm_fusion import manifest, schema_lock, shards
+from clipfarm_fusion import drift, manifest, schema_lock, shards
 from clipfarm_fusion.errors import SchemaDriftError
 from clipfarm_fusion.fuse import FusionOptions
 from clipfarm_fusion.layout import Layout
@@ -20,7 +20,9 @@ def test_shard_parts_continue_after_existing_and_never_overwrite(client, bucket)
     squatter = layout.shard_key("concat", DAY, 1)
     client.put_object(Bucket=bucket, Key=layout.shard_key("concat", DAY, 0), Body=b"earlier run")
     client.put_object(Bucket=bucket, Key=squatter, Body=b"earlier run")
-    writer = shards.ShardWriter(client, bucket, layout, "concat", DAY)
+    first_free = shards.first_free_part(client, bucket, layout, "concat", DAY)
+    assert first_free == 2
+    writer = shards.ShardWriter(client, bucket, layout, "concat", DAY, first_part=first_free - 1)
     vectors = np.arange(6, dtype=np.float32).reshape(2, 3)
     first = writer.write(["a", "b"], vectors, ["t1", "t2"])
     assert first == layout.shard_key("concat", DAY, 2)
@@ -193,20 +195,28 @@ def test_schema_lock_is_written_once(client, bucket):
 
 
 def test_drift_is_raised_only_when_most_disagree():
-    lock = schema_lock.SchemaLock.build("concat", (4, 4, 4), FusionOptions())
-    one_odd = {
-        "video_dim": np.array([4, 4, 8]),
-        "audio_dim": np.array([4, 4, 4]),
-        "text_dim": np.array([4, 0, 4]),
-    }
-    schema_lock.check_drift(lock, one_odd, "schema.json")
-    most_odd = {
-        "video_dim": np.array([8, 8, 4]),
-        "audio_dim": np.array([4, 4, 4]),
-        "text_dim": np.array([4, 4, 4]),
-    }
-    with pytest.raises(SchemaDriftError, match="2 of 3 video embeddings are 8-d.*migrate-schema"):
-        schema_lock.check_drift(lock, most_odd, "schema.json")
+    one_odd = drift.count(
+        {
+            "video_dim": np.array([4, 4, 8]),
+            "audio_dim": np.array([4, 4, 4]),
+            "text_dim": np.array([4, 0, 4]),
+        }
+    )
+    assert one_odd == {"video_dim": {4: 2, 8: 1}, "audio_dim": {4: 3}, "text_dim": {4: 2}}
+    drift.check((4, 4, 4), one_odd, "schema.json", "concat")
+    most_odd = {"video_dim": {8: 1, 4: 1}, "audio_dim": {4: 3}, "text_dim": {}}
+    chunks = [most_odd, {"video_dim": {8: 1}, "audio_dim": {}, "text_dim": {4: 1}}]  # summed over chunks
+    with pytest.raises(
+        SchemaDriftError, match="2 of 3 video embeddings are 8-d.*migrate-schema --strategy concat"
+    ):
+        drift.check((4, 4, 4), drift.merge(chunks), "schema.json", "concat")
+    drift.check((4, 4, 4), most_odd, "schema.json", "concat")  # one of two is not most
+
+
+def test_majority_is_the_most_common_dim_ties_to_the_smaller():
+    assert drift.majority({}) is None
+    assert drift.majority({8: 2, 4: 2, 16: 1}) == 4
+    assert drift.majority({8: 3, 4: 2}) == 8
 
 
 def test_an_upsert_never_drops_a_row_its_predicate_also_matches(client, bucket):

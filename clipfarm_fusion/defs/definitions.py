@@ -1,7 +1,7 @@
 """`defs`: everything Dagster loads (`[tool.dagster] module_name` points here).
 
 The upstream specs are plain `AssetSpec`s, i.e. external assets: the lineage shows them, nothing here
-materialises them. Besides the daily fuse, three maintenance jobs: `maintain_tables` (daily, running
+materialises them. Every job runs on the executor `CLIPFARM_EXECUTOR` names (`executors.py`). Besides the daily fuse, three maintenance jobs: `maintain_tables` (daily, running
 by default: compaction and vacuum of the lake tables), `verify_published` and `gc_orphan_shards`
 (weekly schedules, stopped by default).
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar
 
-from .assets import UPSTREAM_SPECS, fuse_embeddings
+from .assets import fuse_embeddings
 from .checks import published_outputs
+from .executors import executor_from_env
 from .jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
 from .resources import FusionResource
 from .schedules import (
@@ -21,6 +22,7 @@ from .schedules import (
     maintain_tables_schedule,
     verify_published_schedule,
 )
+from .upstream import UPSTREAM_SPECS
 
 defs = Definitions(
     assets=[*UPSTREAM_SPECS, fuse_embeddings],
@@ -33,4 +35,5 @@ defs = Definitions(
         maintain_tables_schedule,
     ],
     resources={"fusion": FusionResource(bucket=EnvVar("CLIPFARM_BUCKET"))},
+    executor=executor_from_env(),
 )

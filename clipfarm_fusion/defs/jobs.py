@@ -4,8 +4,9 @@
   every shard exists and every pointer resolves. It fails naming the bad shards; the daily checks
   cover a day's shards and a sample of the rest, this covers everything.
 - `gc_orphan_shards`: `sweep.sweep` deletes shards no manifest row points to, older than
-  `older_than` (default 1d). It runs in the fusion pool, so in a deployment it never overlaps a fuse
-  (the grace period protects a run in progress anyway, e.g. one started from the CLI).
+  `older_than` (default 1d). It runs in the fusion pool, so in a deployment it never overlaps a
+  commit; the shards of chunks still being fused are not referenced yet, and the grace period protects
+  them (and any run started from the CLI).
 
 - `maintain_tables`: `maintenance.maintain` compacts, checkpoints and vacuums each strategy's manifest
   and state tables (Delta Lake), so daily commits never pile up small files. In the fusion pool too.
@@ -22,7 +23,7 @@ from pydantic import Field
 from .. import maintenance, sweep, verify
 from ..errors import ConfigError
 from ..readback import parse_run_date
-from .assets import FUSION_POOL
+from .ops import FUSION_POOL
 from .resources import ASSET_STRATEGIES, FusionResource
 
 

@@ -61,6 +61,11 @@ class FusionResource(ConfigurableResource):
         "in the delta for the next run.",
     )
     shard_size: int = Field(default=2048, description="Vectors per shard, also the batch that bounds memory.")
+    chunk_size: int = Field(
+        default=20_000,
+        description="Videos per fuse step: the day's delta is cut into chunks of this many, one "
+        "`fuse_chunk` step each, which the executor runs side by side.",
+    )
     max_fail_retries: int = Field(default=3, description="Failures before an item becomes fail_terminal.")
     text_dim: int = Field(default=768, description="Placeholder text dim before a schema lock exists.")
     include_captured_at_in_hash: bool = Field(
@@ -111,6 +116,7 @@ class FusionResource(ConfigurableResource):
             state_dir=state_dir,
             max_items=self.max_items,
             shard_size=self.shard_size,
+            chunk_size=self.chunk_size,
             max_fail_retries=self.max_fail_retries,
             text_dim=self.text_dim,
             include_captured_at_in_hash=self.include_captured_at_in_hash,

@@ -1,0 +1,91 @@
+"""What a fused asset's materialization shows: one strategy's share of the run summary, as metadata.
+
+`commit` attaches it to each strategy's materialization; the UI plots the counts across partitions.
+"""
+
+from __future__ import annotations
+
+from dagster import MetadataValue
+
+from .. import policy
+from ..summary import RunSummary, StrategySummary
+
+STATUSES: tuple[str, ...] = (
+    policy.SUCCESS_FULL,
+    policy.SUCCESS_PLACEHOLDER,
+    policy.MISSING_REQUIRED,
+    policy.MISSING_TEXT_UNAVAILABLE,
+    policy.MISSING_TEXT_PENDING,
+    policy.FAIL,
+    policy.FAIL_TERMINAL,
+    policy.INVALID_VIDEO_ID,
+)
+BAR_WIDTH = 30
+
+
+def strategy_metadata(summary: RunSummary, name: str) -> dict[str, MetadataValue]:
+    """DESIGN §7 as materialization metadata: every status gets a `status/<s>` count (zeros too, so the
+    UI can plot each status across partitions), plus sizes, keys, timings and two markdown tables."""
+    strategy = summary.strategies[name]
+    uri = f"s3://{summary.bucket}/"
+    metadata: dict[str, MetadataValue] = {
+        f"status/{status}": MetadataValue.int(strategy.counts.get(status, 0))
+        for status in _statuses(strategy)
+    }
+    metadata.update(
+        {
+            "run_date": MetadataValue.text(summary.run_date),
+            "delta": MetadataValue.int(strategy.delta),
+            "deferred": MetadataValue.int(strategy.deferred),
+            "unparseable_dates": MetadataValue.int(summary.unparseable_dates),
+            "fused": MetadataValue.int(strategy.fused),
+            "manifest_rows_added": MetadataValue.int(strategy.manifest_added),
+            "manifest_rows_updated": MetadataValue.int(strategy.manifest_updated),
+            "shards_written": MetadataValue.int(len(strategy.shards_written)),
+            "shard_keys": MetadataValue.json([uri + key for key in strategy.shards_written]),
+            "seconds": MetadataValue.float(strategy.seconds),
+            "items_per_second": MetadataValue.float(
+                round(strategy.fused / strategy.seconds, 1) if strategy.seconds else 0.0
+            ),
+            "status_chart": MetadataValue.md(status_chart(strategy)),
+            "samples": MetadataValue.md(samples_table(strategy)),
+            "manifest": MetadataValue.path(uri + strategy.manifest_key),
+            "schema_lock": MetadataValue.path(uri + strategy.schema_key),
+            "state_db": MetadataValue.path(uri + strategy.state_key),
+            "state_source": MetadataValue.text(strategy.state_source),
+            "text_state": MetadataValue.text(summary.text_state),
+        }
+    )
+    if strategy.fused_dim is not None:
+        metadata["fused_dim"] = MetadataValue.int(strategy.fused_dim)
+    return metadata
+
+
+def _statuses(strategy: StrategySummary) -> list[str]:
+    """Known statuses in contract order, then any other status the run reported."""
+    return [*STATUSES, *sorted(set(strategy.counts) - set(STATUSES))]
+
+
+def status_chart(strategy: StrategySummary) -> str:
+    """Counts per status as a markdown table of text bars, scaled to the largest count."""
+    largest = max(strategy.counts.values(), default=0)
+    lines = ["| status | count | share |", "|---|---:|---|"]
+    for status in _statuses(strategy):
+        count = strategy.counts.get(status, 0)
+        bar = "█" * (round(BAR_WIDTH * count / largest) if largest else 0)
+        lines.append(f"| {status} | {count} | `{bar or '·'}` |")
+    return "\n".join(lines)
+
+
+def samples_table(strategy: StrategySummary) -> str:
+    """Sample video_ids per status with their error text, one row per id."""
+    lines = ["| status | video_id | error |", "|---|---|---|"]
+    for status in _statuses(strategy):
+        for video_id in strategy.samples.get(status, []):
+            error = strategy.errors.get(video_id, "")
+            lines.append(f"| {status} | `{_cell(video_id)}` | {_cell(error)} |")
+    return "\n".join(lines) if len(lines) > 2 else "no items in this day's delta"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

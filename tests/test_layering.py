@@ -1,0 +1,107 @@
+"""The package's layering: the pure core imports no I/O library, and no module imports itself back.
+
+The pure core (vector decoding, metadata parsing, the delta and gating rules, fusion and projection
+math, the latest-row rule, the known-id index, the storage layout) must stay importable and testable
+without boto3, SQLAlchemy, Dagster or deltalake, and the import graph must stay a DAG so every module
+can be read (and imported) after the ones it builds on.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import clipfarm_fusion
+
+PACKAGE = "clipfarm_fusion"
+PACKAGE_DIR = Path(clipfarm_fusion.__file__).parent
+PURE_CORE = ("npy", "metadata", "delta", "policy", "fuse", "projection", "latest", "known", "layout")
+HEAVY = ("boto3", "botocore", "sqlalchemy", "dagster", "deltalake")
+
+
+@pytest.mark.parametrize("module", PURE_CORE)
+def test_a_pure_core_module_imports_no_io_library(module):
+    """A fresh interpreter, so nothing another test imported hides what this module pulls in."""
+    probe = (
+        "import importlib, json, sys\n"
+        f"importlib.import_module('{PACKAGE}.{module}')\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout) == [], f"importing {PACKAGE}.{module} loads {result.stdout.strip()}"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that `path` imports anywhere in it (top level, in functions, under
+    TYPE_CHECKING): `from . import x`, `from .x import y`, `from .. import x`, `import clipfarm_fusion.x`.
+    A name that is not a module counts as an import of the module it is taken from."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                targets.add(submodule if submodule in modules else source)
+    return (targets & modules) - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE_DIR.rglob("*.py"))
+    modules = {module_name(path) for path in paths}
+    return {module_name(path): imported_modules(path, modules) for path in paths}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as `[a, b, ..., a]`, or None when the graph is a DAG (depth-first search)."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        path.append(module)
+        for target in sorted(graph[module]):
+            if cycle := visit(target):
+                return cycle
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        if cycle := visit(module):
+            return cycle
+    return None
+
+
+def test_the_import_graph_finds_the_edges_it_should():
+    """Guards the parser above: a graph with no edges would be trivially acyclic."""
+    graph = import_graph()
+    assert f"{PACKAGE}.errors" in graph[f"{PACKAGE}.config"]
+    assert f"{PACKAGE}.plan" in graph[f"{PACKAGE}.defs.ops"]
+    assert f"{PACKAGE}.migrate" in graph[f"{PACKAGE}.cli"]  # imported inside a function
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_package_has_no_import_circle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
