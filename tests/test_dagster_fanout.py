@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from dagster import (
     validate_run_config,
 )
 
-from clipfarm_fusion import chunk, read_manifest, read_state
+from clipfarm_fusion import chunk, pipeline, read_manifest, read_state, synthetic
 from clipfarm_fusion.defs import definitions, executors
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.resources import FusionResource
@@ -42,6 +43,9 @@ from clipfarm_fusion.embedded_s3 import free_port
 from clipfarm_fusion.errors import ConfigError, S3UnavailableError
 from clipfarm_fusion.fuse import DEFAULT_STRATEGIES
 from clipfarm_fusion.policy import INVALID_VIDEO_ID, SUCCESS_FULL, SUCCESS_PLACEHOLDER
+
+from .conftest import Seeded
+from .test_stages import assert_same, published
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -151,7 +155,16 @@ def step_keys(records, event_type: DagsterEventType) -> list[str]:
 
 
 def assert_published_as_expected(client, seeded) -> None:
-    """Every strategy's state and manifest hold what the synthetic day says one run publishes."""
+    """Every strategy's state and manifest hold what the synthetic day says one run publishes, and equal
+    what one in-process pass over the same day publishes: statuses, retry counts, manifest keys and
+    every vector, bit for bit."""
+    reference = Seeded(seeded.bucket, "one-pass", seeded.day, seeded.objects, seeded.state_dir / "one-pass")
+    synthetic.seed(client, reference.bucket, reference.root, reference.day, reference.objects, threads=8)
+    pipeline.run(
+        reference.config(strategies=DEFAULT_STRATEGIES), date.fromisoformat(PARTITION), client=client
+    )
+    for strategy in DEFAULT_STRATEGIES:
+        assert_same(published(reference, strategy), published(seeded, strategy))
     expected = {
         video_id: status
         for video_id, status in seeded.day.expected_status().items()
