@@ -31,7 +31,9 @@ class FusionConfig:
     state_dir: Path = field(default_factory=lambda: Path("state"))
     max_items: int | None = None
     shard_size: int = 2048
-    chunk_size: int = 20_000  # videos per chunk of the fuse stage (a Dagster step, or a --workers task)
+    # Videos per chunk of the fuse stage (a Dagster step, or a --workers task): a multiple of shard_size,
+    # so chunks cut the day where batches end and cost nothing but their staged objects.
+    chunk_size: int = 20_480
     max_fail_retries: int = 3
     text_dim: int = 768
     include_captured_at_in_hash: bool = False

@@ -5,6 +5,7 @@ import logging
 import math
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -224,3 +225,26 @@ def test_a_later_chunk_with_other_dims_on_a_first_run_fails_as_in_one_pass(clien
     whole = pipeline.run(one.config(strategies=("concat",)), DAY).strategies["concat"]
     assert whole.counts == split.counts
     assert_same(published(one, "concat"), published(seeded, "concat"))
+
+
+def test_chunks_aligned_on_batches_cost_four_requests_each(client, seed_day):
+    """Cut on batch boundaries (chunk_size a multiple of shard_size), a day makes exactly the requests one
+    pass makes plus, per additional chunk, the staged objects: the plan's PUT of its input, the chunk's GET
+    of it and PUT of its output, the commit's GET of the output (their deletes are one batch)."""
+    counts = []
+    for chunks, root in ((1, "whole"), (4, "cut")):
+        seeded = seed_day(videos=64, root=root)
+        calls: Counter = Counter()
+
+        def count(model, calls=calls, **_):
+            calls.update([model.name])
+
+        client.meta.events.register("before-call.s3.*", count)
+        config = seeded.config(strategies=("concat",), shard_size=8, chunk_size=64 // chunks)
+        pipeline.run(config, DAY, client=client)
+        client.meta.events.unregister("before-call.s3.*", count)
+        counts.append(calls)
+    whole, cut = counts
+    extra = cut - whole
+    assert extra == Counter({"PutObject": 2 * 3, "GetObject": 2 * 3}), (whole, cut)
+    assert whole - cut == Counter()

@@ -62,7 +62,7 @@ class FusionResource(ConfigurableResource):
     )
     shard_size: int = Field(default=2048, description="Vectors per shard, also the batch that bounds memory.")
     chunk_size: int = Field(
-        default=20_000,
+        default=20_480,
         description="Videos per fuse step: the day's delta is cut into chunks of this many, one "
         "`fuse_chunk` step each, which the executor runs side by side.",
     )
