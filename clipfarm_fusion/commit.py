@@ -25,7 +25,6 @@ import pyarrow as pa
 from . import drift, manifest, policy, s3io, schema_lock, staging, state
 from .config import FusionConfig
 from .errors import ConcurrentWriteError, SchemaDriftError
-from .fuse import FusionOptions
 from .layout import MODALITIES, Layout
 from .plan import Plan, StrategyPlan, fusion_options
 from .schema_lock import SchemaLock
@@ -47,11 +46,12 @@ def commit(
     ]
     if len(staged) != plan.chunks:
         raise ValueError(f"commit of run {plan.run_id} got {len(staged)} of its {plan.chunks} chunks")
-    plan_tables, _ = staging.get(
-        client, config.bucket, layout.plan_key(plan.run_id), config.s3_patience_seconds
-    )
-    options = fusion_options(client, config, plan.names)
-    keys = [layout.plan_key(plan.run_id)]
+    plan_tables: dict[str, pa.Table] = {}
+    if plan.refreshing:
+        plan_tables, _ = staging.get(
+            client, config.bucket, layout.plan_key(plan.run_id), config.s3_patience_seconds
+        )
+    keys = [layout.plan_key(plan.run_id)] if plan.refreshing else []
     keys += [layout.chunk_input_key(plan.run_id, i) for i in range(plan.chunks)]
     keys += [result.key for result in results]
     try:
@@ -59,7 +59,7 @@ def commit(
             strategy_summary = summary.strategies[strategy.name]
             try:
                 _commit_strategy(
-                    client, config, layout, plan, strategy, strategy_summary, staged, plan_tables, options
+                    client, config, layout, plan, strategy, strategy_summary, staged, plan_tables
                 )
             except SchemaDriftError as exc:
                 del summary.strategies[strategy.name]
@@ -90,7 +90,6 @@ def _commit_strategy(
     summary: StrategySummary,
     staged: list[tuple[dict[str, pa.Table], dict]],
     plan_tables: dict[str, pa.Table],
-    options: FusionOptions,
 ) -> None:
     name = strategy.name
     parts = [(tables, meta[name]) for tables, meta in staged]
@@ -119,14 +118,19 @@ def _commit_strategy(
     if manifest_rows:
         if not strategy.locked:
             lock = schema_lock.write_if_absent(
-                client, config.bucket, summary.schema_key, SchemaLock.build(name, dims, options)
+                client,
+                config.bucket,
+                summary.schema_key,
+                SchemaLock.build(name, dims, fusion_options(client, config, (name,))),
             )
             summary.fused_dim = lock.fused_dim
         table = manifest.open_table(
             client, config.bucket, layout, name, config.s3_patience_seconds, import_seed_era=False
         )
         summary.manifest_added, summary.manifest_updated = table.commit(pa.concat_tables(manifest_rows))
-    rows = [t[f"state/{name}"] for t, _ in parts] + [plan_tables[f"refreshed/{name}"]]
+    rows = [t[f"state/{name}"] for t, _ in parts]
+    rows += [plan_tables[f"refreshed/{name}"]] if f"refreshed/{name}" in plan_tables else []
+    rows = rows or [state.SCHEMA.empty_table()]
     changed = pa.concat_tables(rows)
     store = state.reopen(
         client,

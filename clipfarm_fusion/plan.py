@@ -73,6 +73,7 @@ class Plan:
     keys_per_item: float  # horizon rows per video to look at: the LIST-vs-GET cost model
     text_problem: str | None
     text_cursor: str | None  # the text stage's latest processed_at, recorded by the commit
+    refreshing: bool  # a plan object holds state rows whose cursor columns move (see state.refreshed_rows)
     summary: dict
 
     @property
@@ -175,7 +176,7 @@ def _plan(
         strategy_summary.delta = len(delta) + len(invalid)
         summary.strategies[name] = strategy_summary
         deltas[name] = delta.set_index("video_id")
-        priors[name] = prior
+        priors[name] = prior.sort_index()  # chunks are id ranges: each takes its slice
         refreshed[name] = pa.Table.from_pylist(
             state.refreshed_rows(horizon, prior, delta), schema=state.SCHEMA
         )
@@ -212,8 +213,9 @@ def _plan(
     for index in range(chunks):
         rows = work.iloc[index * chunk_size : (index + 1) * chunk_size]
         tables = {"work": pa.Table.from_pandas(rows, preserve_index=False)}
+        first, last = rows["video_id"].iloc[0], rows["video_id"].iloc[-1]
         for name, prior in priors.items():
-            held = prior[prior.index.isin(rows["video_id"])]
+            held = prior.loc[first:last]  # the state rows of the chunk's id range (a few others do no harm)
             tables[f"prior/{name}"] = pa.Table.from_pandas(
                 held.reset_index(), schema=state.SCHEMA, preserve_index=False
             )
@@ -225,14 +227,11 @@ def _plan(
             {},
             config.s3_patience_seconds,
         )
-    staging.put(
-        client,
-        config.bucket,
-        layout.plan_key(run_id),
-        {f"refreshed/{n}": t for n, t in refreshed.items()},
-        {},
-        config.s3_patience_seconds,
-    )
+    refreshing = {f"refreshed/{n}": t for n, t in refreshed.items() if t.num_rows}
+    if refreshing:  # most days have none: then no object, and the commit reads none
+        staging.put(
+            client, config.bucket, layout.plan_key(run_id), refreshing, {}, config.s3_patience_seconds
+        )
     text_cursor = None if text.problem else text.cursor
     return Plan(
         run_id=run_id,
@@ -245,6 +244,7 @@ def _plan(
         keys_per_item=scan.horizon_rows / max(len(work), 1),
         text_problem=text.problem,
         text_cursor=text_cursor,
+        refreshing=bool(refreshing),
         summary=summary.to_dict(),
     )
 

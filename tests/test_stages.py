@@ -170,7 +170,9 @@ def test_stale_staged_objects_are_swept_and_fresh_ones_kept(client, seed_day):
     config = seeded.config(strategies=("concat",), chunk_size=5)
     abandoned = plan.plan(config, DAY, client, LOG)  # never fused or committed
     left = staged_objects(client, seeded)
-    assert len(left) == abandoned.chunks + 1  # the chunks' inputs and the plan's own object
+    assert (
+        len(left) == abandoned.chunks + abandoned.refreshing
+    )  # the chunks' inputs (and the plan's own object)
     layout = Layout(seeded.root)
     assert staging.sweep(client, seeded.bucket, layout) == 0  # a day's grace: it may still be running
     later = datetime.now(UTC) + staging.STALE_AFTER + timedelta(minutes=1)
@@ -248,3 +250,20 @@ def test_chunks_aligned_on_batches_cost_four_requests_each(client, seed_day):
     extra = cut - whole
     assert extra == Counter({"PutObject": 2 * 3, "GetObject": 2 * 3}), (whole, cut)
     assert whole - cut == Counter()
+
+
+def test_a_rerun_with_nothing_to_do_stages_nothing(client, seed_day):
+    """No delta, no chunk, no refreshed cursors: no object is written, not even a staged one."""
+    seeded = seed_day(videos=20, mix={"full": 1.0})
+    config = seeded.config(strategies=("concat",))
+    pipeline.run(config, DAY, client=client)
+    calls: Counter = Counter()
+
+    def count(model, **_):
+        calls.update([model.name])
+
+    client.meta.events.register("before-call.s3.*", count)
+    rerun = pipeline.run(config, DAY, client=client)
+    client.meta.events.unregister("before-call.s3.*", count)
+    assert rerun.strategies["concat"].delta == 0
+    assert calls["PutObject"] == calls["DeleteObjects"] == 0, calls
