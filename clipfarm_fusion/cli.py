@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import logging
 import os
@@ -550,7 +551,9 @@ def entry() -> None:
     """The `clipfarm-fusion` console script: `main`, then, once every stream is flushed, a hard exit.
     Arrow's and delta-rs's native threads can abort a normal interpreter teardown ("terminate called
     without an active exception", apache/arrow#34314), turning a finished run into exit -6; nothing of
-    ours needs the teardown once `main` has returned."""
+    ours needs the teardown once `main` has returned. A native crash (a segfault in Arrow or delta-rs)
+    prints every thread's Python stack on stderr first, so it is never a silent exit 139."""
+    faulthandler.enable()
     try:
         code = main()
     except SystemExit as exc:  # argparse: --help, bad usage

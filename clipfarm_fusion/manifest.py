@@ -218,8 +218,8 @@ class ManifestTable:
     def commit(self, new: pa.Table) -> tuple[int, int]:
         """Upsert the run's rows (one per key): (rows added, rows updated). The published rows of the same
         videos are read (a streaming scan of four narrow columns), the rows that win by the latest rule
-        are written in one commit that replaces exactly those keys; nothing is committed when no row
-        wins. A concurrent writer's commit is merged with, not overwritten: the upsert is redone on the
+        are written in one commit that replaces exactly those keys (a replaceWhere for a small day, a
+        MERGE on the key for a large one: `lake.is_small`); nothing is committed when no row wins. A concurrent writer's commit is merged with, not overwritten: the upsert is redone on the
         fresh table."""
         new = conform(new, schema_for(self.strategy))
         ids = pc.unique(new["video_id"].combine_chunks())
@@ -231,9 +231,11 @@ class ManifestTable:
             rows, added, updated = winners(published, new)
             if not rows.num_rows:
                 return 0, 0
-            rows, predicate = self._replacing(rows, published)
             try:
-                lake.replace(self.table, rows, predicate, {})
+                if lake.is_small(rows.num_rows):
+                    lake.replace(self.table, *self._replacing(rows, published), {})
+                else:
+                    lake.merge(self.table, rows, KEY_COLUMNS, {})
                 return added, updated
             except lake.CommitFailedError:
                 log.warning(

@@ -129,7 +129,8 @@ class StateStore:
         return cursors.get("text_cursor") not in (None, self.text_cursor)
 
     def commit(self, rows: pa.Table | list[dict], cursors: dict[str, str]) -> None:
-        """Upsert `rows` (SCHEMA's columns) on video_id (one replaceWhere commit) with the run's cursors,
+        """Upsert `rows` (SCHEMA's columns) on video_id (one commit: a replaceWhere, or a MERGE for a large
+        day, `lake.is_small`) with the run's cursors,
         unless another run committed state since this run read it (ConcurrentWriteError)."""
         source = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
         if self.table is None:
@@ -143,9 +144,11 @@ class StateStore:
             if others:
                 raise self._conflict(others)
             try:
-                if source.num_rows:
+                if source.num_rows and lake.is_small(source.num_rows):
                     predicate = lake.in_list("video_id", source["video_id"].to_pylist())
                     lake.replace(self.table, source, predicate, cursors)
+                elif source.num_rows:
+                    lake.merge(self.table, source, ("video_id",), cursors)
                 else:
                     lake.note(self.table, SCHEMA, cursors)
                 self._committed(cursors)
