@@ -131,10 +131,10 @@ def winners(old: pa.Table, new: pa.Table) -> tuple[pa.Table, int, int]:
     fused_key); on a full tie the existing row stays, so writing the same rows again changes nothing."""
     clash = pc.is_in(_keys(old), value_set=_keys(new).combine_chunks()).to_numpy(zero_copy_only=False)
     contenders = old.filter(pa.array(clash)).select(list(COMPARED))
-    existing = set(_keys(contenders).to_pylist())
-    fresh = ~np.isin(_keys(new).to_numpy(zero_copy_only=False), list(existing))
+    existing = _keys(contenders).combine_chunks()
+    fresh = pc.invert(pc.is_in(_keys(new), value_set=existing)).to_numpy(zero_copy_only=False)
     added = int(fresh.sum())
-    if not existing:
+    if not len(existing):
         return new, added, 0
     contested = pa.concat_tables(
         [  # the existing rows first: on a full tie the first row wins
