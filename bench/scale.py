@@ -11,7 +11,8 @@ byte-counting proxy (`bench/byteproxy.py`), three times:
 - "first": `--run-date 2026-03-01`, the measured day of `--day` new videos;
 - "rerun": the same command again, with nothing new.
 `--fresh-rerun` adds a fourth run, again with nothing new, from an empty --state-dir (a scheduler that
-gives every run a new container).
+gives every run a new container). `--new-strategy S` adds a last run of strategy S on the same date: a
+strategy added to an existing corpus, whose first day holds every video of the horizon.
 
 Measured per run:
 - *wall*: from spawning the CLI process to its exit (interpreter start and imports included, ~2 s);
@@ -234,12 +235,14 @@ def one_corpus(n: int, args, scratch: Path) -> dict:
             ]
             if args.fresh_rerun:
                 plan.append(("rerun_fresh_dir", out_dir / "state-fresh", RUN_DATE))
+            if args.new_strategy:
+                plan.append(("new_strategy", state_dir, RUN_DATE))
             for label, directory, run_date in plan:
                 runs[label] = measured(
                     proxy,
                     bucket=bucket,
                     state_dir=directory,
-                    strategy=args.strategy,
+                    strategy=args.new_strategy if label == "new_strategy" else args.strategy,
                     out_dir=out_dir,
                     label=label,
                     timeout=args.timeout,
@@ -311,6 +314,11 @@ def main() -> int:
     parser.add_argument("--placeholder-share", type=float, default=0.10, help="share of no_captions videos")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a CLI run is killed")
     parser.add_argument("--fresh-rerun", action="store_true", help="also rerun from an empty --state-dir")
+    parser.add_argument(
+        "--new-strategy",
+        default=None,
+        help="last, a run of this strategy (e.g. sum_pool): its first day covers the whole corpus",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="run the CLI under cProfile (top 15 cumulative)"
     )
