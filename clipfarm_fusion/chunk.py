@@ -59,6 +59,8 @@ class _Strategy:
     manifest_rows: list[pa.Table] = field(default_factory=list)
     state_rows: list[dict] = field(default_factory=list)
     looked_at: int = 0
+    text_checked: list[str] = field(default_factory=list)  # placeholders rechecked for their text
+    text_late: list[str] = field(default_factory=list)  # ... on the text stage's news, and still without
 
     @property
     def name(self) -> str:
@@ -120,6 +122,7 @@ def fuse_chunk(
             reasons = strategy.reasons[start : start + len(batch.rows)]
             outcome = _judge(config, strategy, batch, reasons)
             _publish(config, layout, strategy, batch, outcome, reasons, start, plan.text_problem)
+            _note_rechecks(strategy, batch, reasons)
             strategy.looked_at += int(np.count_nonzero(pd.notna(reasons)))
         looked_at += len(batch.rows)
         if on_progress:
@@ -324,6 +327,17 @@ def _publish(
     )
 
 
+def _note_rechecks(strategy: _Strategy, batch: fetch.Batch, reasons: np.ndarray) -> None:
+    """Which placeholders this batch rechecked, and which of those still have no text file although the
+    text stage had news of them (see `text_due`; with no such signal every placeholder is rechecked
+    anyway, so none is noted late)."""
+    rechecked = np.asarray(reasons == delta_rules.UPGRADE_CHECK, dtype=bool)
+    ids = batch.rows["video_id"].to_numpy(dtype=object)
+    strategy.text_checked += ids[rechecked].tolist()
+    if not strategy.plan.recheck_all:
+        strategy.text_late += ids[rechecked & ~batch.present["text"][: len(ids)]].tolist()
+
+
 def _stage(client, config: FusionConfig, key: str, strategies: list[_Strategy]) -> None:
     """One object for the commit: per strategy its changed state rows, its manifest rows, and in the
     JSON its summary, the dims it fused with and the dims it saw."""
@@ -342,6 +356,8 @@ def _stage(client, config: FusionConfig, key: str, strategies: list[_Strategy]) 
             "dims": list(strategy.dims) if strategy.dims else None,
             "fresh": drift.merge(strategy.fresh),
             "looked_at": strategy.looked_at,
+            "text_checked": strategy.text_checked,
+            "text_late": strategy.text_late,
         }
     staging.put(client, config.bucket, key, tables, meta, config.s3_patience_seconds)
 

@@ -427,7 +427,8 @@ def progress_bar(enabled: bool):
 def run_and_report(
     config: FusionConfig, run_date: date | None, summary_json: Path | None, workers: int = 1
 ) -> int:
-    """Run one day and print its summary table once (stdout); exit 3 when a strategy stopped."""
+    """Run one day and print its summary table once (stdout); exit 4 when a strategy yielded to a
+    concurrent run, else 3 when one stopped on drift (the other strategies publish either way)."""
     run_date = run_date or datetime.now(UTC).date()
     on_progress, close = progress_bar(config.progress)
     try:
@@ -442,12 +443,16 @@ def run_and_report(
         print(
             f"clipfarm-fusion: schema drift: {name} stopped, nothing of it published: {why}", file=sys.stderr
         )
-    if summary.stopped:
+    for name, why in summary.conflicts.items():
+        print(f"clipfarm-fusion: concurrent write: {name} published nothing: {why}", file=sys.stderr)
+    if summary.stopped or summary.conflicts:
         published = ", ".join(summary.strategies) or "none"
         print(
-            f"clipfarm-fusion: stopped: {', '.join(summary.stopped)}; published: {published}", file=sys.stderr
+            f"clipfarm-fusion: stopped: {', '.join([*summary.stopped, *summary.conflicts])}; "
+            f"published: {published}",
+            file=sys.stderr,
         )
-        return EXIT_DRIFT
+        return EXIT_CONFLICT if summary.conflicts else EXIT_DRIFT
     return EXIT_OK
 
 

@@ -9,20 +9,24 @@ majority dims of what they saw; a chunk that disagrees with the day's majority p
 strategy, its shards are withdrawn and its videos stay in the delta for the next run (counted as
 deferred), which compares them with the lock this run writes.
 
-Exit 4 (ConcurrentWriteError from the state) still means another run committed this strategy's state
-after the plan read it: two plans of one day cannot both commit.
+A strategy commits under its commit lease (`lease`): it first asks the state which of its videos
+another run committed after this run's plan (`StateStore.contested`). If any, that strategy publishes
+nothing (its shards are withdrawn) and is named in `summary.conflicts` (exit 4), and the other strategies
+go on; runs whose videos are disjoint (two different days) both commit.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
 from dataclasses import asdict, fields
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from . import drift, manifest, policy, s3io, schema_lock, staging, state
+from . import drift, lease, manifest, policy, s3io, schema_lock, staging, state, text_due
 from .config import FusionConfig
 from .errors import ConcurrentWriteError, SchemaDriftError
 from .layout import MODALITIES, Layout
@@ -54,22 +58,21 @@ def commit(
     keys = [layout.plan_key(plan.run_id)] if plan.refreshing else []
     keys += [layout.chunk_input_key(plan.run_id, i) for i in range(plan.chunks)]
     keys += [result.key for result in results]
-    try:
-        for strategy in plan.strategies:
-            strategy_summary = summary.strategies[strategy.name]
-            try:
-                _commit_strategy(
-                    client, config, layout, plan, strategy, strategy_summary, staged, plan_tables
-                )
-            except SchemaDriftError as exc:
-                del summary.strategies[strategy.name]
-                summary.stopped[strategy.name] = str(exc)
-                log.error("%s stopped, nothing of it published: %s", strategy.name, exc)
-                continue
-            strategy_summary.seconds = round(time.time() - plan.started, 3)
-    except ConcurrentWriteError:
-        staging.remove(client, config.bucket, keys)  # this plan can never commit: a new run must plan again
-        raise
+    for strategy in plan.strategies:
+        strategy_summary = summary.strategies[strategy.name]
+        try:
+            _commit_strategy(client, config, layout, plan, strategy, strategy_summary, staged, plan_tables)
+        except SchemaDriftError as exc:
+            del summary.strategies[strategy.name]
+            summary.stopped[strategy.name] = str(exc)
+            log.error("%s stopped, nothing of it published: %s", strategy.name, exc)
+            continue
+        except ConcurrentWriteError as exc:
+            del summary.strategies[strategy.name]
+            summary.conflicts[strategy.name] = str(exc)
+            log.error("%s yielded to a concurrent run: %s", strategy.name, exc)
+            continue
+        strategy_summary.seconds = round(time.time() - plan.started, 3)
     staging.remove(client, config.bucket, keys)
     summary.seconds = round(time.time() - plan.started, 3)
     return summary
@@ -115,35 +118,45 @@ def _commit_strategy(
     summary.deferred = strategy.delta - looked_at
     manifest_rows = [t[f"manifest/{name}"] for t, _ in parts if t[f"manifest/{name}"].num_rows]
     summary.fused_dim = strategy.fused_dim
-    if manifest_rows:
-        if not strategy.locked:
-            lock = schema_lock.write_if_absent(
-                client,
-                config.bucket,
-                summary.schema_key,
-                SchemaLock.build(name, dims, fusion_options(client, config, (name,))),
-            )
-            summary.fused_dim = lock.fused_dim
-        table = manifest.open_table(
-            client, config.bucket, layout, name, config.s3_patience_seconds, import_seed_era=False
-        )
-        summary.manifest_added, summary.manifest_updated = table.commit(pa.concat_tables(manifest_rows))
     rows = [t[f"state/{name}"] for t, _ in parts]
     rows += [plan_tables[f"refreshed/{name}"]] if f"refreshed/{name}" in plan_tables else []
-    rows = rows or [state.SCHEMA.empty_table()]
-    changed = pa.concat_tables(rows)
-    store = state.reopen(
-        client,
-        config.bucket,
-        layout,
-        name,
-        config.s3_patience_seconds,
-        strategy.state_version,
-        strategy.text_cursor,
+    changed = _written_by(
+        plan.run_id, pa.concat_tables([state.conform(r) for r in rows] or [state.SCHEMA.empty_table()])
     )
-    cursors = _cursors(plan, strategy)
-    if changed.num_rows or store.cursors_move(cursors):
-        store.commit(changed, cursors)
+    with lease.held(client, config.bucket, layout.commit_lease_key(name), plan.run_id, name):
+        store = state.reopen(
+            client,
+            config.bucket,
+            layout,
+            name,
+            config.s3_patience_seconds,
+            strategy.state_version,
+            strategy.text_cursor,
+        )
+        contested = store.contested(pc.unique(changed["video_id"]))
+        if contested:
+            _withdraw(client, config.bucket, summary.shards_written)
+            raise ConcurrentWriteError(
+                f"{name}: {len(contested)} of this run's videos (e.g. {', '.join(sorted(contested)[:3])}) were "
+                "committed by another run after this run planned; nothing of this strategy was published. "
+                "Rerun the day: it plans again from what that run published"
+            )
+        if manifest_rows:
+            if not strategy.locked:
+                lock = schema_lock.write_if_absent(
+                    client,
+                    config.bucket,
+                    summary.schema_key,
+                    SchemaLock.build(name, dims, fusion_options(client, config, (name,))),
+                )
+                summary.fused_dim = lock.fused_dim
+            table = manifest.open_table(
+                client, config.bucket, layout, name, config.s3_patience_seconds, import_seed_era=False
+            )
+            summary.manifest_added, summary.manifest_updated = table.commit(pa.concat_tables(manifest_rows))
+        marks = _marks(plan, strategy, store, parts)
+        if changed.num_rows or store.marks_move(marks):
+            store.commit(changed, marks)
     log.info(
         "%s: %d shards, manifest +%d/~%d rows, %d state rows written",
         name,
@@ -152,6 +165,12 @@ def _commit_strategy(
         summary.manifest_updated,
         changed.num_rows,
     )
+
+
+def _written_by(run_id: str, rows: pa.Table) -> pa.Table:
+    """The state rows with this run as their writer (see `state.WRITER_COLUMN`)."""
+    index = rows.schema.get_field_index(state.WRITER_COLUMN)
+    return rows.set_column(index, state.WRITER_COLUMN, pa.array([run_id] * rows.num_rows, pa.string()))
 
 
 def _refused(
@@ -202,11 +221,23 @@ def _refused(
     return refused, {**meta, "summary": asdict(summary), "dims": None}
 
 
-def _cursors(plan: Plan, strategy: StrategyPlan) -> dict[str, str]:
-    """The text cursor this strategy's commit records: the text stage's latest processed_at, or the old
-    cursor when the text stage could not be read."""
+def _marks(plan: Plan, strategy: StrategyPlan, store: state.StateStore, parts: list) -> dict[str, str]:
+    """The commit metadata this strategy's commit records: the text cursor (the text stage's latest
+    processed_at, or the old cursor when the text stage could not be read), this run's id, the newest
+    run_date committed so far, and the late-text placeholders still due for a recheck."""
     cursor = plan.text_cursor if plan.text_cursor is not None else strategy.text_cursor
-    return {} if cursor is None else {"text_cursor": cursor}
+    marks = {
+        "run_id": plan.run_id,
+        "newest_run_date": max(plan.run_date, store.newest_run_date or plan.run_date),
+        "text_due": json.dumps(
+            text_due.carried(
+                store.text_due or {},
+                [v for _, meta in parts for v in meta["text_late"]],
+                [v for _, meta in parts for v in meta["text_checked"]],
+            )
+        ),
+    }
+    return marks if cursor is None else {**marks, "text_cursor": cursor}
 
 
 def _withdraw(client, bucket: str, keys: list[str]) -> None:

@@ -14,6 +14,7 @@ region, credentials) and from the run's S3 patience; `s3io.is_fault` recognises 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError as CommitFailedError  # re-exported for callers
 from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.schema import Field, PrimitiveType
 
 from . import s3io
 from .errors import StoreError
@@ -139,11 +141,41 @@ def batches(table: DeltaTable, columns: Sequence[str] | None = None) -> Iterator
     group whatever the table's size (DataFusion's scans and MERGE, and pyarrow's dataset scanner, hold
     far more). String columns come back as plain strings."""
     dataset = table.to_pyarrow_dataset()  # the snapshot's files (we write no deletion vectors)
+    wanted = list(dataset.schema.names if columns is None else columns)
     for path in dataset.files:
         parquet = pq.ParquetFile(dataset.filesystem.open_input_file(path), pre_buffer=False)
-        wanted = None if columns is None else list(columns)
-        for batch in parquet.iter_batches(batch_size=ROW_GROUP, columns=wanted, use_threads=False):
-            yield _plain(batch)
+        held = [name for name in wanted if name in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_size=ROW_GROUP, columns=held, use_threads=False):
+            yield _plain(_widened(batch, wanted, dataset.schema))
+
+
+def _widened(batch: pa.RecordBatch, wanted: list[str], schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` with every `wanted` column, in order: a file written before `add_columns` gave the table a
+    column holds none of it, and reads as null there."""
+    if batch.schema.names == wanted:
+        return batch
+    arrays = [
+        batch.column(name)
+        if name in batch.schema.names
+        else pa.nulls(batch.num_rows, schema.field(name).type)
+        for name in wanted
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=wanted)
+
+
+def add_columns(table: DeltaTable, schema: pa.Schema) -> None:
+    """Give `table` the columns of `schema` it lacks (nullable; old rows read them as null): one metadata
+    commit, once, when a new version adds a column to a table an older version created."""
+    held = set(table.to_pyarrow_dataset().schema.names)
+    missing = [field for field in schema if field.name not in held]
+    if missing:
+        kinds = {pa.string(): "string", pa.int64(): "long", pa.int32(): "integer", pa.int8(): "byte"}
+        with contextlib.suppress(CommitFailedError):  # a concurrent run added them first
+            table.alter.add_columns(
+                [Field(f.name, PrimitiveType(kinds[f.type]), nullable=True) for f in missing]
+            )
+        table.update_incremental()
+        log.info("%s: added column(s) %s", table.table_uri, ", ".join(f.name for f in missing))
 
 
 def _plain_schema(schema: pa.Schema) -> pa.Schema:
@@ -237,30 +269,35 @@ def note(table: DeltaTable, schema: pa.Schema, metadata: dict[str, str]) -> None
     write_deltalake(table, schema.empty_table(), mode="append", commit_properties=_properties(metadata))
 
 
-def commit_metadata(table: DeltaTable, key: str) -> str | None:
-    """The value of our commit metadata `key` in the newest commit that carries it, None if none does.
-    Usually the newest commit has it (each run records it); compactions in between carry none, so
-    the search widens, a commit file per entry, up to HISTORY_LOOKBACK."""
+def commit_metadata(table: DeltaTable, keys: Sequence[str]) -> dict[str, str | None]:
+    """Per key, the value of our commit metadata `key` in the newest commit that carries it (None if
+    none does). A run's commit records every key it has (and `run_id`), so the newest one answers;
+    compactions in between carry none, so the search widens, a commit file per entry, up to
+    HISTORY_LOOKBACK, and stops at the first commit of a run: what that one lacks, no run recorded since."""
     limit = 4
     while True:
         entries = table.history(limit)
+        found: dict[str, str | None] = dict.fromkeys(keys)
         for entry in entries:
-            value = entry.get(META_PREFIX + key)
-            if value is not None:
-                return str(value)
-        if len(entries) < limit or limit >= HISTORY_LOOKBACK:
-            return None
+            for key in keys:
+                if found[key] is None and entry.get(META_PREFIX + key) is not None:
+                    found[key] = str(entry[META_PREFIX + key])
+            if entry.get(META_PREFIX + "run_id") is not None:
+                return found
+        if all(v is not None for v in found.values()) or len(entries) < limit or limit >= HISTORY_LOOKBACK:
+            return found
         limit = min(limit * 5, HISTORY_LOOKBACK)
 
 
-def writes_since(table: DeltaTable, version: int) -> list[str]:
-    """Operations committed after `version` that changed data (compactions do not)."""
+def writes_since(table: DeltaTable, version: int) -> list[tuple[str, str | None]]:
+    """`(operation, run_id)` of the commits after `version` that changed data (compactions and schema
+    additions do not); run_id is our commit metadata `run_id`, None for a commit without it."""
     current = table.version()
     if current <= version:
         return []
     return [
-        str(entry.get("operation"))
+        (str(entry.get("operation")), entry.get(META_PREFIX + "run_id"))
         for entry in table.history(current - version)
         if entry.get("version", current) > version
-        and entry.get("operation") not in ("OPTIMIZE", "VACUUM START", "VACUUM END")
+        and entry.get("operation") not in ("OPTIMIZE", "VACUUM START", "VACUUM END", "ADD COLUMN")
     ]

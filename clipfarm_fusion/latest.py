@@ -1,8 +1,7 @@
 """Pure: THE rule that picks "the latest row per key", shared by every place that needs one.
 
     metadata.dedupe_latest   key video_id                 instant captured_ts   ties: source_hash, captured_at
-    manifest.winners         key (video_id, source_hash)  instant captured_at   ties: fused_key
-    readback.latest_per_video key video_id                instant captured_at   ties: fused_key
+    readback.latest_per_video key video_id                instant captured_at   ties: fused_at, fused_key
 
 Within a key the winner is the row with, in this order:
 

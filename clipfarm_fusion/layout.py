@@ -82,6 +82,10 @@ class Layout:
         """The single-file manifest: seed-era and 0.x runs wrote it; `snapshot-manifest` writes it now."""
         return f"{self.root}/fused/{strategy}/fused_manifest.parquet"
 
+    def commit_lease_key(self, strategy: str) -> str:
+        """Held by the one commit of the strategy in progress (see `lease`)."""
+        return f"{self.root}/fused/{strategy}/commit.lease"
+
     def schema_key(self, strategy: str) -> str:
         return f"{self.root}/fused/{strategy}/schema.json"
 

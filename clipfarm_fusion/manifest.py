@@ -1,18 +1,20 @@
 """The fused manifest: a Delta table (`<root>/fused/<s>/manifest/`), one row per `(video_id, source_hash)`.
 
-A run upserts its rows on the key, keeping one row per key by the rule of `latest`: the latest
-captured_at as a parsed UTC instant (not as text: `...+02:00` and `...Z` compare by the clock; empty or
-unparseable is oldest), then the larger fused_key, and on a full tie the existing row. The rows already
-published for the run's videos are read with a streaming scan and compared in memory (`winners`), then
-the winning keys are replaced in one commit (`lake.replace`): new keys land in one small file, and only
-the files holding replaced rows are rewritten. A commit that loses a race to another writer is merged
-again on the fresh table. The table has exactly the manifest's columns.
+The newest committed fusion of a key wins, by commit order: a commit holds the strategy's commit lease
+(`lease`), so commits of one strategy never interleave, and every row it writes replaces the row of the
+same key. Each row records `fused_at`, the instant of the commit that wrote it (never earlier than the
+`fused_at` it replaces, whatever the clocks of the machines), so readers choosing among a video's rows
+order them by capture and then by commit, never by the date in a key or by part numbers compared as
+text. The rows already published for the run's videos are read with a streaming scan, and the keys are
+replaced in one commit (`lake.replace` for a small day, `lake.merge` for a large one). The table has
+the manifest's columns.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,8 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
 KEY_COLUMNS = ("video_id", "source_hash")
-INSTANT_COLUMN = "captured_at"
-TIEBREAK_COLUMNS = ("fused_key",)
 
 SCHEMA = pa.schema(
     [
@@ -55,6 +55,7 @@ SCHEMA = pa.schema(
         ("text_missing_reason", pa.string()),
         ("fusion_status", pa.string()),
         ("retry_count_at_write", pa.int32()),
+        ("fused_at", pa.string()),
     ]
 )
 # Strategy `projection` adds one column beyond DESIGN §2: the artifact's sha256 on every row.
@@ -96,6 +97,7 @@ def shard_rows(
             ],
             "fusion_status": np.where(text_present, SUCCESS_FULL, SUCCESS_PLACEHOLDER).tolist(),
             "retry_count_at_write": retry_base.astype(np.int32),
+            "fused_at": pa.nulls(len(ids), pa.string()),  # the commit stamps it (`stamped`)
         },
         schema=SCHEMA,
     )
@@ -121,39 +123,31 @@ def _keys(table: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(table["video_id"], table["source_hash"], "|")
 
 
-COMPARED = ("video_id", "source_hash", "captured_at", "fused_key")  # all the latest rule reads
+COMPARED = ("video_id", "source_hash", "fused_at")  # what a commit reads of the published rows
 
 
-def winners(old: pa.Table, new: pa.Table) -> tuple[pa.Table, int, int]:
-    """(the rows of `new` to write, rows added, rows updated). `new` has one row per key; `old` holds the
-    published rows of the same videos (the `COMPARED` columns are enough). A new row is written when its
-    key is not published, or when it is later by the rule of `latest` (captured_at as an instant, then
-    fused_key); on a full tie the existing row stays, so writing the same rows again changes nothing."""
-    clash = pc.is_in(_keys(old), value_set=_keys(new).combine_chunks()).to_numpy(zero_copy_only=False)
-    contenders = old.filter(pa.array(clash)).select(list(COMPARED))
-    existing = _keys(contenders).combine_chunks()
-    fresh = pc.invert(pc.is_in(_keys(new), value_set=existing)).to_numpy(zero_copy_only=False)
-    added = int(fresh.sum())
-    if not len(existing):
-        return new, added, 0
-    contested = pa.concat_tables(
-        [  # the existing rows first: on a full tie the first row wins
-            contenders.append_column("_row", pa.array(np.full(contenders.num_rows, -1, np.int64))),
-            new.select(list(COMPARED)).append_column(
-                "_row", pa.array(np.arange(new.num_rows, dtype=np.int64))
-            ),
-        ]
+def fused_at(published: pa.Table, now: datetime | None = None) -> str:
+    """The `fused_at` of a commit: now (UTC, microseconds), or just after the latest `fused_at` among the
+    rows it replaces when a machine's clock is behind, so the newer fusion is always the later one."""
+    instant = now or datetime.now(UTC)
+    stamps = latest.instants(published["fused_at"]) if published.num_rows else np.zeros(0, np.int64)
+    if stamps.size and stamps.max() != latest.OLDEST:
+        previous = pd.Timestamp(int(stamps.max()), tz="UTC").to_pydatetime() + timedelta(microseconds=1)
+        instant = max(instant, previous)
+    return instant.isoformat(timespec="microseconds")
+
+
+def stamped(new: pa.Table, published: pa.Table, now: datetime | None = None) -> tuple[pa.Table, int, int]:
+    """(`new` with this commit's `fused_at`, rows added, rows updated): every row of `new` (one per key)
+    is written, since the commit is the newest fusion of its keys; `published` holds the published rows
+    of the same videos (the `COMPARED` columns)."""
+    existing = pc.is_in(_keys(new), value_set=_keys(published).combine_chunks()).to_numpy(
+        zero_copy_only=False
     )
-    won = contested.take(
-        latest.latest_index(
-            [contested[name] for name in KEY_COLUMNS],
-            latest.instants(contested[INSTANT_COLUMN]),
-            [contested[name] for name in TIEBREAK_COLUMNS],
-        )
-    )["_row"].to_numpy()
-    write = np.zeros(new.num_rows, dtype=bool)
-    write[won[won >= 0]] = True
-    return new.filter(pa.array(write)), added, int(write.sum()) - added
+    stamp = pa.array([fused_at(published, now)] * new.num_rows, pa.string())
+    rows = new.set_column(new.schema.get_field_index("fused_at"), "fused_at", stamp)
+    updated = int(existing.sum())
+    return rows, new.num_rows - updated, updated
 
 
 REQUIRED = (
@@ -216,21 +210,23 @@ class ManifestTable:
     source: str
 
     def commit(self, new: pa.Table) -> tuple[int, int]:
-        """Upsert the run's rows (one per key): (rows added, rows updated). The published rows of the same
-        videos are read (a streaming scan of four narrow columns), the rows that win by the latest rule
-        are written in one commit that replaces exactly those keys (a replaceWhere for a small day, a
-        MERGE on the key for a large one: `lake.is_small`); nothing is committed when no row wins. A concurrent writer's commit is merged with, not overwritten: the upsert is redone on the
+        """Upsert the run's rows (one per key): (rows added, rows updated). The caller holds the
+        strategy's commit lease. The published rows of the same videos are read (a streaming scan of
+        three narrow columns), and the run's rows, stamped with the commit's `fused_at`, replace exactly
+        their keys in one commit (a replaceWhere for a small day, a MERGE on the key for a large one:
+        `lake.is_small`). A compaction landing meanwhile is merged with: the upsert is redone on the
         fresh table."""
         new = conform(new, schema_for(self.strategy))
+        if not new.num_rows:
+            return 0, 0
         ids = pc.unique(new["video_id"].combine_chunks())
         compared = pa.schema([SCHEMA.field(name) for name in COMPARED])
         for attempt in range(COMMIT_ATTEMPTS):
             if self.table is None:
                 self.table, _ = lake.create(self.location, schema_for(self.strategy), self.options)
+            lake.add_columns(self.table, schema_for(self.strategy))
             published = lake.select_ids(self.table, "video_id", ids, compared)
-            rows, added, updated = winners(published, new)
-            if not rows.num_rows:
-                return 0, 0
+            rows, added, updated = stamped(new, published)
             try:
                 if lake.is_small(rows.num_rows):
                     lake.replace(self.table, *self._replacing(rows, published), {})

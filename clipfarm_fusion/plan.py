@@ -57,6 +57,7 @@ class StrategyPlan:
     fused_dim: int | None  # the lock's
     first_part: int  # the first free shard part number of the day
     delta: int  # videos of this strategy's delta the chunks look at (unsafe ids aside)
+    recheck_all: bool = False  # no text-stage signal: every placeholder is rechecked
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,21 @@ def _plan(
             summary.stopped[name] = str(exc)
             log.error("%s stopped, nothing of it published: %s", name, exc)
             continue
-        delta = delta_rules.compute(horizon, prior, selection.recheck[name])
+        delta = delta_rules.compute(horizon, prior, selection.recheck[name], run_date.isoformat())
+        if store.newest_run_date and store.newest_run_date > run_date.isoformat():
+            strategy_summary.behind = store.newest_run_date
+            strategy_summary.left_to_later = len(
+                delta_rules.compute(horizon, prior, selection.recheck[name])
+            ) - len(delta)
+            log.info(
+                "%s: this run (%s) is behind the newest committed run date %s: it fuses new and changed "
+                "videos and upgrades placeholders, and leaves %d videos that a later run holds in a newer "
+                "form (or has retried) as they are",
+                name,
+                run_date,
+                store.newest_run_date,
+                strategy_summary.left_to_later,
+            )
         _record_invalid(strategy_summary, invalid, problems, config.sample_size)
         strategy_summary.delta = len(delta) + len(invalid)
         summary.strategies[name] = strategy_summary
@@ -192,6 +207,7 @@ def _plan(
                 if len(delta)
                 else 0,
                 delta=len(delta),
+                recheck_all=selection.recheck[name] is None,
             )
         )
     work = _union_delta(deltas)
@@ -295,7 +311,8 @@ def _select(
             also.append(store.placeholders())
             recheck[name] = None
         else:
-            placeholders = store.placeholders(among=pa.array(changed, pa.string()))
+            due = list(store.text_due or {})  # late text: rechecked whatever the text stage says
+            placeholders = store.placeholders(among=pa.array([*changed, *due], pa.string()))
             also.append(placeholders)
             recheck[name] = set(placeholders.to_pylist())
     return Selection(

@@ -127,18 +127,21 @@ def filter_rows(table: pa.Table, run_date: date | None = None, fused_dim: int | 
 
 
 def latest_per_video(table: pa.Table) -> pa.Table:
-    """One row per video_id, sorted by video_id: the latest by `(captured_at, fused_key)`, by the one
+    """One row per video_id, sorted by video_id: the latest by `(captured_at, fused_at)`, by the one
     rule of `latest.latest_index`.
 
     captured_at is compared as a parsed UTC instant, not as text: the manifest keeps the metadata's
     own spelling, and `...Z`, `...+00:00` and `...+02:00` must compare by the clock, not by their
     suffix. A row without one (or an unparseable one) loses to any dated row, as in
-    `metadata.dedupe_latest`; at the same instant the larger fused_key wins.
+    `metadata.dedupe_latest`. At the same capture the later commit wins (`fused_at`, one fixed-width
+    UTC spelling, so text order is time order); rows from before `fused_at` existed lose to any that has
+    it, and among themselves the larger fused_key wins.
     """
     if table.num_rows == 0:
         return table
+    stamps = table["fused_at"] if "fused_at" in table.column_names else pa.nulls(table.num_rows, pa.string())
     winners = latest.latest_index(
-        [table["video_id"]], latest.instants(table["captured_at"]), [table["fused_key"]]
+        [table["video_id"]], latest.instants(table["captured_at"]), [stamps, table["fused_key"]]
     )
     return table.take(winners)
 

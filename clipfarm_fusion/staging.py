@@ -7,7 +7,10 @@ rows travel as staged objects. Each is ONE object: a parquet file whose rows are
 bytes) and whose metadata holds a JSON document, so a stage reads or writes its share with one request.
 
 The commit removes the run's staged objects once it has published; a run that never reaches its commit
-(killed, or its plan superseded) leaves them behind, so every plan sweeps staged objects older than a day.
+(killed, or its plan superseded) leaves them behind. A run is live while any of its staged objects is
+younger than STALE_AFTER (each chunk stages its output when it is done, so a run longer than a day whose
+chunks progress stays live); every plan sweeps the objects of runs that are not, whole runs at a time,
+and `gc` keeps every shard written since the oldest live run began (`live_runs`).
 """
 
 from __future__ import annotations
@@ -84,18 +87,41 @@ def remove(client, bucket: str, keys: list[str]) -> None:
         client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
 
 
+def _listed(client, bucket: str, layout: Layout) -> dict[str, list[dict]]:
+    """The staged objects, by run_id (one LIST per 1000)."""
+    runs: dict[str, list[dict]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=layout.staging_prefix()
+    ):
+        for entry in page.get("Contents", []):
+            run_id = entry["Key"][len(layout.staging_prefix()) :].split("/", 1)[0]
+            runs.setdefault(run_id, []).append(entry)
+    return runs
+
+
+def live_runs(client, bucket: str, layout: Layout, now: datetime | None = None) -> dict[str, datetime]:
+    """run_id -> when it began (its oldest staged object), for every run still live."""
+    cutoff = (now or datetime.now(UTC)) - STALE_AFTER
+    return {
+        run_id: min(e["LastModified"] for e in entries)
+        for run_id, entries in _listed(client, bucket, layout).items()
+        if max(e["LastModified"] for e in entries) >= cutoff
+    }
+
+
 def sweep(client, bucket: str, layout: Layout, now: datetime | None = None) -> int:
-    """Remove staged objects older than STALE_AFTER (runs that never committed); returns how many."""
+    """Remove the staged objects of runs that are no longer live (none of their objects is younger than
+    STALE_AFTER: killed, or superseded); returns how many. A live run's objects are never touched."""
     cutoff = (now or datetime.now(UTC)) - STALE_AFTER
     stale = [
         entry["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=layout.staging_prefix()
-        )
-        for entry in page.get("Contents", [])
-        if entry["LastModified"] < cutoff
+        for entries in _listed(client, bucket, layout).values()
+        if max(e["LastModified"] for e in entries) < cutoff
+        for entry in entries
     ]
     if stale:
         remove(client, bucket, stale)
-        log.info("swept %d staged objects older than %s (runs that never committed)", len(stale), STALE_AFTER)
+        log.info(
+            "swept %d staged objects of runs idle for over %s (never committed)", len(stale), STALE_AFTER
+        )
     return len(stale)

@@ -19,6 +19,7 @@ never writes to it again; until then `read_state` reads it in place.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -49,14 +50,26 @@ STATE_COLUMNS = (
     "retry_count",
 )
 CURSOR_COLUMNS = ("captured_ns", "hash64")  # of the horizon row last processed (null: compare in full)
+# The run that last wrote the row (`<run_date>-<hex>`; null for rows imported from a seed-era file): the
+# commit tells another run's rows from its own, and a run behind a later one leaves that one's rows alone.
+WRITER_COLUMN = "run_id"
 SCHEMA = pa.schema(
     [(c, pa.int64() if c == "retry_count" else pa.string()) for c in STATE_COLUMNS]
     + [(c, pa.int64()) for c in CURSOR_COLUMNS]
+    + [(WRITER_COLUMN, pa.string())]
 )
 PUBLIC_SCHEMA = pa.schema([SCHEMA.field(c) for c in STATE_COLUMNS])
 KNOWN_COLUMNS = ("video_id", *CURSOR_COLUMNS)
 REQUIRED_COLUMNS = ("video_id", "status")  # what even the oldest state files have
 TERMINAL = (SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """`table` with SCHEMA's columns in order; a column it lacks (staged by an older version) is null."""
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def empty_frame() -> pd.DataFrame:
@@ -80,6 +93,8 @@ class StateStore:
     source: str
     version: int | None = None
     text_cursor: str | None = None
+    newest_run_date: str | None = None  # the latest run_date any commit of this table was for
+    text_due: dict[str, int] | None = None  # late-text placeholders still due: id -> rechecks left
     _survey: tuple[KnownIndex, pa.Array, pa.Array] | None = None
 
     def _surveyed(self) -> tuple[KnownIndex, pa.Array, pa.Array]:
@@ -123,26 +138,53 @@ class StateStore:
             return empty_frame()
         return to_frame(lake.select_ids(self.table, "video_id", ids, SCHEMA))
 
-    def cursors_move(self, cursors: dict[str, str]) -> bool:
-        """Whether `cursors` differ from those this run read: then a commit is worth it even with no
-        changed rows, or every later run would ask the text stage about the same rows again."""
-        return cursors.get("text_cursor") not in (None, self.text_cursor)
+    def marks_move(self, marks: dict[str, str]) -> bool:
+        """Whether the commit metadata `marks` move what this table records (the text cursor, the newest
+        run date, the late-text due list): then a commit is worth it even with no changed rows, or every
+        later run would ask the text stage about the same rows again."""
+        return (
+            marks.get("text_cursor") not in (None, self.text_cursor)
+            or marks.get("newest_run_date") != self.newest_run_date
+            or json.loads(marks.get("text_due", "{}")) != (self.text_due or {})
+        )
+
+    def contested(self, ids: pa.Array) -> list[str]:
+        """The ids among `ids` that another run committed since this store's version (empty when none):
+        its rows could describe newer shards than ours, so ours must not replace them. A commit without
+        our `run_id` metadata (an older version of this package) may have written any row: every id is
+        contested then."""
+        if self.table is None:
+            self.table = lake.open_table(self.location, self.options)
+            if self.table is None:
+                return []
+        self.table.update_incremental()
+        since = -1 if self.version is None else self.version
+        rivals = {run_id for _, run_id in lake.writes_since(self.table, since)}
+        if not rivals or len(ids) == 0:
+            return []
+        if None in rivals:
+            return ids.to_pylist()
+        held = lake.select_ids(
+            self.table, "video_id", ids, pa.schema([SCHEMA.field("video_id"), SCHEMA.field(WRITER_COLUMN)])
+        )
+        return held.filter(pc.is_in(held[WRITER_COLUMN], value_set=pa.array(sorted(rivals))))[
+            "video_id"
+        ].to_pylist()
 
     def commit(self, rows: pa.Table | list[dict], cursors: dict[str, str]) -> None:
         """Upsert `rows` (SCHEMA's columns) on video_id (one commit: a replaceWhere, or a MERGE for a large
-        day, `lake.is_small`) with the run's cursors,
-        unless another run committed state since this run read it (ConcurrentWriteError)."""
+        day, `lake.is_small`) with the run's commit metadata (`cursors`: text_cursor, run_id, ...). The
+        caller holds the strategy's commit lease and has checked `contested` first; ConcurrentWriteError
+        when another run's commit still landed on the same rows."""
         source = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
         if self.table is None:
             self.table, created = lake.create(self.location, SCHEMA, self.options)
             if not created:
                 raise self._conflict(["CREATE"])
             self.version = self.table.version()
+        lake.add_columns(self.table, SCHEMA)
         for attempt in range(2):
             self.table.update_incremental()
-            others = lake.writes_since(self.table, self.version)
-            if others:
-                raise self._conflict(others)
             try:
                 if source.num_rows and lake.is_small(source.num_rows):
                     predicate = lake.in_list("video_id", source["video_id"].to_pylist())
@@ -167,9 +209,15 @@ class StateStore:
     def _conflict(self, operations: list[str]) -> ConcurrentWriteError:
         return ConcurrentWriteError(
             f"{self.location}: another run committed state for this strategy while this one ran "
-            f"({', '.join(operations)}); this run's shards and manifest rows are published, its state is not. "
+            f"({', '.join(operations)}); this run's manifest rows are published, its state is not. "
             "Rerun the day: it converges"
         )
+
+
+def read_marks(table: DeltaTable) -> dict[str, object]:
+    """What the newest commit carrying them recorded: text_cursor, newest_run_date, text_due."""
+    marks = lake.commit_metadata(table, ("text_cursor", "newest_run_date", "text_due"))
+    return {**marks, "text_due": json.loads(marks["text_due"]) if marks["text_due"] else {}}
 
 
 def reopen(
@@ -186,7 +234,11 @@ def reopen(
     options = lake.storage_options(client, patience_s)
     location = lake.uri(bucket, layout.state_table_key(strategy))
     table = lake.open_table(location, options) if version is not None else None
-    return StateStore(location, options, table, "state table", version=version, text_cursor=text_cursor)
+    store = StateStore(location, options, table, "state table", version=version, text_cursor=text_cursor)
+    if table is not None:
+        marks = read_marks(table)
+        store.newest_run_date, store.text_due = marks["newest_run_date"], marks["text_due"]
+    return store
 
 
 def open_store(
@@ -205,8 +257,14 @@ def open_store(
         log.info("importing %d state rows from %s into %s (once)", legacy.num_rows, where, location)
         table = lake.import_rows(location, legacy, options, where)
         source = f"imported {legacy.num_rows} rows from {where}"
+    lake.add_columns(table, SCHEMA)
     store = StateStore(location, options, table, source, version=table.version())
-    store.text_cursor = lake.commit_metadata(table, "text_cursor")
+    marks = read_marks(table)
+    store.text_cursor, store.newest_run_date, store.text_due = (
+        marks["text_cursor"],
+        marks["newest_run_date"],
+        marks["text_due"],
+    )
     return store
 
 
@@ -236,6 +294,7 @@ def _imported(frame: pd.DataFrame) -> pa.Table:
     """Seed-era rows, the cursor columns still null (`_with_cursors` fills them)."""
     for column in CURSOR_COLUMNS:
         frame[column] = pd.array([None] * len(frame), dtype="Int64")
+    frame[WRITER_COLUMN] = pd.array([None] * len(frame), dtype="string")
     return pa.Table.from_pandas(frame.reset_index(), schema=SCHEMA, preserve_index=False)
 
 

@@ -32,6 +32,10 @@ class StrategySummary:
     state_key: str = ""
     state_source: str = ""
     seconds: float = 0.0
+    # A run behind a later one (see `delta`): the newest run_date committed before it, and how many
+    # videos it left to that run because it holds them in a newer form or already retried them.
+    behind: str | None = None
+    left_to_later: int = 0
 
     def record(
         self, statuses: list[str], video_ids: list[str], errors: dict[str, str], sample_size: int
@@ -75,6 +79,7 @@ class RunSummary:
     text_state: str = "available"
     seconds: float = 0.0
     stopped: dict[str, str] = field(default_factory=dict)  # strategy -> why it stopped, nothing published
+    conflicts: dict[str, str] = field(default_factory=dict)  # strategy -> the concurrent run it yielded to
     unparseable_dates: int = 0  # horizon rows whose captured_at is not ISO 8601 (counted as undated)
     unparseable_date_samples: list[str] = field(default_factory=list)
 
@@ -103,6 +108,11 @@ class RunSummary:
             ("placeholder_unchanged", [str(self.strategies[n].upgrade_checked) for n in names]),
             ("deferred", [str(self.strategies[n].deferred) for n in names]),
         ]
+        if any(self.strategies[n].behind for n in names):
+            rows += [
+                ("behind_newest_run", [self.strategies[n].behind or "-" for n in names]),
+                ("left_to_later_run", [str(self.strategies[n].left_to_later) for n in names]),
+            ]
         rows += [
             ("fused_dim", [str(self.strategies[n].fused_dim or "-") for n in names]),
             ("shards_written", [str(len(self.strategies[n].shards_written)) for n in names]),
@@ -127,4 +137,5 @@ class RunSummary:
         ]
         lines.append(f"total {self.seconds:.2f}s, {self.items_per_second():.0f} fused items/s")
         lines += [f"STOPPED {name}: {why}" for name, why in self.stopped.items()]
+        lines += [f"CONFLICT {name}: {why}" for name, why in self.conflicts.items()]
         return "\n".join(lines)

@@ -8,9 +8,11 @@ The rules that make a sweep safe next to a run in progress:
 - the LIST comes first and the manifest is read after it, so a shard that a manifest committed in
   between references is protected by that manifest;
 - a shard any row of the committed manifest references is never deleted;
-- a shard younger than the grace period (`older_than`, default 1 day, by S3's LastModified) is never
-  deleted: a run writes its shards before it commits the manifest that points at them, so the grace
-  period must exceed the longest run;
+- a shard written since the oldest run still in progress began is never deleted, however long that run
+  takes: a run writes its shards before it commits the manifest that points at them, and its staged
+  objects say it is live (`staging.live_runs`); nor is one written since this sweep began;
+- nor is a shard younger than the grace period (`older_than`, default 1 day, by S3's LastModified), a
+  margin on top;
 - no manifest at all means nothing has been committed (or a wrong bucket or root): nothing is swept.
 
 Cost: one LIST per 1000 shards, one GET of the manifest, one DeleteObjects per 1000 orphans.
@@ -25,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.compute as pc
 
-from . import readback
+from . import readback, staging
 from .errors import ConfigError
 from .layout import Layout, part_number
 
@@ -168,11 +170,22 @@ def sweep(
         raise ConfigError(f"older_than must not be negative, got {older_than}")
     logger = logger or log
     root = root.strip("/")
-    prefix = f"{Layout(root).strategy_prefix(strategy)}shards/"
+    layout = Layout(root)
+    prefix = f"{layout.strategy_prefix(strategy)}shards/"
+    began = now or datetime.now(UTC)
+    live = staging.live_runs(client, bucket, layout, began)
     listed = list_shards(client, bucket, prefix)  # LIST before the manifest: see the module docstring
     table = readback.load_manifest(client, bucket, root, strategy)
     referenced = set(pc.unique(table["fused_key"]).to_pylist()) if table.num_rows else set()
-    cutoff = (now or datetime.now(UTC)) - older_than
+    # S3's LastModified has whole seconds: a shard of the same second as a live run's start is its own
+    cutoff = min([began - older_than, *(start - timedelta(seconds=1) for start in live.values())])
+    if live:
+        logger.info(
+            "gc %s: %d run(s) in progress; keeping every shard written since %s",
+            strategy,
+            len(live),
+            min(live.values()),
+        )
     result = SweepResult(strategy, bucket, prefix, older_than, dry_run, listed=len(listed))
     result.referenced = sum(shard.key in referenced for shard in listed)
     for shard in listed:

@@ -20,10 +20,11 @@ from typing import NamedTuple
 
 import botocore.exceptions
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import policy, readback, readers, s3io, schema_lock
+from . import manifest, policy, readback, readers, s3io, schema_lock, state
 from .errors import SchemaDriftError, StoreError
 from .fuse import FusionOptions, fused_dim
 from .layout import Layout, part_number
@@ -344,10 +345,13 @@ class Report:
     shards_listed: int
     unreferenced_shards: int
     pointers: PointerTally
+    disagreements: list[dict[str, object]] = field(default_factory=list)  # I2: state vs manifest
 
     @property
     def ok(self) -> bool:
-        return not self.lock_problems and not self.duplicate_keys and self.pointers.ok
+        return (
+            not self.lock_problems and not self.duplicate_keys and self.pointers.ok and not self.disagreements
+        )
 
     def lines(self) -> list[str]:
         scope = f"date={self.day}" if self.day else "all dates"
@@ -373,6 +377,11 @@ class Report:
             f"{tally.shards_checked} checked, {len(tally.missing)} missing, {len(tally.broken)} broken; "
             f"{tally.rows_checked} rows checked, {tally.bad_pointers} do not resolve",
         ]
+        lines.append(
+            f"  state vs manifest: {len(self.disagreements)} fused video(s) disagree, e.g. {self.disagreements[:3]}"
+            if self.disagreements
+            else "  state vs manifest: agree"
+        )
         lines += [f"  missing: {key}" for key in sorted(tally.missing)[:MAX_REPORTED]]
         lines += [f"  broken: {check.key}: {check.problem}" for check in sorted(tally.broken)[:MAX_REPORTED]]
         hidden = max(len(tally.missing) - MAX_REPORTED, 0) + max(len(tally.broken) - MAX_REPORTED, 0)
@@ -394,6 +403,11 @@ class Report:
             *([f"{len(tally.broken)} shard(s) broken"] if tally.broken else []),
             *([f"{tally.bad_pointers} manifest row(s) do not resolve"] if tally.bad_pointers else []),
             *([f"{self.duplicate_keys} duplicated manifest key(s)"] if self.duplicate_keys else []),
+            *(
+                [f"{len(self.disagreements)} fused video(s) where state and manifest disagree"]
+                if self.disagreements
+                else []
+            ),
             *(self.lock_problems),
         ]
         key = tally.first_bad_key() or (
@@ -408,6 +422,7 @@ class Report:
             "shards_listed": self.shards_listed,
             "unreferenced_shards": self.unreferenced_shards,
             "duplicate_keys": self.duplicate_keys,
+            "state_disagreements": len(self.disagreements),
             **self.pointers.metadata(),
         }
         if self.day:
@@ -435,7 +450,8 @@ def verify_strategy(
     """
     root = root.strip("/")
     layout = Layout(root)
-    table = readback.filter_rows(readback.load_manifest(client, bucket, root, strategy), day)
+    whole = readback.load_manifest(client, bucket, root, strategy)
+    table = readback.filter_rows(whole, day)
     published = _published(client, bucket, root, strategy, table)
     lock_facts, lock_problems = _lock_findings(published)
     _, unique = manifest_keys_unique(published)
@@ -468,7 +484,66 @@ def verify_strategy(
         shards_listed=len(listed),
         unreferenced_shards=len(listed - referenced),
         pointers=tally,
+        disagreements=_disagreeing(client, published, whole, day.isoformat() if day else None)[1],
     )
+
+
+def disagreements(state_rows: pd.DataFrame, manifest_rows: pa.Table) -> list[dict[str, object]]:
+    """I2, pure: every video whose state says it is fused (`success_full`, `success_text_placeholder`)
+    has, as the manifest's latest row for it (`readback.latest_per_video`), a row with that
+    fusion_status pointing at the same shard row (`artifact_key`, `vector_id`). One dict per video that
+    disagrees: what the state says and what the manifest says."""
+    fused = state_rows[state_rows["status"].isin([policy.SUCCESS_FULL, policy.SUCCESS_PLACEHOLDER])]
+    if fused.empty:
+        return []
+    latest = readback.latest_per_video(manifest_rows).select(
+        ["video_id", "fusion_status", "fused_key", "shard_idx"]
+    )
+    rows = latest.to_pandas().set_index("video_id").reindex(fused["video_id"])
+    pointer = rows["fused_key"].astype(object) + "#" + rows["shard_idx"].astype("Int64").astype(str)
+    bad = (
+        rows["fusion_status"].isna().to_numpy()
+        | (rows["fusion_status"].to_numpy(dtype=object) != fused["status"].to_numpy(dtype=object))
+        | (rows["fused_key"].to_numpy(dtype=object) != fused["artifact_key"].to_numpy(dtype=object))
+        | (pointer.to_numpy(dtype=object) != fused["vector_id"].to_numpy(dtype=object))
+    )
+    return [
+        {
+            "video_id": video_id,
+            "state": f"{status} at {vector_id}",
+            "manifest": "no row" if pd.isna(m_status) else f"{m_status} at {m_pointer}",
+        }
+        for video_id, status, vector_id, m_status, m_pointer in zip(
+            fused["video_id"][bad],
+            fused["status"][bad],
+            fused["vector_id"][bad],
+            rows["fusion_status"][bad],
+            pointer[bad],
+            strict=True,
+        )
+    ]
+
+
+def state_matches_manifest(client, published: Published, partition: str | None = None) -> Verdict:
+    """`disagreements` between the strategy's published state and (whole) manifest; with `partition`,
+    only for the videos that state or manifest place in that day's shards."""
+    compared, found = _disagreeing(client, published, published.manifest, partition)
+    return Verdict(
+        not found, {"videos_compared": compared, "disagreements": len(found), "sample": found[:MAX_REPORTED]}
+    )
+
+
+def _disagreeing(
+    client, published: Published, table: pa.Table | None, partition: str | None
+) -> tuple[int, list[dict[str, object]]]:
+    rows = state.read_published(client, published.bucket, Layout(published.root), published.strategy)
+    table = table if table is not None else manifest.SCHEMA.empty_table()
+    if partition:
+        marker = f"/date={partition}/"
+        in_day = set(rows.loc[rows["artifact_key"].fillna("").str.contains(marker, regex=False), "video_id"])
+        in_day |= set(table.filter(pc.match_substring(table["fused_key"], marker))["video_id"].to_pylist())
+        rows = rows[rows["video_id"].isin(in_day)]
+    return len(rows), disagreements(rows, table)
 
 
 def fail_rate(counts: Mapping[str, int], delta: int, threshold: float) -> Verdict:

@@ -39,16 +39,37 @@ def test_commit_metadata_is_found_behind_commits_that_carry_none(client, bucket)
     lake.note(table, pa.schema([("a", pa.int64())]), {"cursor": "first"})
     write_deltalake(table, pa.table({"a": [0]}), mode="append")
     table.update_incremental()
-    assert lake.commit_metadata(table, "cursor") == "first"
+    assert lake.commit_metadata(table, ["cursor"])["cursor"] == "first"
     for n in range(1, 12):  # appends that carry no metadata, like compactions
         write_deltalake(table, pa.table({"a": [n]}), mode="append")
     table.update_incremental()
-    assert lake.commit_metadata(table, "cursor") == "first"
+    assert lake.commit_metadata(table, ["cursor"])["cursor"] == "first"
     lake.note(table, pa.schema([("a", pa.int64())]), {"cursor": "second"})
     table.update_incremental()
-    assert lake.commit_metadata(table, "cursor") == "second"
+    assert lake.commit_metadata(table, ["cursor"])["cursor"] == "second"
     assert lake.read_all(table).num_rows == 12  # a note adds no row
-    assert lake.commit_metadata(table, "other") is None
+    assert lake.commit_metadata(table, ["other"])["other"] is None
+    # a run's commit (it carries run_id) records every key it has: the search stops there
+    lake.note(table, pa.schema([("a", pa.int64())]), {"run_id": "2026-03-01-x", "other": "o"})
+    table.update_incremental()
+    assert lake.commit_metadata(table, ["cursor", "other"]) == {"cursor": None, "other": "o"}
+
+
+def test_a_column_added_later_reads_as_null_in_older_files(client, bucket):
+    location = lake.uri(bucket, "evolving")
+    options = lake.storage_options(client)
+    old = pa.schema([("k", pa.string())])
+    table, _ = lake.create(location, old, options)
+    lake.replace(table, pa.table({"k": ["a", "b"]}, schema=old), lake.in_list("k", ["a", "b"]), {})
+    new = old.append(pa.field("r", pa.string()))
+    lake.add_columns(table, new)
+    lake.add_columns(table, new)  # once only
+    assert table.history(1)[0]["operation"] == "ADD COLUMN"
+    lake.replace(table, pa.table({"k": ["b"], "r": ["x"]}, schema=new), lake.in_list("k", ["b"]), {})
+    table.update_incremental()
+    rows = lake.select_ids(table, "k", pa.array(["a", "b"]), new).sort_by("k").to_pylist()
+    assert rows == [{"k": "a", "r": None}, {"k": "b", "r": "x"}]
+    assert lake.writes_since(table, 1) == [("WRITE", None)]  # the column addition is no write
 
 
 def test_a_second_create_says_so_and_two_imports_land_once(client, bucket):
@@ -62,7 +83,7 @@ def test_a_second_create_says_so_and_two_imports_land_once(client, bucket):
     table = lake.import_rows(imported, pa.table({"a": [1, 2]}), options, "s3://old/file")
     table = lake.import_rows(imported, pa.table({"a": [1, 2]}), options, "s3://old/file")
     assert sorted(lake.read_all(table)["a"].to_pylist()) == [1, 2]
-    assert lake.commit_metadata(table, "imported_from") == "s3://old/file"
+    assert lake.commit_metadata(table, ["imported_from"])["imported_from"] == "s3://old/file"
 
 
 def test_ids_with_quotes_are_selected_exactly(client, bucket):

@@ -53,7 +53,7 @@ def test_a_state_upsert_of_300k_ids_into_a_local_table_completes_and_keeps_every
     assert (rows.loc[again, "status"] == "success_full").all()
     untouched = rows.loc[ids[BIG // 2 :]]
     assert (untouched["status"] == "fail").all() and (untouched["retry_count"] == 1).all()
-    assert lake.commit_metadata(store.table, "text_cursor") == "c2"
+    assert lake.commit_metadata(store.table, ["text_cursor"])["text_cursor"] == "c2"
 
 
 def _manifest_rows(ids: list[str], captured_at: str, key: str) -> pa.Table:

@@ -44,6 +44,7 @@ MANIFEST_COLUMNS = [
     "text_missing_reason",
     "fusion_status",
     "retry_count_at_write",
+    "fused_at",
 ]
 
 

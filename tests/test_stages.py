@@ -20,10 +20,10 @@ from clipfarm_fusion import (
     read_manifest,
     read_state,
     readback,
+    s3io,
     staging,
     synthetic,
 )
-from clipfarm_fusion.errors import ConcurrentWriteError
 from clipfarm_fusion.layout import Layout
 
 DAY = date(2026, 3, 1)
@@ -150,18 +150,27 @@ def test_a_failed_chunk_fused_again_converges(client, seed_day, monkeypatch, cap
     assert staged_objects(client, seeded) == []
 
 
-def test_two_plans_of_one_day_cannot_both_commit(client, seed_day):
+def test_two_plans_of_one_day_cannot_both_commit_and_a_conflict_stops_only_its_strategy(client, seed_day):
+    """The second plan's concat videos were committed by the first run after it planned: concat yields
+    (named in `conflicts`, its shards withdrawn, nothing of it published), while its sum_pool, which the
+    first run did not touch, publishes."""
     seeded = seed_day(videos=30)
-    config = seeded.config(strategies=("concat",), chunk_size=10)
-    first, second = (plan.plan(config, DAY, client, LOG) for _ in range(2))
+    first_config = seeded.config(strategies=("concat",), chunk_size=10)
+    both = seeded.config(strategies=("concat", "sum_pool"), chunk_size=10)
+    first, second = plan.plan(first_config, DAY, client, LOG), plan.plan(both, DAY, client, LOG)
     assert first.run_id != second.run_id
-    first_results = [chunk.fuse_chunk(config, first, i, client) for i in range(first.chunks)]
-    second_results = [chunk.fuse_chunk(config, second, i, client) for i in range(second.chunks)]
-    commit.commit(config, first, first_results, client)
-    with pytest.raises(ConcurrentWriteError, match="another run committed state"):
-        commit.commit(config, second, second_results, client)
+    first_results = [chunk.fuse_chunk(first_config, first, i, client) for i in range(first.chunks)]
+    second_results = [chunk.fuse_chunk(both, second, i, client) for i in range(second.chunks)]
+    commit.commit(first_config, first, first_results, client)
+    published = read_manifest("concat", bucket=seeded.bucket, client=client)
+    summary = commit.commit(both, second, second_results, client)
+    assert list(summary.conflicts) == ["concat"] and "committed by another run" in summary.conflicts["concat"]
+    assert list(summary.strategies) == ["sum_pool"] and summary.strategies["sum_pool"].fused > 0
+    assert read_manifest("concat", bucket=seeded.bucket, client=client).equals(published)
     assert staged_objects(client, seeded) == []  # a plan that can never commit leaves nothing behind
-    rerun = pipeline.run(config, DAY)
+    listed = set(s3io.list_keys(client, seeded.bucket, f"{seeded.root}/fused/concat/shards/"))
+    assert listed == set(published["fused_key"])  # the loser's concat shards were withdrawn
+    rerun = pipeline.run(first_config, DAY)
     assert rerun.strategies["concat"].counts.get("success_full", 0) == 0  # the first commit stands
 
 

@@ -169,7 +169,7 @@ def test_imports_a_seed_era_mirror_once_and_never_writes_to_it(client, bucket, t
     assert after.equals(before)  # every row and column identical
     assert by_id(after)["old1"]["retry_count"] == 2 and by_id(after)["old1"]["error"] == "boom"
     assert store.text_cursor is None
-    assert lake.commit_metadata(store.table, "imported_from") == where
+    assert lake.commit_metadata(store.table, ["imported_from"])["imported_from"] == where
 
     store.commit([row("old1", retry=3), row("new1", status=SUCCESS_FULL, retry=0)], {"text_cursor": "t1"})
     assert client.get_object(Bucket=bucket, Key=MIRROR_KEY)["Body"].read() == body  # never written
@@ -409,17 +409,22 @@ def test_a_store_reads_the_version_it_opened(client, bucket, tmp_path):
 # --- races ---
 
 
-def test_a_store_opened_before_another_runs_commit_refuses_and_writes_nothing(client, bucket, tmp_path):
-    open_store(client, bucket, tmp_path).commit([row("a", retry=1)], {"text_cursor": "t0"})
+def test_a_store_opened_before_another_runs_commit_sees_exactly_the_videos_that_run_wrote(
+    client, bucket, tmp_path
+):
+    """The commit's per-video conflict test: rows another run committed after this store's version are
+    contested, rows of other videos are not (two days with disjoint videos both commit), and a commit
+    without our run_id metadata (an older version) contests everything."""
+    open_store(client, bucket, tmp_path).commit([row("a", retry=1)], {"run_id": "2026-03-01-r0"})
     first, second = open_store(client, bucket, tmp_path), open_store(client, bucket, tmp_path)
-    first.commit([row("a", retry=2), row("b")], {"text_cursor": "t1"})
-    before = published(client, bucket)
-    version = delta_table(client, bucket).version()
-    with pytest.raises(ConcurrentWriteError, match="another run committed state.*WRITE"):
-        second.commit([row("a", retry=5), row("c")], {"text_cursor": "t2"})
-    assert published(client, bucket).equals(before)
-    assert delta_table(client, bucket).version() == version
-    assert open_store(client, bucket, tmp_path).text_cursor == "t1"
+    written = [dict(row("a", retry=2), run_id="2026-03-02-r1"), dict(row("b"), run_id="2026-03-02-r1")]
+    first.commit(written, {"run_id": "2026-03-02-r1"})
+    assert second.contested(pa.array(["a", "c"])) == ["a"]
+    assert second.contested(pa.array(["c", "d"])) == []
+    third = open_store(client, bucket, tmp_path)
+    assert third.contested(pa.array(["a", "b"])) == []  # nothing since its own read
+    first.commit([row("e")], {})  # a writer that records no run_id
+    assert third.contested(pa.array(["a", "z"])) == ["a", "z"]
 
 
 def test_two_new_stores_racing_to_create_the_table_the_second_refuses(client, bucket, tmp_path):
@@ -465,15 +470,15 @@ def test_text_cursor_round_trips_through_the_commit_metadata(client, bucket, tmp
 
 def test_a_commit_of_the_cursor_alone_records_it(client, bucket, tmp_path):
     """What the pipeline does when no state row changed but the text stage moved on
-    (`if changed or store.cursors_move(cursors)`): without it every later run would ask the text stage
+    (`if changed or store.marks_move(cursors)`): without it every later run would ask the text stage
     about the same rows again."""
     open_store(client, bucket, tmp_path).commit([row("a")], {"text_cursor": "2026-03-01T10:00:00Z"})
     store = open_store(client, bucket, tmp_path)
-    assert store.cursors_move({"text_cursor": "2026-03-02T10:00:00Z"})
+    assert store.marks_move({"text_cursor": "2026-03-02T10:00:00Z"})
     store.commit([], {"text_cursor": "2026-03-02T10:00:00Z"})
     again = open_store(client, bucket, tmp_path)
     assert again.text_cursor == "2026-03-02T10:00:00Z"
-    assert not again.cursors_move({"text_cursor": "2026-03-02T10:00:00Z"})
+    assert not again.marks_move({"text_cursor": "2026-03-02T10:00:00Z"})
     assert published(client, bucket)["video_id"].tolist() == ["a"]
 
 
@@ -484,12 +489,12 @@ def test_a_first_commit_of_the_cursor_alone_creates_an_empty_table(client, bucke
     assert published(client, bucket).empty
 
 
-def test_cursors_move_only_when_the_text_cursor_changes(client, bucket, tmp_path):
+def test_marks_move_only_when_the_text_cursor_changes(client, bucket, tmp_path):
     fresh = open_store(client, bucket, tmp_path)
-    assert fresh.cursors_move({"text_cursor": "t1"})
-    assert not fresh.cursors_move({})
+    assert fresh.marks_move({"text_cursor": "t1"})
+    assert not fresh.marks_move({})
     fresh.commit([row("a")], {"text_cursor": "t1"})
     store = open_store(client, bucket, tmp_path)
-    assert not store.cursors_move({"text_cursor": "t1"})
-    assert not store.cursors_move({})
-    assert store.cursors_move({"text_cursor": "t2"})
+    assert not store.marks_move({"text_cursor": "t1"})
+    assert not store.marks_move({})
+    assert store.marks_move({"text_cursor": "t2"})

@@ -1,8 +1,8 @@
 """Asset checks: thin wrappers over `clipfarm_fusion.verify`.
 
-The three output checks are blocking: a strategy whose lock, manifest keys or pointers are wrong must
+The four output checks are blocking: a strategy whose lock, manifest keys or pointers are wrong must
 not feed anything downstream. They look at the whole published strategy (manifest and lock are not
-per-day), so they are unpartitioned and read the manifest once per strategy for all three. The fail
+per-day), so they are unpartitioned and read the manifest once per strategy for all four. The fail
 rate belongs to one day's run, so the fusion asset itself reports it from its run summary, as a
 non-blocking warning: failed items are retried tomorrow, the rest of the day is good.
 
@@ -134,6 +134,8 @@ def _finding(metadata: dict[str, object]) -> str:
         return str(metadata["problem"])
     if metadata.get("duplicate_keys"):
         return f"{metadata['duplicate_keys']} (video_id, source_hash) keys have more than one manifest row"
+    if metadata.get("disagreements"):
+        return f"{metadata['disagreements']} fused video(s) where state and manifest disagree, e.g. {metadata['sample'][:3]}"
     if metadata.get("bad_pointers"):
         parts = []
         if metadata.get("missing_shard_count"):
@@ -161,4 +163,6 @@ def _verdict(
         return verify.manifest_pointers_resolve(
             client, published, fusion.pointer_sample_size, fusion.fetch_threads, partition
         )
+    if name == "state_matches_manifest":
+        return verify.state_matches_manifest(client, published, partition)
     return verify.schema_matches_output(client, published)

@@ -80,13 +80,18 @@ def stage_failures(what: str) -> Iterator[None]:
         raise Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=transient) from exc
 
 
-def stopped_failure(stopped: dict[str, str]) -> Failure:
-    """The step fails after the other strategies have materialised: a stopped strategy needs a person
-    (`clipfarm-fusion migrate-schema`), so no retry."""
-    lines = [f"{name}: {message}" for name, message in stopped.items()]
+def stopped_failure(stopped: dict[str, str], conflicts: dict[str, str] | None = None) -> Failure:
+    """The step fails after the other strategies have materialised: a strategy stopped on drift needs
+    a person (`clipfarm-fusion migrate-schema`), one that yielded to a concurrent run needs the day
+    run again (a new run plans afresh), so no step retry either way."""
+    conflicts = conflicts or {}
+    lines = [f"{name}: {message}" for name, message in {**stopped, **conflicts}.items()]
     return Failure(
         description="Stopped (nothing of theirs published; the other strategies did):\n" + "\n".join(lines),
-        metadata={f"stopped/{name}": MetadataValue.text(message) for name, message in stopped.items()},
+        metadata={
+            **{f"stopped/{name}": MetadataValue.text(message) for name, message in stopped.items()},
+            **{f"conflict/{name}": MetadataValue.text(message) for name, message in conflicts.items()},
+        },
         allow_retries=False,
     )
 
@@ -149,5 +154,5 @@ def commit_day(
         yield Output(None, output_name=name, metadata=strategy_metadata(summary, name))
         if checks.fail_rate_key(name) in context.selected_asset_check_keys:
             yield checks.fail_rate_result(name, strategy, fusion.fail_rate_threshold, context.partition_key)
-    if summary.stopped:
-        raise stopped_failure(summary.stopped)
+    if summary.stopped or summary.conflicts:
+        raise stopped_failure(summary.stopped, summary.conflicts)
