@@ -155,6 +155,7 @@ def _open(
         strategy.name,
         date.fromisoformat(plan.run_date),
         first_part=strategy.first_part + index * per_chunk,
+        run_id=plan.run_id,
     )
     return _Strategy(
         plan=strategy,

@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         "count as undated and the summary reports how many",
     )
     run.add_argument(
+        "--recheck-text",
+        action="store_true",
+        help="also upgrade placeholders whose text .npy exists though the text stage never said so: one "
+        "LIST of the text prefix (a request per 1,000 files) and a GET per such placeholder; the weekly "
+        "Dagster job text_recheck_job does the same",
+    )
+    run.add_argument(
         "--s3-patience",
         type=float,
         default=60.0,
@@ -404,6 +411,7 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         l2_normalize=args.l2_normalize,
         weights=args.weights,
         projection_uri=args.projection,
+        recheck_text_files=args.recheck_text,
         progress=sys.stderr.isatty(),
     )
 

@@ -123,16 +123,19 @@ def _commit_strategy(
     changed = _written_by(
         plan.run_id, pa.concat_tables([state.conform(r) for r in rows] or [state.SCHEMA.empty_table()])
     )
+    store = state.reopen(
+        client,
+        config.bucket,
+        layout,
+        name,
+        config.s3_patience_seconds,
+        strategy.state_version,
+        strategy.text_cursor,
+    )
+    marks = _marks(plan, strategy, store, parts)
+    if not (changed.num_rows or manifest_rows or store.marks_move(marks)):
+        return  # nothing to publish: no lease, no request
     with lease.held(client, config.bucket, layout.commit_lease_key(name), plan.run_id, name):
-        store = state.reopen(
-            client,
-            config.bucket,
-            layout,
-            name,
-            config.s3_patience_seconds,
-            strategy.state_version,
-            strategy.text_cursor,
-        )
         contested = store.contested(pc.unique(changed["video_id"]))
         if contested:
             _withdraw(client, config.bucket, summary.shards_written)
@@ -141,6 +144,8 @@ def _commit_strategy(
                 "committed by another run after this run planned; nothing of this strategy was published. "
                 "Rerun the day: it plans again from what that run published"
             )
+        store.load_marks()  # as of the commits that landed since the plan (contested read them)
+        marks = _marks(plan, strategy, store, parts)
         if manifest_rows:
             if not strategy.locked:
                 lock = schema_lock.write_if_absent(
@@ -154,7 +159,6 @@ def _commit_strategy(
                 client, config.bucket, layout, name, config.s3_patience_seconds, import_seed_era=False
             )
             summary.manifest_added, summary.manifest_updated = table.commit(pa.concat_tables(manifest_rows))
-        marks = _marks(plan, strategy, store, parts)
         if changed.num_rows or store.marks_move(marks):
             store.commit(changed, marks)
     log.info(

@@ -46,6 +46,10 @@ class FusionConfig:
     s3_patience_seconds: float = 60.0  # an outage longer than this stops the run (S3UnavailableError)
     strict_dates: bool = False  # a captured_at that is not ISO 8601 is a ConfigError instead of undated
     sample_size: int = 10
+    # Recheck every placeholder whose text file exists, whatever the text stage's row says: one LIST of
+    # the text prefix (a request per 1,000 files), a GET per such placeholder. For text the stage never
+    # announced; the daily run trusts the stage's news (and keeps late text due for a few runs).
+    recheck_text_files: bool = False
     progress: bool = False
 
     def __post_init__(self) -> None:

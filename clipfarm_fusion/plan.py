@@ -124,7 +124,14 @@ def _plan(
         )
         for name in config.strategies
     }
-    selection = _select(stores, text, config.text_terminal_statuses)
+    present = (
+        text_files(client, config.bucket, layout, config.s3_patience_seconds)
+        if config.recheck_text_files
+        else []
+    )
+    if config.recheck_text_files:
+        summary.text_files_listed = len(present)
+    selection = _select(stores, text, config.text_terminal_statuses, present)
     scan = metadata.scan(
         horizon_file,
         config.metadata_location,
@@ -286,14 +293,28 @@ class Selection:
     recheck: dict[str, set[str] | None]
 
 
+def text_files(client, bucket: str, layout: Layout, patience_s: float) -> list[str]:
+    """The video_ids whose text `.npy` exists, from one LIST of the text prefix: what a full text recheck
+    (`--recheck-text`) upgrades, whatever the text stage's rows say."""
+    prefix = layout.embedding_prefix("text")
+    keys = s3io.with_patience(
+        lambda: s3io.list_keys(client, bucket, prefix), "listing the text embeddings", patience_s
+    )
+    return [key[len(prefix) : -len(".npy")] for key in keys if key.endswith(".npy")]
+
+
 def _select(
-    stores: dict[str, state.StateStore], text: text_state.TextState, terminal: tuple[str, ...]
+    stores: dict[str, state.StateStore],
+    text: text_state.TextState,
+    terminal: tuple[str, ...],
+    present: list[str],
 ) -> Selection:
     """Candidates in O(delta) as far as the inputs allow: videos some strategy has not processed in their
     current form (see `metadata.scan`), open items, and placeholders the text stage has news for: its
     row changed since that strategy's last commit, or (on the first run, with no cursor yet) its status
     is no longer a terminal one such as `no_captions`. Without a usable signal (the text stage
-    unreadable, or no `processed_at` column in it) every placeholder is rechecked, a text GET each."""
+    unreadable, or no `processed_at` column in it) every placeholder is rechecked, a text GET each.
+    `present` (a full text recheck's listing) adds the placeholders whose text file exists."""
     known: KnownIndex | None = None
     also: list[pa.Array] = []
     recheck: dict[str, set[str] | None] = {}
@@ -312,7 +333,8 @@ def _select(
             recheck[name] = None
         else:
             due = list(store.text_due or {})  # late text: rechecked whatever the text stage says
-            placeholders = store.placeholders(among=pa.array([*changed, *due], pa.string()))
+            among = pa.array([*changed, *due, *present], pa.string())
+            placeholders = store.placeholders(among=among)
             also.append(placeholders)
             recheck[name] = set(placeholders.to_pylist())
     return Selection(

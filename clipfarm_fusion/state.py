@@ -148,6 +148,15 @@ class StateStore:
             or json.loads(marks.get("text_due", "{}")) != (self.text_due or {})
         )
 
+    def load_marks(self) -> dict[str, object]:
+        """Take the newest run date and the late-text due list as the table's newest commits record
+        them; returns every mark (`read_marks`), empty without a table."""
+        if self.table is None:
+            return {}
+        marks = read_marks(self.table)
+        self.newest_run_date, self.text_due = marks["newest_run_date"], marks["text_due"]
+        return marks
+
     def contested(self, ids: pa.Array) -> list[str]:
         """The ids among `ids` that another run committed since this store's version (empty when none):
         its rows could describe newer shards than ours, so ours must not replace them. A commit without
@@ -235,9 +244,7 @@ def reopen(
     location = lake.uri(bucket, layout.state_table_key(strategy))
     table = lake.open_table(location, options) if version is not None else None
     store = StateStore(location, options, table, "state table", version=version, text_cursor=text_cursor)
-    if table is not None:
-        marks = read_marks(table)
-        store.newest_run_date, store.text_due = marks["newest_run_date"], marks["text_due"]
+    store.load_marks()
     return store
 
 
@@ -259,12 +266,7 @@ def open_store(
         source = f"imported {legacy.num_rows} rows from {where}"
     lake.add_columns(table, SCHEMA)
     store = StateStore(location, options, table, source, version=table.version())
-    marks = read_marks(table)
-    store.text_cursor, store.newest_run_date, store.text_due = (
-        marks["text_cursor"],
-        marks["newest_run_date"],
-        marks["text_due"],
-    )
+    store.text_cursor = store.load_marks()["text_cursor"]
     return store
 
 

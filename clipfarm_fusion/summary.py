@@ -77,6 +77,7 @@ class RunSummary:
     root: str
     strategies: dict[str, StrategySummary] = field(default_factory=dict)
     text_state: str = "available"
+    text_files_listed: int | None = None  # a full text recheck (--recheck-text): text files found by LIST
     seconds: float = 0.0
     stopped: dict[str, str] = field(default_factory=dict)  # strategy -> why it stopped, nothing published
     conflicts: dict[str, str] = field(default_factory=dict)  # strategy -> the concurrent run it yielded to
@@ -123,7 +124,8 @@ class RunSummary:
         width = max(len(label) for label, _ in rows)
         cols = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
         lines = [
-            f"run_date={self.run_date} bucket={self.bucket} root={self.root} text_state={self.text_state}",
+            f"run_date={self.run_date} bucket={self.bucket} root={self.root} text_state={self.text_state}"
+            + ("" if self.text_files_listed is None else f" text_files_listed={self.text_files_listed}"),
             *(
                 [f"captured_at not ISO 8601, counted as undated: {self.unparseable_dates}"]
                 if self.unparseable_dates

@@ -264,3 +264,58 @@ def test_verify_and_the_check_catch_a_hand_made_disagreement(client, bucket, tmp
     )
     assert not passed and facts["disagreements"] == 1
     assert main(["verify", "--bucket", bucket, "--strategy", "concat"]) == 5
+
+
+def _unannounced_text(client, bucket, tmp_path):
+    """Placeholders fused, then their text files appear with no word from the text stage."""
+    day, placeholders = _seed(client, bucket)
+    config = _config(bucket, tmp_path)
+    pipeline.run(config, date(2026, 3, 1), client=client)
+    for video_id in placeholders:
+        _text_file(client, bucket, video_id)
+    quiet = pipeline.run(config, date(2026, 3, 2), client=client)
+    assert quiet.strategies["concat"].delta == 0  # the daily run trusts the text stage's news
+    return placeholders
+
+
+def test_a_full_text_recheck_upgrades_text_the_text_stage_never_announced(client, bucket, tmp_path, capsys):
+    placeholders = _unannounced_text(client, bucket, tmp_path)
+    args = ["run", "--bucket", bucket, "--strategy", "concat", "--state-dir", str(tmp_path)]
+    assert main([*args, "--run-date", "2026-03-03", "--recheck-text"]) == 0
+    assert f"text_files_listed={len(placeholders) * 2}" in capsys.readouterr().out  # every text file
+    state = read_state("concat", bucket=bucket, root=ROOT, client=client).set_index("video_id")
+    assert (state.loc[placeholders, "status"] == "success_full").all()
+    _agree(client, bucket)
+
+
+def test_the_text_recheck_job_and_its_weekly_schedule(client, bucket, tmp_path):
+    from datetime import UTC, datetime
+
+    from dagster import DefaultScheduleStatus, build_schedule_context, materialize
+
+    from clipfarm_fusion.defs.assets import fuse_embeddings
+    from clipfarm_fusion.defs.definitions import defs
+    from clipfarm_fusion.defs.ops import RECHECK_TEXT_TAG
+    from clipfarm_fusion.defs.resources import FusionResource
+
+    placeholders = _unannounced_text(client, bucket, tmp_path)
+    job = defs.resolve_job_def("text_recheck")
+    assert job.tags[RECHECK_TEXT_TAG] == "true"
+    schedule = defs.resolve_schedule_def("text_recheck_weekly")
+    assert schedule.default_status == DefaultScheduleStatus.STOPPED and schedule.job_name == "text_recheck"
+    tick = build_schedule_context(
+        scheduled_execution_time=datetime(2026, 3, 8, 6, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+    )
+    assert [r.partition_key for r in schedule.evaluate_tick(tick).run_requests] == ["2026-03-07"]
+    resource = FusionResource(bucket=bucket, root=ROOT, state_dir=str(tmp_path), fetch_threads=4)
+    result = materialize(
+        [fuse_embeddings],
+        partition_key="2026-03-03",
+        resources={"fusion": resource},
+        selection=["concat"],
+        tags=dict(job.tags),
+    )
+    assert result.success
+    state = read_state("concat", bucket=bucket, root=ROOT, client=client).set_index("video_id")
+    assert (state.loc[placeholders, "status"] == "success_full").all()

@@ -37,6 +37,7 @@ def _state_rows(ids: list[str], status: str, retry: int) -> pa.Table:
             "retry_count": np.full(n, retry, np.int64),
             "captured_ns": np.arange(n, dtype=np.int64),
             "hash64": np.arange(n, dtype=np.int64),
+            "run_id": ["r"] * n,
         },
         schema=state.SCHEMA,
     )
@@ -73,7 +74,7 @@ def _manifest_rows(ids: list[str], captured_at: str, key: str) -> pa.Table:
     return pa.table(rows, schema=manifest.SCHEMA)
 
 
-def test_a_manifest_upsert_of_300k_keys_into_a_local_table_completes_by_the_latest_rule(tmp_path):
+def test_a_manifest_upsert_of_300k_keys_into_a_local_table_completes_and_the_newest_commit_wins(tmp_path):
     ids = [f"vid{i:07d}" for i in range(BIG)]
     table = manifest.ManifestTable(str(tmp_path / "manifest"), {}, "concat", None, "new manifest table")
     assert table.commit(_manifest_rows(ids, "2026-03-01T00:00:00Z", "a/date=2026-03-01/part-0000.npz")) == (
@@ -83,10 +84,12 @@ def test_a_manifest_upsert_of_300k_keys_into_a_local_table_completes_by_the_late
     newer = _manifest_rows(ids, "2026-03-02T00:00:00Z", "a/date=2026-03-02/part-0000.npz")
     older = _manifest_rows(ids, "2026-02-01T00:00:00Z", "a/date=2026-02-01/part-0000.npz")
     assert table.commit(newer) == (0, BIG)
-    assert table.commit(older) == (0, 0)  # the latest rule: an older capture never replaces a newer one
+    # I1: the newest commit wins, whatever the capture (no run commits an older capture over a newer one:
+    # a run behind the newest never plans it, a concurrent one yields)
+    assert table.commit(older) == (0, BIG)
     published = lake.read_all(table.table)
     assert published.num_rows == BIG
-    assert set(published["fused_key"].to_pylist()) == {"a/date=2026-03-02/part-0000.npz"}
+    assert set(published["fused_key"].to_pylist()) == {"a/date=2026-02-01/part-0000.npz"}
 
 
 def _hundred_thousand_video_day(client, bucket: str, root: str) -> set[str]:

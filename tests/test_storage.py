@@ -22,7 +22,7 @@ def test_shard_parts_continue_after_existing_and_never_overwrite(client, bucket)
     client.put_object(Bucket=bucket, Key=squatter, Body=b"earlier run")
     first_free = shards.first_free_part(client, bucket, layout, "concat", DAY)
     assert first_free == 2
-    writer = shards.ShardWriter(client, bucket, layout, "concat", DAY, first_part=first_free - 1)
+    writer = shards.ShardWriter(client, bucket, layout, "concat", DAY, first_part=first_free - 1, run_id="r")
     vectors = np.arange(6, dtype=np.float32).reshape(2, 3)
     first = writer.write(["a", "b"], vectors, ["t1", "t2"])
     assert first == layout.shard_key("concat", DAY, 2)
@@ -57,6 +57,7 @@ def manifest_rows(ids, hashes, key, captured="2026-03-01"):
             "text_missing_reason": [None] * n,
             "fusion_status": ["success_full"] * n,
             "retry_count_at_write": [0] * n,
+            "fused_at": [None] * n,  # the commit stamps it
         },
         schema=manifest.SCHEMA,
     )
@@ -77,110 +78,67 @@ def by_key(table):
     return {(r["video_id"], r["source_hash"]): r for r in table.to_pylist()}
 
 
-def test_manifest_commit_keeps_latest_row_per_key(client, bucket):
+def test_manifest_commit_writes_every_row_and_the_newest_commit_wins(client, bucket):
+    """I1: a commit upserts one row per (video_id, source_hash), and the row kept is the newest commit's,
+    whatever its captured_at or part number (a run behind the newest never plans an older capture over
+    a newer one, and a concurrent one yields; test_history)."""
     table = open_manifest(client, bucket)
     assert table.source == "new manifest table" and published(client, bucket) is None
-    old = manifest_rows(["a", "b", "c"], ["h1", "h1", "h1"], "k/part-0000.npz")
+    old = manifest_rows(["a", "b", "c"], ["h1", "h1", "h1"], "k/part-9999.npz", captured="2026-03-02")
     assert table.commit(old) == (3, 0)  # the first commit creates the table
-    new = manifest_rows(["b", "c", "d"], ["h1", "h2", "h1"], "k/part-0001.npz", captured="2026-03-02")
+    new = manifest_rows(["b", "c", "d"], ["h1", "h2", "h1"], "k/part-10000.npz", captured="2026-03-01")
     assert open_manifest(client, bucket).commit(new) == (2, 1)
     merged = published(client, bucket)
-    assert merged.schema == manifest.SCHEMA  # the stored instant column stays internal
+    assert merged.schema == manifest.SCHEMA
     assert {k: r["fused_key"] for k, r in by_key(merged).items()} == {
-        ("a", "h1"): "k/part-0000.npz",
-        ("b", "h1"): "k/part-0001.npz",
-        ("c", "h1"): "k/part-0000.npz",
-        ("c", "h2"): "k/part-0001.npz",
-        ("d", "h1"): "k/part-0001.npz",
+        ("a", "h1"): "k/part-9999.npz",
+        ("b", "h1"): "k/part-10000.npz",
+        ("c", "h1"): "k/part-9999.npz",
+        ("c", "h2"): "k/part-10000.npz",
+        ("d", "h1"): "k/part-10000.npz",
     }
-    assert by_key(merged)[("b", "h1")]["captured_at"] == "2026-03-02"
-    assert open_manifest(client, bucket).commit(new) == (0, 0)  # re-merging the same rows
-    assert open_manifest(client, bucket).commit(old) == (0, 0)  # and older ones
-    assert (
-        published(client, bucket)
-        .sort_by([("video_id", "ascending"), ("source_hash", "ascending")])
-        .equals(merged.sort_by([("video_id", "ascending"), ("source_hash", "ascending")]))
+    stamps = {k: r["fused_at"] for k, r in by_key(merged).items()}
+    assert stamps[("b", "h1")] > stamps[("a", "h1")] == stamps[("c", "h1")]
+    assert open_manifest(client, bucket).commit(old) == (0, 3)  # committed again: newest again
+    assert by_key(published(client, bucket))[("b", "h1")]["fused_key"] == "k/part-9999.npz"
+
+
+def test_a_commit_is_stamped_after_the_rows_it_replaces_whatever_the_clock():
+    """A machine whose clock is behind still stamps its commit after the fused_at it replaces."""
+    from datetime import UTC, datetime
+
+    published = pa.table({"video_id": ["a"], "source_hash": ["h"], "fused_at": ["2026-03-05T00:00:00+00:00"]})
+    behind = manifest.fused_at(published, now=datetime(2026, 3, 1, tzinfo=UTC))
+    assert behind == "2026-03-05T00:00:00.000001+00:00"
+    ahead = manifest.fused_at(published, now=datetime(2026, 3, 6, tzinfo=UTC))
+    assert ahead == "2026-03-06T00:00:00.000000+00:00"
+    assert manifest.fused_at(published.slice(0, 0), now=datetime(2026, 3, 1, tzinfo=UTC)).startswith(
+        "2026-03-01T00:00:00"
     )
-
-
-def one_row(captured, key, video_id="a", source_hash="h1", status="success_full"):
-    row = manifest_rows([video_id], [source_hash], key, captured=captured)
-    return row.set_column(row.schema.get_field_index("fusion_status"), "fusion_status", pa.array([status]))
-
-
-def merged_pair(client, bucket, existing, new, root=ROOT):
-    """Commit `existing` (creating the table), then upsert `new` into it: (added, updated, the one row)."""
-    assert open_manifest(client, bucket, root).commit(existing) == (1, 0)
-    added, updated = open_manifest(client, bucket, root).commit(new)
-    rows = published(client, bucket, root).to_pylist()
-    assert len(rows) == 1
-    return added, updated, rows[0]
-
-
-@pytest.mark.parametrize(
-    ("old_captured", "new_captured", "winner"),
-    [
-        ("2026-03-01T09:00:00Z", "2026-03-01T10:00:00+02:00", "old"),  # new is 08:00Z: older
-        ("2026-03-01T10:00:00+02:00", "2026-03-01T09:00:00Z", "new"),  # old is 08:00Z: older
-        ("2026-03-01T09:00:00-02:00", "2026-03-01T10:00:00Z", "old"),  # old is 11:00Z
-        ("", "2026-03-01", "new"),  # no date is the oldest
-        ("2026-03-01", "not a date", "old"),
-    ],
-)
-def test_manifest_merge_compares_captured_at_as_instants_not_strings(
-    client, bucket, old_captured, new_captured, winner
-):
-    old = one_row(old_captured, "k/date=2026-03-01/part-0000.npz")
-    new = one_row(new_captured, "k/date=2026-03-01/part-0001.npz")
-    added, updated, row = merged_pair(client, bucket, old, new)
-    assert (added, updated) == (0, int(winner == "new"))
-    assert row["captured_at"] == (new_captured if winner == "new" else old_captured)
-
-
-def test_manifest_merge_tie_at_the_same_instant_goes_to_the_larger_fused_key_else_the_existing_row(
-    client, bucket
-):
-    earlier_key, later_key = "k/date=2026-03-01/part-0001.npz", "k/date=2026-03-01/part-0002.npz"
-    old = one_row("2026-03-01T08:00:00Z", later_key)
-    new = one_row("2026-03-01T10:00:00+02:00", earlier_key)  # the same instant
-    assert merged_pair(client, bucket, old, new, root="r1")[:2] == (0, 0)
-    assert published(client, bucket, "r1")["fused_key"].to_pylist() == [later_key]
-    added, updated, row = merged_pair(client, bucket, new, old, root="r2")
-    assert (added, updated, row["fused_key"]) == (0, 1, later_key)
-    same = one_row("2026-03-01T08:00:00+00:00", later_key, status="success_text_placeholder")
-    added, updated, row = merged_pair(
-        client, bucket, old, same, root="r3"
-    )  # a full tie: the existing row stays
-    assert (added, updated, row["fusion_status"]) == (0, 0, "success_full")
-    no_key = one_row("2026-03-01T08:00:00Z", None)
-    added, updated, row = merged_pair(client, bucket, no_key, new, root="r4")  # a null fused_key loses
-    assert (added, updated, row["fused_key"]) == (0, 1, earlier_key)
-    added, updated, row = merged_pair(client, bucket, new, no_key, root="r5")
-    assert (added, updated, row["fused_key"]) == (0, 0, earlier_key)
 
 
 def test_manifest_commit_merges_on_the_fresh_table_after_a_lost_race(client, bucket, caplog):
     open_manifest(client, bucket).commit(manifest_rows(["a", "x"], ["h", "h"], "k0", captured="2026-03-01"))
     first, second = open_manifest(client, bucket), open_manifest(client, bucket)
     assert first.commit(manifest_rows(["b", "x"], ["h", "h"], "k1", captured="2026-03-03")) == (1, 1)
-    # the second writer read the table before the first one's commit: its x is newer than what it
-    # read but older than what the first writer committed, so it must not replace it
+    # the second writer read the table before the first one's commit: it merges again on the fresh
+    # table, keeps the first writer's rows, and its own x, the newest commit, wins
     with caplog.at_level(logging.WARNING, logger="clipfarm_fusion.manifest"):
-        assert second.commit(manifest_rows(["c", "x"], ["h", "h"], "k2", captured="2026-03-02")) == (1, 0)
+        assert second.commit(manifest_rows(["c", "x"], ["h", "h"], "k2", captured="2026-03-02")) == (1, 1)
     assert "merging again" in caplog.text  # it did lose the race, and merged on the fresh table
     rows = by_key(published(client, bucket))
     assert sorted(rows) == [("a", "h"), ("b", "h"), ("c", "h"), ("x", "h")]
-    assert (rows[("x", "h")]["fused_key"], rows[("x", "h")]["captured_at"]) == ("k1", "2026-03-03")
+    assert (rows[("x", "h")]["fused_key"], rows[("b", "h")]["fused_key"]) == ("k2", "k1")
 
 
 def test_manifest_commits_of_two_writers_racing_to_create_the_table_both_land(client, bucket):
     first, second = open_manifest(client, bucket), open_manifest(client, bucket)
     assert first.table is None and second.table is None
     assert first.commit(manifest_rows(["a", "x"], ["h", "h"], "k1", captured="2026-03-02")) == (2, 0)
-    assert second.commit(manifest_rows(["b", "x"], ["h", "h"], "k2", captured="2026-03-01")) == (1, 0)
+    assert second.commit(manifest_rows(["b", "x"], ["h", "h"], "k2", captured="2026-03-01")) == (1, 1)
     rows = by_key(published(client, bucket))
     assert sorted(rows) == [("a", "h"), ("b", "h"), ("x", "h")]
-    assert rows[("x", "h")]["fused_key"] == "k1"
+    assert rows[("x", "h")]["fused_key"] == "k2"
 
 
 def test_schema_lock_is_written_once(client, bucket):

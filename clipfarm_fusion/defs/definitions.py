@@ -3,7 +3,8 @@
 The upstream specs are plain `AssetSpec`s, i.e. external assets: the lineage shows them, nothing here
 materialises them. Every job runs on the executor `CLIPFARM_EXECUTOR` names (`executors.py`). Besides the daily fuse, three maintenance jobs: `maintain_tables` (daily, running
 by default: compaction and vacuum of the lake tables), `verify_published` and `gc_orphan_shards`
-(weekly schedules, stopped by default).
+(weekly schedules, stopped by default), and `text_recheck`: the daily fuse plus a full text recheck
+(weekly, stopped by default).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .schedules import (
     fuse_daily_schedule,
     gc_orphan_shards_schedule,
     maintain_tables_schedule,
+    text_recheck_job,
+    text_recheck_schedule,
     verify_published_schedule,
 )
 from .upstream import UPSTREAM_SPECS
@@ -27,12 +30,13 @@ from .upstream import UPSTREAM_SPECS
 defs = Definitions(
     assets=[*UPSTREAM_SPECS, fuse_embeddings],
     asset_checks=[published_outputs],
-    jobs=[fuse_daily_job, verify_published_job, gc_orphan_shards_job, maintain_tables_job],
+    jobs=[fuse_daily_job, text_recheck_job, verify_published_job, gc_orphan_shards_job, maintain_tables_job],
     schedules=[
         fuse_daily_schedule,
         verify_published_schedule,
         gc_orphan_shards_schedule,
         maintain_tables_schedule,
+        text_recheck_schedule,
     ],
     resources={"fusion": FusionResource(bucket=EnvVar("CLIPFARM_BUCKET"))},
     executor=executor_from_env(),

@@ -16,6 +16,7 @@ No `from __future__ import annotations` here: Dagster reads the ops' `context` a
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from dagster import (
     AssetCheckResult,
@@ -57,10 +58,18 @@ def previous_day_input(strategy: str) -> str:
     return f"{strategy}_previous_day"
 
 
+RECHECK_TEXT_TAG = "clipfarm/recheck_text"  # "true": a full text recheck (the CLI's --recheck-text)
+
+
 def selected_config(context: OpExecutionContext, fusion: FusionResource) -> FusionConfig:
-    """The run's config over the strategies the run selected, the same in every op of the run."""
+    """The run's config over the strategies the run selected, the same in every op of the run. A run
+    tagged `clipfarm/recheck_text=true` (the job `text_recheck`, or any run from the launchpad) also
+    rechecks every placeholder whose text file exists."""
     strategies = tuple(name for name in ASSET_STRATEGIES if name in _selected_names(context))
-    return fusion.fusion_config(strategies)
+    config = fusion.fusion_config(strategies)
+    if context.run.tags.get(RECHECK_TEXT_TAG, "").lower() == "true":
+        config = replace(config, recheck_text_files=True)
+    return config
 
 
 def _selected_names(context: OpExecutionContext) -> set[str]:
