@@ -542,19 +542,20 @@ _EXITS: tuple[tuple[type[BaseException], int, str, str], ...] = (
         "; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
     ),
 )
-_SETUP_CODES = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
 def exit_for(exc: BaseException) -> tuple[int, str] | None:
     """The one place that maps an error to (exit code, message); None for a bug (let it raise)."""
+    verdict = _verdict(exc)
+    return None if verdict is None else (verdict[0], s3io.redacted(verdict[1]))
+
+
+def _verdict(exc: BaseException) -> tuple[int, str] | None:
     for kind, code, prefix, hint in _EXITS:
         if isinstance(exc, kind):
             return code, f"{prefix}: {exc}{hint}" if prefix else f"{exc}{hint}"
-    if isinstance(exc, botocore.exceptions.ClientError) and s3io.error_code(exc) in _SETUP_CODES:
-        return (
-            EXIT_USAGE,
-            f"error: S3 said {s3io.error_code(exc)} ({exc}); check --bucket and your AWS credentials",
-        )
+    if (problem := s3io.setup_problem(exc)) is not None:
+        return EXIT_USAGE, f"error: {problem}"
     if s3io.is_fault(exc):  # any command: an outage is "retry later", never a traceback
         return EXIT_UNAVAILABLE, str(s3io.unavailable(exc, "talking to it"))
     return None

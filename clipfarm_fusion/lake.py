@@ -9,7 +9,9 @@ use no DataFusion scan or MERGE because those hold whole files and join in memor
 1M-row table). Any engine that reads Delta (deltalake, polars, duckdb, Spark, Trino) reads the tables.
 
 delta-rs brings its own S3 client: its settings are derived here from our boto3 client (endpoint,
-region, credentials) and from the run's S3 patience; `s3io.is_fault` recognises its faults.
+region, credentials) and from the run's S3 patience; `s3io.is_fault` recognises its faults and
+`s3io.setup_problem` its refusals. Temporary credentials are never copied: delta-rs resolves and
+refreshes them from the standard chain itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from botocore.credentials import RefreshableCredentials
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError as CommitFailedError  # re-exported for callers
 from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -58,7 +61,14 @@ def storage_options(client, patience_s: float = 60.0) -> dict[str, str]:
         if endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
     credentials = client._request_signer._credentials  # botocore keeps the resolved chain here only
-    if credentials is not None:
+    if isinstance(credentials, RefreshableCredentials):
+        # Temporary credentials (a role, web identity, SSO, instance or container credentials): delta-rs
+        # resolves the same standard chain itself and refreshes them as they expire, however long the
+        # run; a copy would expire mid-run.
+        profile = s3io.profile_of(client)
+        if profile:
+            options["AWS_PROFILE"] = profile
+    elif credentials is not None:  # static keys never expire: the very ones boto3 uses
         frozen = credentials.get_frozen_credentials()
         options["AWS_ACCESS_KEY_ID"] = frozen.access_key
         options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
@@ -79,6 +89,8 @@ def open_table(location: str, options: dict[str, str]) -> DeltaTable | None:
     except TableNotFoundError:
         return None
     except (DeltaError, OSError) as exc:
+        if (problem := s3io.setup_problem(exc, location.removeprefix("s3://").split("/", 1)[0])) is not None:
+            raise problem from None
         if s3io.is_fault(exc):
             raise
         raise StoreError(

@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,20 @@ _BODY_ERRORS = (
 )
 
 
+# S3 refusing who we are, not what we asked: the credentials are wrong, expired or not allowed.
+CREDENTIAL_CODES = (
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "TokenRefreshRequired",
+    "InvalidToken",
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+)
+# delta-rs names the S3 error code in its message when the answer had a body; a HEAD's has none.
+_DELTA_RS_REFUSED = ("403 Forbidden", "lacked the necessary privileges")
+
 _DELTA_RS_FAULTS = (
     "Generic S3 error",
     "error sending request",
@@ -90,7 +105,18 @@ def make_client(
     except botocore.exceptions.ProfileNotFound as exc:
         raise ConfigError(f"{exc}; set AWS_PROFILE to a profile in ~/.aws/config, or unset it") from None
     region = region_name or session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
-    return session.client("s3", config=config, region_name=region, endpoint_url=endpoint_url or None)
+    client = session.client("s3", config=config, region_name=region, endpoint_url=endpoint_url or None)
+    if profile_name:
+        _PROFILES[client] = profile_name
+    return client
+
+
+_PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> the profile it was made with
+
+
+def profile_of(client) -> str | None:
+    """The AWS profile a client was made with (`make_client(profile_name=...)`), else AWS_PROFILE."""
+    return _PROFILES.get(client) or os.environ.get("AWS_PROFILE")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -111,12 +137,58 @@ def is_missing(exc: Exception) -> bool:
     return isinstance(exc, botocore.exceptions.ClientError) and error_code(exc) in _MISSING_CODES
 
 
+def setup_problem(exc: BaseException, bucket: str | None = None) -> ConfigError | None:
+    """The ConfigError (exit 2) for an answer that no retry can change, from boto3 or from delta-rs: S3
+    refused the credentials (wrong, expired, or not allowed), or the bucket does not exist. None for
+    anything else. The message names the cause and what to do, never a secret."""
+    code = _answer_code(exc)
+    where = f"s3://{bucket}" if bucket else "the bucket"
+    if code in CREDENTIAL_CODES or (code == "" and _delta_rs_text(exc, _DELTA_RS_REFUSED)):
+        return ConfigError(
+            f"S3 refused the credentials for {where} ({code or '403 Forbidden'}): they are wrong, expired or "
+            "not allowed there. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role "
+            "this runs as, and refresh an expired session token; nothing was written"
+        )
+    if code == "NoSuchBucket":
+        return ConfigError(
+            f"{where} does not exist (NoSuchBucket): check --bucket (or CLIPFARM_BUCKET) and "
+            "AWS_ENDPOINT_URL; nothing was written"
+        )
+    return None
+
+
+def redacted(message: str) -> str:
+    """`message` without the secret key or session token of the environment, should an error from
+    below ever quote one."""
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 8:
+            message = message.replace(secret, f"<{name}>")
+    return message
+
+
+def _answer_code(exc: BaseException) -> str:
+    """The S3 error code of a boto3 ClientError, or the one a delta-rs error quotes; "" when none."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return error_code(exc)
+    if isinstance(exc, (OSError, DeltaError)):
+        return next((c for c in (*CREDENTIAL_CODES, "NoSuchBucket") if f"<Code>{c}</Code>" in str(exc)), "")
+    return ""
+
+
+def _delta_rs_text(exc: BaseException, markers: tuple[str, ...]) -> bool:
+    return isinstance(exc, (OSError, DeltaError)) and any(marker in str(exc) for marker in markers)
+
+
 def is_fault(exc: BaseException) -> bool:
     """An infrastructure fault (the connection, a timeout, a 5xx or throttling answer), as opposed to
-    an answer about the object itself: faults are never recorded against an item."""
+    an answer about the object itself: faults are never recorded against an item. Refused credentials
+    and a missing bucket are no fault (`setup_problem`): waiting would not change them."""
+    if setup_problem(exc) is not None:
+        return False
     if isinstance(exc, _FAULT_ERRORS):
         return True
-    if isinstance(exc, (OSError, DeltaError)) and any(marker in str(exc) for marker in _DELTA_RS_FAULTS):
+    if _delta_rs_text(exc, _DELTA_RS_FAULTS):
         return True  # delta-rs (the lake tables' own S3 client) names the HTTP failure in its message
     if isinstance(exc, botocore.exceptions.ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -139,6 +211,8 @@ def faults_as_outage(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        if (problem := setup_problem(exc)) is not None:
+            raise problem from exc
         if is_fault(exc):
             raise unavailable(exc, what) from exc
         raise

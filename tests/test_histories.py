@@ -15,11 +15,13 @@ A failing history names its seed and prints its steps; rerun one with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
@@ -35,12 +37,12 @@ from clipfarm_fusion import (
     plan,
     read_manifest,
     read_state,
-    readers,
     sweep,
     synthetic,
     verify,
 )
 from clipfarm_fusion.config import FusionConfig
+from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.layout import Layout
 
 LOG = logging.getLogger("histories")
@@ -50,7 +52,7 @@ DIM = 4
 FIRST_DAY = date(2026, 3, 1)
 DAYS = [FIRST_DAY + timedelta(days=n) for n in range(8)]
 HISTORIES = int(os.environ.get("CLIPFARM_HISTORIES", "200"))
-STEPS = 7  # steps per history, besides the final quiet run
+STEPS = 5  # steps per history, besides the final quiet run
 
 
 @dataclass
@@ -251,7 +253,7 @@ class History:
 
     def gc(self) -> None:
         for strategy in self.config.strategies:
-            if self.published(strategy):  # with nothing published gc refuses (test_gc)
+            with unpublished_skipped():  # with nothing published gc refuses (test_gc)
                 sweep.sweep(self.client, self.bucket, ROOT, strategy, older_than=timedelta(0))
 
     def settle(self) -> None:
@@ -268,16 +270,22 @@ class History:
 
     def check(self, where: str) -> None:
         for strategy in self.config.strategies:
-            if not self.published(strategy):
-                continue
-            report = verify.verify_strategy(self.client, self.bucket, ROOT, strategy)
-            assert report.ok, self.failure(where, "\n".join(report.lines()))
-
-    def published(self, strategy: str) -> bool:
-        return readers.manifest_table(self.client, self.bucket, ROOT, strategy) is not None
+            with unpublished_skipped():
+                report = verify.verify_strategy(self.client, self.bucket, ROOT, strategy)
+                assert report.ok, self.failure(where, "\n".join(report.lines()))
 
     def failure(self, where: str, what: str) -> str:
         return f"{where}: {what}\nsteps:\n  " + "\n  ".join(self.steps)
+
+
+@contextlib.contextmanager
+def unpublished_skipped() -> Iterator[None]:
+    """Skip what needs a manifest while nothing is published yet (the ConfigError that says so)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if "nothing has been fused" not in str(exc):
+            raise
 
 
 def new_history(seed: int, client, bucket: str, state_dir) -> History:
