@@ -319,3 +319,63 @@ def test_the_text_recheck_job_and_its_weekly_schedule(client, bucket, tmp_path):
     assert result.success
     state = read_state("concat", bucket=bucket, root=ROOT, client=client).set_index("video_id")
     assert (state.loc[placeholders, "status"] == "success_full").all()
+
+
+def test_two_days_with_disjoint_videos_both_commit(client, bucket, tmp_path):
+    """Case 2's last point: a state write since the plan is a conflict only for the videos it wrote. D+1
+    plans its new videos; D, planned after the text arrived, upgrades yesterday's placeholders; both
+    commit, in either order of commits."""
+    day, placeholders = _seed(client, bucket)
+    config = _config(bucket, tmp_path)
+    pipeline.run(config, date(2026, 3, 1), client=client)
+    later_day, later_objects = synthetic.make_day(
+        6, dim=8, mix={"full": 1.0}, run_date=date(2026, 3, 2), prefix="new"
+    )
+    for suffix, body in later_objects.items():
+        client.put_object(Bucket=bucket, Key=f"{ROOT}/{suffix}", Body=body)
+    new_rows = pd.read_csv(io.BytesIO(later_day.metadata_csv))
+    new_rows = new_rows[~new_rows["url"].str.endswith("?old")]  # captured on 03-02 only
+    horizon = pd.concat([pd.read_csv(io.BytesIO(day.metadata_csv)), new_rows])
+    client.put_object(
+        Bucket=bucket, Key=Layout(ROOT).metadata_key(), Body=horizon.to_csv(index=False).encode()
+    )
+    later = plan.plan(config, date(2026, 3, 2), client, LOG)
+    for video_id in placeholders:
+        _text_file(client, bucket, video_id)
+    _text_row(client, bucket, day, set(placeholders))
+    rows = _text_rows(day, set(placeholders), "2026-03-11T00:00:00+00:00")
+    rows += [(v, _hash(later_day, v), "2026-03-02T00:00:00+00:00", "success", None) for v in later_day.cases]
+    client.put_object(Bucket=bucket, Key=Layout(ROOT).text_state_key(), Body=synthetic.text_state_db(rows))
+    earlier = plan.plan(config, date(2026, 3, 1), client, LOG)
+    assert later.strategies[0].delta == len(later_day.cases) and earlier.strategies[0].delta == len(
+        placeholders
+    )
+    later_results = chunk.run_all(config, later, client, LOG)
+    earlier_results = chunk.run_all(config, earlier, client, LOG)
+    first = commit.commit(config, later, later_results, client)
+    second = commit.commit(config, earlier, earlier_results, client)
+    assert not first.conflicts and not second.conflicts
+    assert first.strategies["concat"].counts == {"success_full": len(later_day.cases)}
+    assert second.strategies["concat"].counts == {"success_full": len(placeholders)}
+    _agree(client, bucket)
+
+
+def test_a_backfill_does_not_spend_a_retry_a_later_run_spent(client, bucket, tmp_path):
+    """Case 5, retries: a broken video failed at 03-05 (retry 1); a backfill of 03-02 leaves it (and its
+    retry) alone; the next daily run retries it (retry 2)."""
+    day, objects = synthetic.make_day(6, dim=8, mix={"full": 0.5, "corrupt_nan": 0.5})
+    synthetic.seed(client, bucket, ROOT, day, objects, threads=4)
+    broken = sorted(v for v, case in day.cases.items() if case == "corrupt_nan")
+    config = _config(bucket, tmp_path)
+
+    def retries() -> list[int]:
+        state = read_state("concat", bucket=bucket, root=ROOT, client=client).set_index("video_id")
+        return state.loc[broken, "retry_count"].tolist()
+
+    pipeline.run(config, date(2026, 3, 5), client=client)
+    assert retries() == [1] * len(broken)
+    backfill = pipeline.run(config, date(2026, 3, 2), client=client)
+    assert backfill.strategies["concat"].behind == "2026-03-05"
+    assert retries() == [1] * len(broken)
+    pipeline.run(config, date(2026, 3, 6), client=client)
+    assert retries() == [2] * len(broken)
