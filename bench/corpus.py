@@ -326,7 +326,8 @@ def generate(
                     "fusion_status": pa.array(statuses, pa.string()),
                     "retry_count_at_write": np.zeros(corpus, np.int32),
                 },
-                schema=manifest.SCHEMA,
+                # the seed-era file's columns: no fused_at (the import leaves it null: older than any commit)
+                schema=pa.schema([f for f in manifest.SCHEMA if f.name != "fused_at"]),
             )
             manifest_path = work / f"fused_manifest_{strategy}.parquet"
             pq.write_table(table, manifest_path, compression="zstd")
