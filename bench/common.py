@@ -12,7 +12,7 @@ import resource
 import sys
 from pathlib import Path
 
-from clipfarm_fusion.embedded_s3 import moto_server_process as moto_process  # noqa: F401 - re-exported
+from clipfarm_fusion.devtools.embedded_s3 import moto_server_process as moto_process  # noqa: F401 - re-exported
 
 BENCH_DIR = Path(__file__).resolve().parent
 CREDENTIALS = {

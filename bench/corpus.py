@@ -59,11 +59,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
-from clipfarm_fusion import manifest, package_data, policy, s3io  # noqa: E402
-from clipfarm_fusion.fuse import FusionOptions  # noqa: E402
-from clipfarm_fusion.layout import Layout  # noqa: E402
-from clipfarm_fusion.schema_lock import SchemaLock  # noqa: E402
-from clipfarm_fusion.synthetic import npy_bytes  # noqa: E402
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.core.kernels import FusionOptions  # noqa: E402
+from clipfarm_fusion.core.layout import Layout  # noqa: E402
+from clipfarm_fusion.devtools import package_data
+from clipfarm_fusion.devtools.synthetic import npy_bytes  # noqa: E402
+from clipfarm_fusion.stores import (
+    manifest,  # noqa: E402
+    s3io,
+)
+from clipfarm_fusion.stores.schema_lock import SchemaLock  # noqa: E402
 
 RUN_DATE = date(2026, 3, 1)
 DIM = 768

@@ -52,7 +52,7 @@ from proxy import METHODS, start_proxy  # noqa: E402
 from seed import RUN_DATE, make, seed_day  # noqa: E402
 
 REPO = BENCH_DIR.parent
-CLI_IMPORTS = "import clipfarm_fusion.cli, clipfarm_fusion.pipeline"
+CLI_IMPORTS = "import clipfarm_fusion.cli.main, clipfarm_fusion.run.pipeline"
 DAGSTER_IMPORTS = "import clipfarm_fusion.defs.definitions"
 PARTS = ("requests", "cpu", "scaling", "dagster")
 FUSED = ("success_full", "success_text_placeholder")
@@ -209,7 +209,7 @@ class Bench:
     """Owns moto, the generated day, the scratch dir; seeds a fresh bucket per run and measures it."""
 
     def __init__(self, moto_url: str, args: argparse.Namespace, scratch: Path) -> None:
-        from clipfarm_fusion import s3io
+        from clipfarm_fusion.stores import s3io
 
         self.moto_url, self.args, self.scratch = moto_url, args, scratch
         use_endpoint(moto_url)

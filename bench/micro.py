@@ -31,9 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, machine, moto_process  # noqa: E402
 from deltalake import write_deltalake  # noqa: E402
 
-from clipfarm_fusion import lake, manifest, state  # noqa: E402
 from clipfarm_fusion.config import STRATEGY_NAMES  # noqa: E402
-from clipfarm_fusion.fuse import fuse  # noqa: E402
+from clipfarm_fusion.core.kernels import fuse  # noqa: E402
+from clipfarm_fusion.stores import (
+    lake,  # noqa: E402
+    manifest,
+    state,
+)
 
 
 def best_of(repeats: int, work: Callable[[], object]) -> float:
@@ -200,7 +204,7 @@ def rss(videos: list[int]) -> dict:
     from run import child
     from seed import RUN_DATE, seed_day
 
-    from clipfarm_fusion import s3io
+    from clipfarm_fusion.stores import s3io
 
     result: dict[str, dict] = {}
     with moto_process() as url, tempfile.TemporaryDirectory() as scratch:

@@ -35,8 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import peak_rss_mb, use_endpoint  # noqa: E402
 
-from clipfarm_fusion import metadata, policy  # noqa: E402
 from clipfarm_fusion.config import DEFAULT_TEXT_TERMINAL_STATUSES  # noqa: E402
+from clipfarm_fusion.core import (
+    metadata,  # noqa: E402
+    policy,
+)
 
 MODALITIES = ("video", "audio", "text")
 MAX_FAIL_RETRIES = 3

@@ -20,7 +20,7 @@ def vm_hwm_mb() -> float:
 
 
 def main() -> None:
-    from clipfarm_fusion.cli import main as cli_main
+    from clipfarm_fusion.cli.main import main as cli_main
 
     code = cli_main(sys.argv[2:])
     Path(sys.argv[1]).write_text(f"{vm_hwm_mb():.1f}\n")

@@ -24,10 +24,11 @@ from common import moto_process, use_endpoint  # noqa: E402
 from proxy import start_proxy  # noqa: E402
 from seed import RUN_DATE, seed_day  # noqa: E402
 
-from clipfarm_fusion import pipeline, s3io  # noqa: E402
 from clipfarm_fusion.config import FusionConfig  # noqa: E402
-from clipfarm_fusion.layout import Layout  # noqa: E402
-from clipfarm_fusion.readback import read_vectors  # noqa: E402
+from clipfarm_fusion.core.layout import Layout  # noqa: E402
+from clipfarm_fusion.read.vectors import read_vectors  # noqa: E402
+from clipfarm_fusion.run import pipeline  # noqa: E402
+from clipfarm_fusion.stores import s3io
 
 BUCKET, ROOT = "read-bench", "clipfarm"
 

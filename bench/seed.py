@@ -1,6 +1,6 @@
 """Seed an S3 endpoint with a synthetic day of N videos, the same generator the demo and tests use.
 
-`clipfarm_fusion.synthetic.DEFAULT_MIX`: ~70% full, 10% text placeholder, the rest pending, missing
+`clipfarm_fusion.devtools.synthetic.DEFAULT_MIX`: ~70% full, 10% text placeholder, the rest pending, missing
 or corrupt; 768-d float32; every 10th video has an older duplicate metadata row. The day is a pure
 function of (videos, seed), so every benchmark run and the naive baseline see identical bytes.
 
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import use_endpoint  # noqa: E402
 
-from clipfarm_fusion import s3io, synthetic  # noqa: E402
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.stores import s3io  # noqa: E402
 
 RUN_DATE = date(2026, 3, 1)
 

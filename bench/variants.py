@@ -26,8 +26,8 @@ def apply(variant: str) -> None:
         return
     if variant != "one_wave":
         raise ValueError(f"unknown variant {variant!r}")
-    from clipfarm_fusion import fetch as fetch_stage
-    from clipfarm_fusion import s3io
+    from clipfarm_fusion.run import fetch as fetch_stage
+    from clipfarm_fusion.stores import s3io
 
     pools: dict[int, ThreadPoolExecutor] = {}
     original_get_many = s3io.get_many

@@ -40,7 +40,7 @@ def ours(
     use_endpoint(endpoint)
     import variants
 
-    from clipfarm_fusion import pipeline
+    from clipfarm_fusion.run import pipeline
 
     variants.apply(variant)
     from clipfarm_fusion.config import FusionConfig
@@ -77,7 +77,7 @@ def naive(endpoint: str, bucket: str, root: str, strategies: list[str], out: str
 def floor(endpoint: str, bucket: str, keys_file: str, threads: int) -> dict:
     """GET every existing object once, `threads` at a time, reading each body: the least any run can do."""
     use_endpoint(endpoint)
-    from clipfarm_fusion import s3io
+    from clipfarm_fusion.stores import s3io
 
     keys = json.loads(Path(keys_file).read_text())
     started, cpu = time.monotonic(), time.process_time()
@@ -137,7 +137,7 @@ def _write_profile(profilers: list[cProfile.Profile], path: str) -> None:
 
 def imports() -> dict:
     """The RSS floor of any run of ours: the interpreter plus the pipeline's imports."""
-    import clipfarm_fusion.pipeline  # noqa: F401
+    import clipfarm_fusion.run.pipeline  # noqa: F401
 
     return {"peak_rss_mb": peak_rss_mb()}
 

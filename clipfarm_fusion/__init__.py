@@ -2,7 +2,7 @@
 published; `read_vectors` reads the fused vectors back.
 
 The export is resolved lazily (PEP 562) so that importing a pure module such as
-`clipfarm_fusion.fuse` does not pull boto3 and pandas in with the package.
+`clipfarm_fusion.core.kernels` does not pull boto3 and pandas in with the package.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .readback import MissingVectorsWarning, read_vectors
-    from .readers import read_manifest, read_state
+    from .read.tables import read_manifest, read_state
+    from .read.vectors import MissingVectorsWarning, read_vectors
 
 __all__ = ["MissingVectorsWarning", "read_manifest", "read_state", "read_vectors"]
-_HOMES = {"MissingVectorsWarning": "readback", "read_vectors": "readback"}
+_HOMES = {"MissingVectorsWarning": "read.vectors", "read_vectors": "read.vectors"}
 
 
 def __getattr__(name: str):
     if name in __all__:
         from importlib import import_module
 
-        return getattr(import_module(f".{_HOMES.get(name, 'readers')}", __name__), name)
+        return getattr(import_module(f".{_HOMES.get(name, 'read.tables')}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import ConfigError
-from .fuse import DEFAULT_STRATEGIES, STRATEGIES, FusionOptions
+from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES, STRATEGIES, FusionOptions
+from clipfarm_fusion.errors import ConfigError
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every registered strategy
 DEFAULT_ROOT = "clipfarm"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from clipfarm_fusion import s3io, synthetic
 from clipfarm_fusion.config import FusionConfig
-from clipfarm_fusion.embedded_s3 import moto_server_process
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.devtools.embedded_s3 import moto_server_process
+from clipfarm_fusion.stores import s3io
 
 _bucket_numbers = itertools.count()
 
@@ -71,8 +72,8 @@ def replace_manifest(client, bucket: str, root: str, strategy: str, table) -> No
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from clipfarm_fusion import lake, manifest
-    from clipfarm_fusion.layout import Layout
+    from clipfarm_fusion.core.layout import Layout
+    from clipfarm_fusion.stores import lake, manifest
 
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)

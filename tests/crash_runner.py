@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 
-from clipfarm_fusion import cli, lake, s3io
+from clipfarm_fusion.cli import main as cli
+from clipfarm_fusion.stores import lake, s3io
 
 # lake's functions that commit to an open table (their first argument); `create` takes a location.
 COMMITS_TO_A_TABLE = ("merge", "replace", "note")

@@ -13,8 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clipfarm_fusion import lake, read_manifest, read_state, readers, s3io, synthetic
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.read.tables import manifest_table
+from clipfarm_fusion.stores import lake, s3io
 
 CLI = str(Path(sys.executable).parent / "clipfarm-fusion")
 
@@ -289,9 +292,9 @@ def test_migrate_schema_accepts_new_dims_and_keeps_old_rows_readable(client, see
     assert "nothing to do" in cli(*migrate).stdout
 
     assert cli(*run).returncode == 0
-    from clipfarm_fusion import shards
+    from clipfarm_fusion.stores import shards
 
-    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
+    table = manifest_table(client, seeded.bucket, "clipfarm", "concat")
     assert sorted(set(table["fused_dim"].to_pylist())) == [2305, 2561]
     for row in table.to_pylist():
         shard = shards.decode(client.get_object(Bucket=seeded.bucket, Key=row["fused_key"])["Body"].read())

@@ -4,9 +4,13 @@ the other (this test fails until it is declared on both, or listed below with th
 
 import dataclasses
 
-from clipfarm_fusion.cli import build_parser
+import pytest
+
+from clipfarm_fusion.cli.main import build_parser
 from clipfarm_fusion.config import FusionConfig, parse_strategies
 from clipfarm_fusion.defs.resources import FusionResource
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 # FusionConfig field -> (CLI `run` dest, FusionResource field); None: not on that surface, for the reason given.
 SURFACES = {
@@ -31,6 +35,10 @@ SURFACES = {
     "s3_patience_seconds": ("s3_patience", "s3_patience_seconds"),
     "strict_dates": ("strict_dates", "strict_dates"),
     "sample_size": ("sample_size", "sample_size"),
+    "recheck_text_files": (
+        "recheck_text",
+        None,
+    ),  # Dagster: the run tag clipfarm/recheck_text (job text_recheck)
     "progress": (None, None),  # the CLI draws a bar when stderr is a terminal; Dagster shows its own
 }
 # A CLI default spelled otherwise than the config's: what it means as a config value.

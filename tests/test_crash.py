@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from clipfarm_fusion import policy, read_manifest, read_state, shards
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.stores import shards
 
 from .test_pipeline import expected_vector
 

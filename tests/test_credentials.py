@@ -18,7 +18,8 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from clipfarm_fusion import lake, s3io, synthetic
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.stores import lake, s3io
 
 from .seaweedfs import seaweedfs_server
 

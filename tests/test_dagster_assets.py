@@ -22,7 +22,9 @@ from dagster import (
 )
 
 import clipfarm_fusion
-from clipfarm_fusion import readers, s3io, schema_lock, shards, synthetic
+from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES as STRATEGY_NAMES
+from clipfarm_fusion.core.kernels import FusionOptions
+from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.checks import published_outputs
 from clipfarm_fusion.defs.definitions import defs
@@ -30,9 +32,9 @@ from clipfarm_fusion.defs.ops import FUSION_POOL
 from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.defs.schedules import fuse_daily_schedule
 from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
-from clipfarm_fusion.fuse import DEFAULT_STRATEGIES as STRATEGY_NAMES
-from clipfarm_fusion.fuse import FusionOptions
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.read import tables
+from clipfarm_fusion.stores import s3io, schema_lock, shards
 
 LAYOUT = Layout("clipfarm")
 UPSTREAM_KEYS = {
@@ -89,7 +91,7 @@ def test_partition_materialises_all_strategies_with_metadata(seed_day, client):
         assert "| fail |" in values["status_chart"] and "█" in values["status_chart"]
         assert "truncated" in values["samples"] and values["items_per_second"] > 0
 
-        table = readers.manifest_table(client, seeded.bucket, "clipfarm", strategy)
+        table = tables.manifest_table(client, seeded.bucket, "clipfarm", strategy)
         lock = schema_lock.read(client, seeded.bucket, LAYOUT.schema_key(strategy))
         assert table.num_rows == fused and lock.fused_dim == values["fused_dim"]
         assert {k.split("/")[-2] for k in table["fused_key"].to_pylist()} == {"date=2026-03-01"}
@@ -112,8 +114,8 @@ def test_single_strategy_materialises_only_that_strategy(seed_day, client):
         [fuse_embeddings], partition_key="2026-03-01", resources=fusion(seeded), selection=["sum_pool"]
     )
     assert result.success and set(materialized(result)) == {"sum_pool"}
-    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "sum_pool") is not None
-    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
+    assert tables.manifest_table(client, seeded.bucket, "clipfarm", "sum_pool") is not None
+    assert tables.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
 
 
 def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
@@ -138,7 +140,7 @@ def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
         assert materialized(result)["concat"]["delta"] == 20
         ids = shard_ids(client, seeded.bucket, "concat", day)
         assert len(ids) == 20 and all(v.startswith(prefix) for v in ids)
-    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
+    table = tables.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     assert table.num_rows == 40
 
 
@@ -237,8 +239,8 @@ def test_a_strategy_that_must_stop_fails_alone_and_the_others_materialise(seed_d
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
     assert "concat: " in failure.description and "999" in failure.description
     assert set(failure.metadata) == {"stopped/concat"}
-    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
-    assert readers.manifest_table(client, seeded.bucket, "clipfarm", "max_pool") is not None
+    assert tables.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
+    assert tables.manifest_table(client, seeded.bucket, "clipfarm", "max_pool") is not None
 
 
 @pytest.fixture

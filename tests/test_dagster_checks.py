@@ -3,11 +3,11 @@
 import pyarrow as pa
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey, AssetSelection, materialize
 
-from clipfarm_fusion import readers
+from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.checks import OUTPUT_CHECKS, published_outputs
 from clipfarm_fusion.defs.resources import FusionResource
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.read import tables
 
 from .conftest import replace_manifest
 
@@ -23,7 +23,7 @@ def test_checks_fail_on_a_corrupted_manifest_and_block(seed_day, client):
         [fuse_embeddings], partition_key="2026-03-01", resources=resources, selection=["concat"]
     ).success
 
-    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
+    table = tables.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     bad_pointer = table.slice(0, 1).set_column(
         table.schema.get_field_index("shard_idx"), "shard_idx", pa.array([999], pa.int32())
     )
@@ -74,7 +74,7 @@ def test_pointer_check_in_a_partitioned_run_reads_every_shard_of_the_day(seed_da
     assert first.success
     evaluations = {e.check_name: e for e in first.get_asset_check_evaluations()}
     passed = evaluations["manifest_pointers_resolve"]
-    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "concat")
+    table = tables.manifest_table(client, seeded.bucket, "clipfarm", "concat")
     keys = sorted(set(table["fused_key"].to_pylist()))
     assert len(keys) >= 10 and passed.passed
     assert passed.metadata["shards_checked"].value == len(keys) == passed.metadata["partition_shards"].value

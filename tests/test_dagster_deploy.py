@@ -9,8 +9,9 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
-from clipfarm_fusion import dev, package_data, s3io, synthetic
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import dev, package_data, synthetic
+from clipfarm_fusion.stores import s3io
 
 REPO = Path(__file__).resolve().parent.parent
 

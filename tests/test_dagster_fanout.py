@@ -35,14 +35,16 @@ from dagster import (
     validate_run_config,
 )
 
-from clipfarm_fusion import chunk, pipeline, read_manifest, read_state, synthetic
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES
+from clipfarm_fusion.core.policy import INVALID_VIDEO_ID, SUCCESS_FULL, SUCCESS_PLACEHOLDER
 from clipfarm_fusion.defs import definitions, executors
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.resources import FusionResource
-from clipfarm_fusion.embedded_s3 import free_port
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.devtools.embedded_s3 import free_port
 from clipfarm_fusion.errors import ConfigError, S3UnavailableError
-from clipfarm_fusion.fuse import DEFAULT_STRATEGIES
-from clipfarm_fusion.policy import INVALID_VIDEO_ID, SUCCESS_FULL, SUCCESS_PLACEHOLDER
+from clipfarm_fusion.run import chunk, pipeline
 
 from .conftest import Seeded
 from .test_stages import assert_same, published

@@ -1,8 +1,11 @@
-"""DESIGN §3 delta rules on the pure `delta.compute`."""
+"""DESIGN §3 delta rules on the pure `worklist.compute`."""
 
 import pandas as pd
+import pytest
 
-from clipfarm_fusion import delta, policy
+from clipfarm_fusion.core import policy, worklist
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 
 def horizon(*rows):
@@ -22,13 +25,13 @@ def reasons(result):
 
 
 def test_new_video_enters_with_no_retries():
-    result = delta.compute(horizon(("a", "h1")), state(("z", "h", policy.SUCCESS_FULL, 0)))
-    assert reasons(result) == {"a": delta.NEW}
+    result = worklist.compute(horizon(("a", "h1")), state(("z", "h", policy.SUCCESS_FULL, 0)))
+    assert reasons(result) == {"a": worklist.NEW}
     assert result["retry_base"].tolist() == [0]
 
 
 def test_terminal_statuses_with_same_hash_are_done():
-    result = delta.compute(
+    result = worklist.compute(
         horizon(("a", "h"), ("b", "h")),
         state(("a", "h", policy.SUCCESS_FULL, 0), ("b", "h", policy.FAIL_TERMINAL, 4)),
     )
@@ -36,13 +39,13 @@ def test_terminal_statuses_with_same_hash_are_done():
 
 
 def test_changed_hash_reenters_and_resets_retries():
-    result = delta.compute(horizon(("a", "new")), state(("a", "old", policy.FAIL_TERMINAL, 4)))
-    assert reasons(result) == {"a": delta.HASH_CHANGED}
+    result = worklist.compute(horizon(("a", "new")), state(("a", "old", policy.FAIL_TERMINAL, 4)))
+    assert reasons(result) == {"a": worklist.HASH_CHANGED}
     assert result["retry_base"].tolist() == [0]
 
 
 def test_non_terminal_statuses_reenter_keeping_retries():
-    result = delta.compute(
+    result = worklist.compute(
         horizon(("a", "h"), ("b", "h"), ("c", "h")),
         state(
             ("a", "h", policy.FAIL, 2),
@@ -50,11 +53,15 @@ def test_non_terminal_statuses_reenter_keeping_retries():
             ("c", "h", policy.MISSING_REQUIRED, 0),
         ),
     )
-    assert reasons(result) == {"a": delta.NOT_TERMINAL, "b": delta.NOT_TERMINAL, "c": delta.NOT_TERMINAL}
+    assert reasons(result) == {
+        "a": worklist.NOT_TERMINAL,
+        "b": worklist.NOT_TERMINAL,
+        "c": worklist.NOT_TERMINAL,
+    }
     assert dict(zip(result["video_id"], result["retry_base"], strict=True)) == {"a": 2, "b": 0, "c": 0}
 
 
 def test_placeholder_reenters_as_upgrade_check():
-    result = delta.compute(horizon(("a", "h")), state(("a", "h", policy.SUCCESS_PLACEHOLDER, 0)))
-    assert reasons(result) == {"a": delta.UPGRADE_CHECK}
+    result = worklist.compute(horizon(("a", "h")), state(("a", "h", policy.SUCCESS_PLACEHOLDER, 0)))
+    assert reasons(result) == {"a": worklist.UPGRADE_CHECK}
     assert result["prior_status"].tolist() == [policy.SUCCESS_PLACEHOLDER]

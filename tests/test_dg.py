@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from clipfarm_fusion import dev, read_manifest, s3io
-from clipfarm_fusion.embedded_s3 import free_port
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import dev
+from clipfarm_fusion.devtools.embedded_s3 import free_port
+from clipfarm_fusion.stores import s3io
 
 REPO = Path(__file__).resolve().parent.parent
 DG = Path(sys.executable).parent / "dg"

@@ -12,9 +12,11 @@ import pyarrow as pa
 import pytest
 
 from bench.proxy import start_proxy
-from clipfarm_fusion import manifest, pipeline, read_manifest, read_state, s3io
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import ConcurrentWriteError
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import manifest, s3io
 
 from .test_crash import assert_converged
 from .test_pipeline import DAY
@@ -142,8 +144,9 @@ def assert_newest_commit_wins(table, video_id: str, alongside: str) -> None:
 WRITER_PROCESS = """
 import sys
 import pyarrow as pa
-from clipfarm_fusion import manifest, s3io
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.stores import manifest
+from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.core.layout import Layout
 from tests.test_faults import rows
 
 bucket, n, commits = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -4,9 +4,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from clipfarm_fusion import pipeline, sweep
+from clipfarm_fusion.admin import sweep
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.readers import read_manifest
+from clipfarm_fusion.read.tables import read_manifest
+from clipfarm_fusion.run import pipeline
 
 from .test_cli import cli
 

@@ -29,21 +29,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfarm_fusion import (
-    chunk,
-    commit,
-    maintenance,
-    pipeline,
-    plan,
-    read_manifest,
-    read_state,
-    sweep,
-    synthetic,
-    verify,
-)
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.admin import maintenance, sweep
 from clipfarm_fusion.config import FusionConfig
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.read import verify
+from clipfarm_fusion.run import chunk, commit, pipeline, plan
 
 LOG = logging.getLogger("histories")
 ROOT = "clipfarm"

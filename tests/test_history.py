@@ -12,21 +12,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from clipfarm_fusion import (
-    chunk,
-    commit,
-    pipeline,
-    plan,
-    read_manifest,
-    read_state,
-    readback,
-    staging,
-    sweep,
-    synthetic,
-    verify,
-)
-from clipfarm_fusion.cli import main
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.admin import sweep
+from clipfarm_fusion.cli.main import main
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.read import verify
+from clipfarm_fusion.read.vectors import latest_per_video, read_vectors
+from clipfarm_fusion.run import chunk, commit, pipeline, plan, staging
 
 LOG = logging.getLogger("test")
 ROOT = "clipfarm"
@@ -105,9 +98,7 @@ def test_a_backfill_behind_a_later_day_upgrades_placeholders_and_the_manifest_fo
     assert backfill.strategies["concat"].manifest_updated == len(placeholders)
     state = read_state("concat", bucket=bucket, root=ROOT, client=client).set_index("video_id")
     assert (state.loc[placeholders, "status"] == "success_full").all()
-    ids, vectors, rows = readback.read_vectors(
-        "concat", placeholders, bucket=bucket, root=ROOT, client=client
-    )
+    ids, vectors, rows = read_vectors("concat", placeholders, bucket=bucket, root=ROOT, client=client)
     assert (rows["text_present"].to_numpy() == 1).all() and (vectors[:, -1] == 1).all()
     assert set(rows["fused_key"].to_pylist()) == set(state.loc[placeholders, "artifact_key"])
     _agree(client, bucket)
@@ -125,7 +116,7 @@ def test_same_capture_rows_are_ordered_by_commit_not_by_part_numbers_as_text():
             "fused_at": ["2026-03-01T10:00:00.000001+00:00", "2026-03-01T10:00:00.000002+00:00"],
         }
     )
-    assert readback.latest_per_video(table)["fused_key"].to_pylist() == ["x/date=2026-03-01/part-10000.npz"]
+    assert latest_per_video(table)["fused_key"].to_pylist() == ["x/date=2026-03-01/part-10000.npz"]
 
 
 def test_overlapping_days_the_later_commit_of_stale_placeholders_yields(client, bucket, tmp_path):
@@ -251,8 +242,8 @@ def test_verify_and_the_check_catch_a_hand_made_disagreement(client, bucket, tmp
     assert verify.disagreements(rows, published.manifest) == []
     passed, facts = verify.state_matches_manifest(client, published)
     assert passed and facts["videos_compared"] == len(state)
-    from clipfarm_fusion import lake
-    from clipfarm_fusion import state as state_module
+    from clipfarm_fusion.stores import lake
+    from clipfarm_fusion.stores import state as state_module
 
     store = state_module.open_store(client, bucket, Layout(ROOT), "concat", tmp_path, 5)
     row = store.rows_for(pa.array([fused["video_id"]])).reset_index()

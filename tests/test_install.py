@@ -99,7 +99,8 @@ def test_installed_wheel_runs_from_an_empty_directory(site, tmp_path):
         f"""
         from pathlib import Path
         import clipfarm_fusion
-        from clipfarm_fusion import dev, package_data
+        from clipfarm_fusion.devtools import dev
+        from clipfarm_fusion.devtools import package_data
 
         site = Path({str(site)!r}).resolve()
         assert Path(clipfarm_fusion.__file__).resolve().is_relative_to(site), clipfarm_fusion.__file__
@@ -115,7 +116,7 @@ def test_installed_wheel_runs_from_an_empty_directory(site, tmp_path):
     )
     result = run_python(["-c", probe], cwd=empty, pythonpath=[site])
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-    result = run_python(["-m", "clipfarm_fusion.cli", "--help"], cwd=empty, pythonpath=[site])
+    result = run_python(["-m", "clipfarm_fusion.cli.main", "--help"], cwd=empty, pythonpath=[site])
     assert result.returncode == 0, result.stderr
     assert "demo" in result.stdout and "run" in result.stdout
     assert not list(empty.iterdir())
@@ -132,7 +133,7 @@ def unimportable(tmp_path: Path, module: str) -> Path:
 @pytest.mark.parametrize("command", ["demo", "dev"])
 def test_without_moto_demo_and_dev_exit_2_naming_the_demo_extra(site, tmp_path, command):
     result = run_python(
-        ["-m", "clipfarm_fusion.cli", command],
+        ["-m", "clipfarm_fusion.cli.main", command],
         cwd=tmp_path,
         pythonpath=[unimportable(tmp_path, "moto"), site],
     )
@@ -154,7 +155,7 @@ def test_without_moto_the_console_script_exits_2_too(tmp_path):
 
 def test_without_dg_dev_exits_2_naming_the_dev_extra(site, tmp_path):
     result = run_python(
-        ["-m", "clipfarm_fusion.cli", "dev"],
+        ["-m", "clipfarm_fusion.cli.main", "dev"],
         cwd=tmp_path,
         pythonpath=[unimportable(tmp_path, "dagster_dg_cli"), site],
     )

@@ -5,8 +5,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from clipfarm_fusion import known
-from clipfarm_fusion.known import Builder, KnownIndex
+from clipfarm_fusion.core import known
+from clipfarm_fusion.core.known import Builder, KnownIndex
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 SCHEMA = pa.schema([("video_id", pa.string()), ("captured_ns", pa.int64()), ("hash64", pa.int64())])
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from clipfarm_fusion import lake, pipeline
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import lake
 
 from .test_pipeline import snapshot
 

@@ -15,8 +15,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from clipfarm_fusion import lake, manifest, read_manifest, read_state, state, synthetic
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.stores import lake, manifest, state
 
 CLI = str(Path(sys.executable).parent / "clipfarm-fusion")
 BIG = 300_000

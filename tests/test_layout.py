@@ -2,8 +2,10 @@
 
 import pytest
 
+from clipfarm_fusion.core.layout import Layout, part_number, video_id_problem
 from clipfarm_fusion.errors import ItemError
-from clipfarm_fusion.layout import Layout, part_number, video_id_problem
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 
 @pytest.mark.parametrize(

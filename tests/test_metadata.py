@@ -12,9 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from clipfarm_fusion import known as known_index
-from clipfarm_fusion import latest, metadata, s3io
+from clipfarm_fusion.core import known as known_index
+from clipfarm_fusion.core import latest, metadata
 from clipfarm_fusion.errors import ConfigError
+from clipfarm_fusion.stores import s3io
 
 DAY = date(2026, 3, 1)
 
@@ -36,6 +37,8 @@ CSV = (
     "nodate,https://youtube.com/shorts/nodate,,no date,4\n"
     "edge00,https://youtube.com/shorts/edge00,2026-03-01T23:59:59+00:00,edge,5\n"
 ).encode()
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 
 def test_dedupes_to_latest_captured_at():
@@ -224,7 +227,7 @@ def test_video_id_from_url_parses_a_stripped_url():
     assert metadata.video_id_from_url("") is None
 
 
-# --- the one "latest row" rule (clipfarm_fusion/latest.py) as the metadata dedupe uses it ---
+# --- the one "latest row" rule (clipfarm_fusion/core/latest.py) as the metadata dedupe uses it ---
 
 
 def test_dedupe_compares_instants_across_offsets_in_either_file_order():

@@ -5,9 +5,11 @@ import io
 import numpy as np
 import pytest
 
+from clipfarm_fusion.core.npy import decode_vector
+from clipfarm_fusion.devtools.synthetic import npy_bytes, object_array_npy
 from clipfarm_fusion.errors import ItemError
-from clipfarm_fusion.npy import decode_vector
-from clipfarm_fusion.synthetic import npy_bytes, object_array_npy
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 
 def decode(body):

@@ -9,20 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfarm_fusion import (
-    manifest,
-    pipeline,
-    policy,
-    read_manifest,
-    read_state,
-    readers,
-    shards,
-    state,
-    synthetic,
-)
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.core.kernels import FusionOptions, fuse
+from clipfarm_fusion.core.npy import decode_vector
+from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.fuse import FusionOptions, fuse
-from clipfarm_fusion.npy import decode_vector
+from clipfarm_fusion.read import tables
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import manifest, shards, state
 
 DAY = date(2026, 3, 1)
 STRATEGIES = ("concat", "sum_pool", "max_pool")
@@ -73,7 +68,7 @@ def expected_vector(seeded, strategy, video_id, options=None):
 
 
 def manifest_table(client, seeded, strategy):
-    return readers.manifest_table(client, seeded.bucket, seeded.root, strategy)
+    return tables.manifest_table(client, seeded.bucket, seeded.root, strategy)
 
 
 def assert_every_pointer_resolves(client, seeded, strategy):

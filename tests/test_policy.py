@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from clipfarm_fusion import policy
+from clipfarm_fusion.core import policy
+
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
 
 H = "a" * 64
 TERMINAL = ("no_captions", "fail_empty_transcript_terminal")

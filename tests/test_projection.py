@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipfarm_fusion import pipeline, projection, readers, shards
+from clipfarm_fusion.core import projection
+from clipfarm_fusion.core.kernels import STRATEGIES, FusionOptions, fuse
+from clipfarm_fusion.devtools.synthetic import object_array_npy
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.fuse import STRATEGIES, FusionOptions, fuse
-from clipfarm_fusion.synthetic import object_array_npy
+from clipfarm_fusion.read import tables
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import shards
 
 from .test_pipeline import expected_vector
 
@@ -138,7 +141,7 @@ def test_make_projection_then_fuse_lock_and_drift(client, seed_day, tmp_path):
         client.get_object(Bucket=seeded.bucket, Key="clipfarm/fused/projection/schema.json")["Body"].read()
     )
     assert lock["projection_id"] == loaded.projection_id and lock["base_strategy"] == "concat"
-    table = readers.manifest_table(client, seeded.bucket, "clipfarm", "projection")
+    table = tables.manifest_table(client, seeded.bucket, "clipfarm", "projection")
     assert table.num_rows == summary.strategies["projection"].manifest_added > 0
     assert set(table["projection_id"].to_pylist()) == {loaded.projection_id}
     for row in table.to_pylist():

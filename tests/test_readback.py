@@ -15,16 +15,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from clipfarm_fusion import cli, manifest, pipeline, readcli, readers, s3io, synthetic
+from clipfarm_fusion.cli import main, reading
 from clipfarm_fusion.config import FusionConfig
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.layout import Layout
-from clipfarm_fusion.readback import (
+from clipfarm_fusion.read import tables
+from clipfarm_fusion.read.vectors import (
     BrokenPointerError,
     MissingVectorsWarning,
     latest_per_video,
     read_vectors,
 )
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import manifest, s3io
 from tests.conftest import replace_manifest
 from tests.test_pipeline import expected_vector
 
@@ -83,7 +87,7 @@ def two_days(s3_endpoint, tmp_path_factory) -> TwoDays:
 
 
 def manifest_of(client, two_days: TwoDays) -> pa.Table:
-    table = readers.manifest_table(client, two_days.bucket, ROOT, STRATEGY)
+    table = tables.manifest_table(client, two_days.bucket, ROOT, STRATEGY)
     assert table is not None
     return table
 
@@ -260,12 +264,12 @@ def test_config_errors_say_what_to_do(client, two_days, monkeypatch):
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(argv)
+    return main.build_parser().parse_args(argv)
 
 
 def test_inspect_prints_lock_totals_and_each_id(client, two_days, capsys):
     ids = ("--video-id", RECAPTURED, "nope", "--video-id", "b000004")
-    code = cli.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, *ids])
+    code = main.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, *ids])
     out = capsys.readouterr().out
     assert code == 0
     assert "fused_dim=2305 mask_appended=True" in out and "history: 0 earlier lock(s)" in out
@@ -290,7 +294,7 @@ def test_inspect_prints_lock_totals_and_each_id(client, two_days, capsys):
 
 
 def test_inspect_without_a_manifest_exits_2_naming_the_key(two_days, capsys):
-    assert cli.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--root", "empty"]) == 2
+    assert main.main(["inspect", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--root", "empty"]) == 2
     err = capsys.readouterr().err
     assert f"s3://{two_days.bucket}/empty/fused/concat/manifest does not exist" in err
     assert "clipfarm-fusion run" in err
@@ -298,7 +302,7 @@ def test_inspect_without_a_manifest_exits_2_naming_the_key(two_days, capsys):
 
 def test_export_parquet_holds_what_read_vectors_returns(client, two_days, tmp_path, capsys):
     out = tmp_path / "concat.parquet"
-    assert cli.main(["export", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--out", str(out)]) == 0
+    assert main.main(["export", "--strategy", STRATEGY, "--bucket", two_days.bucket, "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"exported 50 concat vectors (2305-d) to {out}"
     exported = pq.read_table(out).sort_by("video_id")
     assert exported.schema.field("vector").type == pa.list_(pa.float32(), 2305)
@@ -321,7 +325,7 @@ def test_export_npy_of_one_date_loads_without_pickle_and_matches(client, two_day
         "--out",
         str(out),
     )
-    assert cli.main(list(argv)) == 0
+    assert main.main(list(argv)) == 0
     records = np.load(out, allow_pickle=False)
     records = records[np.argsort(records["video_id"])]
     ids, vectors, rows = read_vectors(STRATEGY, run_date=DAY1, bucket=two_days.bucket, client=client)
@@ -335,12 +339,12 @@ def test_export_npy_of_one_date_loads_without_pickle_and_matches(client, two_day
 
 def test_export_to_another_suffix_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "vectors.csv"
-    assert cli.main(["export", "--strategy", STRATEGY, "--bucket", "any", "--out", str(out)]) == 2
+    assert main.main(["export", "--strategy", STRATEGY, "--bucket", "any", "--out", str(out)]) == 2
     assert "use PATH.parquet or PATH.npy" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("command", readcli.COMMANDS)
+@pytest.mark.parametrize("command", reading.COMMANDS)
 def test_every_command_has_full_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         parse(command, "--help")

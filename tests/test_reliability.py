@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 from bench.proxy import start_proxy
-from clipfarm_fusion import policy, read_manifest, read_state
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.core.layout import Layout
 
 from .test_cli import cli
 from .test_crash import RUNNER, assert_converged

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from clipfarm_fusion import policy, read_manifest, read_state, synthetic
-from clipfarm_fusion.demo import demo_bucket
-from clipfarm_fusion.layout import Layout
-from clipfarm_fusion.readback import read_vectors
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.devtools.demo import demo_bucket
+from clipfarm_fusion.read.vectors import read_vectors
 
 from .test_cli import CLI, cli
 from .test_upgrade import seed_era_state

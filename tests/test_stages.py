@@ -12,19 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfarm_fusion import (
-    chunk,
-    commit,
-    pipeline,
-    plan,
-    read_manifest,
-    read_state,
-    readback,
-    s3io,
-    staging,
-    synthetic,
-)
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.read.vectors import read_vectors
+from clipfarm_fusion.run import chunk, commit, pipeline, plan, staging
+from clipfarm_fusion.stores import s3io
 
 DAY = date(2026, 3, 1)
 STRATEGIES = ("concat", "sum_pool", "max_pool")
@@ -37,7 +30,7 @@ def published(seeded, strategy):
     where = dict(bucket=seeded.bucket, root=seeded.root)
     state = read_state(strategy, **where).set_index("video_id").sort_index()
     rows = read_manifest(strategy, **where).sort_values(["video_id", "source_hash"]).reset_index(drop=True)
-    ids, vectors, _ = readback.read_vectors(strategy, sorted(rows["video_id"]), **where)
+    ids, vectors, _ = read_vectors(strategy, sorted(rows["video_id"]), **where)
     return (
         state[["source_hash", "status", "retry_count"]],
         rows[["video_id", "source_hash", "captured_at", "fused_dim", "text_present", "fusion_status"]],
@@ -92,7 +85,7 @@ def test_workers_fuse_the_chunks_in_processes_with_the_same_result(client, seed_
             [
                 sys.executable,
                 "-m",
-                "clipfarm_fusion.cli",
+                "clipfarm_fusion.cli.main",
                 "run",
                 "--bucket",
                 seeded.bucket,

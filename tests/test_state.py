@@ -8,16 +8,18 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from clipfarm_fusion import lake, latest, manifest, metadata, read_state, state
-from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
-from clipfarm_fusion.layout import Layout
-from clipfarm_fusion.policy import (
+from clipfarm_fusion import read_state
+from clipfarm_fusion.core import latest, metadata
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.core.policy import (
     FAIL,
     FAIL_TERMINAL,
     MISSING_TEXT_PENDING,
     SUCCESS_FULL,
     SUCCESS_PLACEHOLDER,
 )
+from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
+from clipfarm_fusion.stores import lake, manifest, state
 from tests.conftest import replace_manifest
 
 ROOT = "clipfarm"

@@ -7,10 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipfarm_fusion import drift, manifest, schema_lock, shards
+from clipfarm_fusion.core import drift
+from clipfarm_fusion.core.kernels import FusionOptions
+from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import SchemaDriftError
-from clipfarm_fusion.fuse import FusionOptions
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.stores import manifest, schema_lock, shards
 
 DAY = date(2026, 3, 1)
 
@@ -123,7 +124,7 @@ def test_manifest_commit_merges_on_the_fresh_table_after_a_lost_race(client, buc
     assert first.commit(manifest_rows(["b", "x"], ["h", "h"], "k1", captured="2026-03-03")) == (1, 1)
     # the second writer read the table before the first one's commit: it merges again on the fresh
     # table, keeps the first writer's rows, and its own x, the newest commit, wins
-    with caplog.at_level(logging.WARNING, logger="clipfarm_fusion.manifest"):
+    with caplog.at_level(logging.WARNING, logger="clipfarm_fusion.stores.manifest"):
         assert second.commit(manifest_rows(["c", "x"], ["h", "h"], "k2", captured="2026-03-02")) == (1, 1)
     assert "merging again" in caplog.text  # it did lose the race, and merged on the fresh table
     rows = by_key(published(client, bucket))

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfarm_fusion import text_state
-from clipfarm_fusion.synthetic import text_state_db
+from clipfarm_fusion.devtools.synthetic import text_state_db
+from clipfarm_fusion.stores import text_state
 
 
 def _cache_files(cache_dir):

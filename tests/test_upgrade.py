@@ -13,8 +13,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from clipfarm_fusion import manifest, package_data, pipeline, policy, read_manifest, read_state, synthetic
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion import read_manifest, read_state
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import package_data, synthetic
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import manifest
 
 from .test_pipeline import assert_every_pointer_resolves, snapshot
 

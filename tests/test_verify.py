@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from clipfarm_fusion import pipeline, verify
-from clipfarm_fusion.layout import Layout
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.read import verify
+from clipfarm_fusion.run import pipeline
 
 from .conftest import replace_manifest
 from .test_cli import cli

@@ -34,8 +34,8 @@ from dagster import (
     graph,
 )
 
-from . import checks
-from .ops import (
+from clipfarm_fusion.defs import checks
+from clipfarm_fusion.defs.ops import (
     CHECK_OUTPUTS,
     UPSTREAM_INPUTS,
     commit_day,
@@ -44,8 +44,8 @@ from .ops import (
     plan_day,
     previous_day_input,
 )
-from .partitions import daily_partitions
-from .resources import ASSET_STRATEGIES
+from clipfarm_fusion.defs.partitions import daily_partitions
+from clipfarm_fusion.defs.resources import ASSET_STRATEGIES
 
 DESCRIPTIONS = {
     "concat": "Fused vectors [video | audio | text | mask], fused_dim = Dv+Da+Dt+1.",

@@ -1,4 +1,4 @@
-"""Asset checks: thin wrappers over `clipfarm_fusion.verify`.
+"""Asset checks: thin wrappers over `clipfarm_fusion.read.verify`.
 
 The four output checks are blocking: a strategy whose lock, manifest keys or pointers are wrong must
 not feed anything downstream. They look at the whole published strategy (manifest and lock are not
@@ -22,10 +22,10 @@ from dagster import (
     multi_asset_check,
 )
 
-from .. import verify
-from ..errors import StoreError
-from ..summary import StrategySummary
-from .resources import ASSET_STRATEGIES, FusionResource
+from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
+from clipfarm_fusion.errors import StoreError
+from clipfarm_fusion.read import verify
+from clipfarm_fusion.run.summary import StrategySummary
 
 FAIL_RATE = "fail_rate_below_threshold"
 PARTITION_TAG = "dagster/partition"

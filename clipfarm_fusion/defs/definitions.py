@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar
 
-from .assets import fuse_embeddings
-from .checks import published_outputs
-from .executors import executor_from_env
-from .jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
-from .resources import FusionResource
-from .schedules import (
+from clipfarm_fusion.defs.assets import fuse_embeddings
+from clipfarm_fusion.defs.checks import published_outputs
+from clipfarm_fusion.defs.executors import executor_from_env
+from clipfarm_fusion.defs.jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
+from clipfarm_fusion.defs.resources import FusionResource
+from clipfarm_fusion.defs.schedules import (
     fuse_daily_job,
     fuse_daily_schedule,
     gc_orphan_shards_schedule,
@@ -25,7 +25,7 @@ from .schedules import (
     text_recheck_schedule,
     verify_published_schedule,
 )
-from .upstream import UPSTREAM_SPECS
+from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
 
 defs = Definitions(
     assets=[*UPSTREAM_SPECS, fuse_embeddings],

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 
-from ..errors import ConfigError
+from clipfarm_fusion.errors import ConfigError
 
 EXECUTOR_ENV = "CLIPFARM_EXECUTOR"
 MAX_CONCURRENT_ENV = "CLIPFARM_MAX_CONCURRENT"

@@ -20,11 +20,12 @@ No `from __future__ import annotations` here: Dagster reads the ops' `Config` an
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from .. import maintenance, sweep, verify
-from ..errors import ConfigError
-from ..readback import parse_run_date
-from .ops import FUSION_POOL
-from .resources import ASSET_STRATEGIES, FusionResource
+from clipfarm_fusion.admin import maintenance, sweep
+from clipfarm_fusion.defs.ops import FUSION_POOL
+from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
+from clipfarm_fusion.errors import ConfigError
+from clipfarm_fusion.read import verify
+from clipfarm_fusion.read.vectors import parse_run_date
 
 
 class VerifyConfig(Config):

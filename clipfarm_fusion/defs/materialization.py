@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dagster import MetadataValue
 
-from .. import policy
-from ..summary import RunSummary, StrategySummary
+from clipfarm_fusion.core import policy
+from clipfarm_fusion.run.summary import RunSummary, StrategySummary
 
 STATUSES: tuple[str, ...] = (
     policy.SUCCESS_FULL,

@@ -33,14 +33,15 @@ from dagster import (
     op,
 )
 
-from .. import chunk, commit, plan, s3io
-from ..config import FusionConfig
-from ..errors import ClipfarmError, ConcurrentWriteError, S3UnavailableError
-from . import checks
-from .materialization import strategy_metadata
-from .partitions import run_date
-from .resources import ASSET_STRATEGIES, FusionResource
-from .upstream import UPSTREAM_SPECS
+from clipfarm_fusion.config import FusionConfig
+from clipfarm_fusion.defs import checks
+from clipfarm_fusion.defs.materialization import strategy_metadata
+from clipfarm_fusion.defs.partitions import run_date
+from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
+from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
+from clipfarm_fusion.errors import ClipfarmError, ConcurrentWriteError, S3UnavailableError
+from clipfarm_fusion.run import chunk, commit, plan
+from clipfarm_fusion.stores import s3io
 
 FUSION_POOL = "clipfarm_fusion"
 # A chunk step that failed on something transient, or whose process died, runs again alone: a chunk

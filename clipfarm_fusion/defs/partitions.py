@@ -12,7 +12,7 @@ from datetime import date
 
 from dagster import DailyPartitionsDefinition
 
-from ..errors import ConfigError
+from clipfarm_fusion.errors import ConfigError
 
 PARTITIONS_START_ENV = "CLIPFARM_PARTITIONS_START"
 DEFAULT_PARTITIONS_START = "2026-01-01"

@@ -14,8 +14,13 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from .. import s3io
-from ..config import DEFAULT_ROOT, DEFAULT_TEXT_TERMINAL_STATUSES, FusionConfig, parse_strategies
+from clipfarm_fusion.config import (
+    DEFAULT_ROOT,
+    DEFAULT_TEXT_TERMINAL_STATUSES,
+    FusionConfig,
+    parse_strategies,
+)
+from clipfarm_fusion.stores import s3io
 
 STRATEGIES_ENV = "CLIPFARM_STRATEGIES"
 # The strategies that are assets: the seed's three unless CLIPFARM_STRATEGIES names others

@@ -28,9 +28,9 @@ from dagster import (
     schedule,
 )
 
-from .assets import fuse_embeddings
-from .jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
-from .ops import RECHECK_TEXT_TAG
+from clipfarm_fusion.defs.assets import fuse_embeddings
+from clipfarm_fusion.defs.jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
+from clipfarm_fusion.defs.ops import RECHECK_TEXT_TAG
 
 fuse_daily_job = define_asset_job(
     "fuse_daily",

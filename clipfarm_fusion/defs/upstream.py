@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dagster import AssetSpec, MetadataValue
 
-from ..layout import MODALITIES, Layout
+from clipfarm_fusion.core.layout import MODALITIES, Layout
 
 _PATTERN = Layout("<root>")
 _S3 = "s3://<bucket>/"

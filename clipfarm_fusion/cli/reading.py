@@ -1,0 +1,422 @@
+"""`clipfarm-fusion inspect | export | verify | gc | maintain | snapshot-manifest`: look at what a strategy
+has published, take it out as one file, check all of it, sweep the shards nothing points to, and keep
+the lake tables compact.
+
+Thin like cli.py: parse, then `readback` (inspect, export), `verify.verify_strategy` (verify),
+`sweep.sweep` (gc) and `maintenance` (maintain, snapshot-manifest) do the work. Wired into cli.py with `add_commands(subparsers)` and `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clipfarm_fusion.admin import maintenance, sweep
+from clipfarm_fusion.cli.argtypes import iso_date, positive
+from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.errors import ConfigError, SchemaDriftError, StoreError
+from clipfarm_fusion.read import verify
+from clipfarm_fusion.read.vectors import (
+    ShardRead,
+    common_dim,
+    filter_rows,
+    iter_shards,
+    load_manifest,
+    select_rows,
+)
+from clipfarm_fusion.stores import s3io, schema_lock
+
+COMMANDS = ("inspect", "export", "verify", "gc", "maintain", "snapshot-manifest")
+EXIT_OK = 0
+_DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
+
+
+def location_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """`--strategy`, `--bucket`, `--root`: where a strategy's outputs live, the same for every command."""
+    parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help=f"the strategy to {verb}")
+    parser.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
+    parser.add_argument(
+        "--root", default=DEFAULT_ROOT, help=f"key prefix inside the bucket (default: {DEFAULT_ROOT})"
+    )
+
+
+def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
+    location_arguments(parser, "read")
+    parser.add_argument("--date", type=iso_date, default=None, metavar="YYYY-MM-DD", help=date_help)
+    parser.add_argument(
+        "--from-demo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read what `clipfarm-fusion demo --out DIR` made (served on a private embedded S3 while this "
+        "command runs; needs the demo extra); replaces --bucket",
+    )
+
+
+def _age(value: str):
+    try:
+        return sweep.parse_age(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `inspect`, `export`, `verify` and `gc` to the `clipfarm-fusion` subcommands."""
+    inspect = subparsers.add_parser(
+        "inspect",
+        help="show a strategy's schema lock, manifest totals and, for given ids, their pointers and vectors",
+        description="Prints the schema lock (with how many earlier locks migrate-schema kept), manifest totals "
+        "by fusion_status and by shard date, and for each --video-id its pointer (fused_key#shard_idx), "
+        "status, source_hash and vector stats (dim, L2 norm, min, max, mean), read with one GET per shard. "
+        "A video with several manifest rows shows its latest. Exit codes: 0 done (unknown ids are printed "
+        "as 'not in manifest'); 2 bad usage, no bucket or no manifest; 5 a pointer does not resolve.",
+    )
+    _common_arguments(inspect, "only rows whose shard is under date=<D>/ (totals and ids)")
+    inspect.add_argument(
+        "--video-id",
+        dest="video_ids",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="video ids to look up (repeatable)",
+    )
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a strategy's vectors and manifest rows to one training-ready .parquet or .npy file",
+        description="Writes one row per video (its latest manifest row) with every manifest column and its "
+        "vector, shard by shard, so memory stays bounded by a few shards. .parquet: manifest columns plus "
+        "`vector` as fixed_size_list<float32>[F]. .npy: a structured array (strings as fixed-width unicode, "
+        "nulls as '', `vector` as (F,) float32) that loads with np.load(path, allow_pickle=False). Rows are "
+        "grouped by shard, in shard key order. The file appears only when complete. Exit codes: 0 written; "
+        "2 bad usage, no bucket, no manifest, no rows, mixed widths or another suffix; 5 a pointer does "
+        "not resolve.",
+    )
+    _common_arguments(export, "only rows whose shard is under date=<D>/")
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="PATH.parquet|PATH.npy", help="the file to write"
+    )
+    export.add_argument(
+        "--fused-dim",
+        type=positive,
+        default=None,
+        help="only rows of this vector width (needed when migrate-schema left rows of another width)",
+    )
+    export.add_argument(
+        "--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)"
+    )
+
+    check = subparsers.add_parser(
+        "verify",
+        help="check everything a strategy published: schema lock, unique keys, every shard and pointer",
+        description="Checks that schema.json is readable and allows the manifest's fused_dims, that the "
+        "manifest has one row per (video_id, source_hash), that every shard the manifest references exists "
+        "(one LIST per 1000 keys) and that every row's pointer resolves: the shard decodes, has shard_n "
+        "rows of fused_dim-wide vectors and holds the row's video_id at shard_idx (one GET per shard, "
+        "--threads at a time, shard by shard, so memory stays bounded). Prints a short report. Exit codes: "
+        "0 all is well; 2 bad usage, no bucket or no manifest; 5 something does not resolve (a missing or "
+        "broken shard, a bad pointer, a duplicated key or a lock that disagrees; the first bad shard is "
+        "named on stderr).",
+    )
+    _common_arguments(check, "only rows whose shard is under date=<D>/ (and only that date's shards)")
+    check.add_argument("--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)")
+    check.add_argument(
+        "--progress-every",
+        type=positive,
+        default=100,
+        metavar="N",
+        help="log a progress line every N shards (default: 100)",
+    )
+
+    collect = subparsers.add_parser(
+        "gc",
+        help="delete orphan shards: those no manifest row points to, older than a grace period",
+        description="Lists <root>/fused/<strategy>/shards/ (one request per 1000 keys), reads the manifest "
+        "after the listing, and deletes (DeleteObjects, 1000 keys per request) every shard that no manifest "
+        "row points to and whose LastModified is older than --older-than. Never deletes a shard the "
+        "committed manifest references, nor a younger one: a run in progress writes its shards before it "
+        "commits the manifest, so the grace period must exceed the longest run. Orphans come from crashed "
+        "runs, a losing concurrent writer and reruns that replaced rows. Exit codes: 0 done (also when "
+        "there was nothing to delete); 1 some deletes failed (named; rerun); 2 bad usage, no bucket or no "
+        "manifest (nothing is swept without one).",
+    )
+    location_arguments(collect, "sweep")
+    collect.add_argument(
+        "--older-than",
+        type=_age,
+        default=sweep.DEFAULT_GRACE,
+        metavar="AGE",
+        help="grace period: only shards last modified longer ago than this go, e.g. 30m, 12h, 1d, 7d "
+        "(default: 1d)",
+    )
+    collect.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted and delete nothing"
+    )
+
+    upkeep = subparsers.add_parser(
+        "maintain",
+        help="compact, checkpoint and vacuum a strategy's manifest and state tables",
+        description="Daily commits each add a small file to the manifest and state tables (Delta Lake). "
+        "This compacts them into files of about 32 MB (no row changes; a run in progress is not disturbed), "
+        "writes a checkpoint, and vacuums the files no table version younger than --retention needs "
+        "(replaced files and files a crashed commit left). Time travel works inside the retention window. "
+        "The Dagster job maintain_tables runs this daily. Exit codes: 0 done; 2 bad usage or no bucket.",
+    )
+    location_arguments(upkeep, "maintain")
+    upkeep.add_argument(
+        "--retention",
+        type=_age,
+        default=maintenance.DEFAULT_RETENTION,
+        metavar="AGE",
+        help="keep files any version younger than this needs, e.g. 7d, 30d (default: 7d)",
+    )
+    upkeep.add_argument(
+        "--dry-run", action="store_true", help="compact nothing; list what vacuum would delete"
+    )
+
+    snapshot = subparsers.add_parser(
+        "snapshot-manifest",
+        help="write a strategy's manifest as one parquet file (for readers of fused_manifest.parquet)",
+        description="Runs write the manifest as a Delta table (<root>/fused/<strategy>/manifest/). For tools "
+        "that read one parquet file, this writes the current manifest (DESIGN §2 columns) to --out, by "
+        "default s3://BUCKET/<root>/fused/<strategy>/fused_manifest.parquet, replacing what is there. It reads "
+        "the whole table: O(corpus) by nature. Exit codes: 0 written; 2 bad usage, no bucket or nothing published.",
+    )
+    location_arguments(snapshot, "snapshot")
+    snapshot.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH|s3://BUCKET/KEY",
+        help="where to write (default: the strategy's fused_manifest.parquet in the bucket)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `inspect`, `export`, `verify` or `gc`. Errors propagate: cli.main turns them into messages
+    and exit codes (ConfigError 2, BrokenPointerError 5), the same way for every command."""
+    command = {
+        "inspect": inspect_strategy,
+        "export": export,
+        "verify": verify_command,
+        "gc": gc,
+        "maintain": maintain,
+        "snapshot-manifest": snapshot_manifest,
+    }[args.command]
+    if getattr(args, "from_demo", None) is None:
+        return command(args)
+    from clipfarm_fusion.devtools.demo import demo_bucket
+
+    with demo_bucket(args.from_demo) as bucket:
+        args.bucket = bucket
+        return command(args)
+
+
+def inspect_strategy(args: argparse.Namespace) -> int:
+    bucket = resolve_bucket(args.bucket)
+    layout = Layout(args.root.strip("/"))
+    client = s3io.make_client(8)
+    table = load_manifest(client, bucket, args.root, args.strategy)
+    table = filter_rows(table, args.date)
+    print(f"strategy {args.strategy}: s3://{bucket}/{layout.strategy_prefix(args.strategy)}")
+    print(describe_lock(client, bucket, layout.schema_key(args.strategy)))
+    scope = f" for date={args.date}" if args.date else ""
+    print(f"manifest s3://{bucket}/{layout.manifest_table_key(args.strategy)}{scope}:")
+    print("\n".join(manifest_totals(table)))
+    if args.video_ids:
+        print("video_ids:")
+        print("\n".join(describe_ids(client, bucket, table, args.video_ids)))
+    return EXIT_OK
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """Print the report; a failed verification raises BrokenPointerError (exit 5) naming the first bad
+    shard, after the report is out."""
+    bucket = resolve_bucket(args.bucket)
+    report = verify.verify_strategy(
+        s3io.make_client(args.threads),
+        bucket,
+        args.root,
+        args.strategy,
+        args.date,
+        threads=args.threads,
+        progress_every=args.progress_every,
+    )
+    print("\n".join(report.lines()), flush=True)
+    if not report.ok:
+        raise report.failure()
+    return EXIT_OK
+
+
+def gc(args: argparse.Namespace) -> int:
+    """Sweep one strategy's orphan shards; exit 1 when some deletes failed (they are printed)."""
+    bucket = resolve_bucket(args.bucket)
+    result = sweep.sweep(
+        s3io.make_client(8), bucket, args.root, args.strategy, args.older_than, dry_run=args.dry_run
+    )
+    print("\n".join(result.lines()))
+    return 1 if result.errors else EXIT_OK
+
+
+def maintain(args: argparse.Namespace) -> int:
+    bucket = resolve_bucket(args.bucket)
+    done = maintenance.maintain(
+        s3io.make_client(8), bucket, args.root, args.strategy, args.retention, dry_run=args.dry_run
+    )
+    print(
+        "\n".join(u.line() for u in done) or f"{args.strategy}: no tables yet under s3://{bucket}/{args.root}"
+    )
+    return EXIT_OK
+
+
+def snapshot_manifest(args: argparse.Namespace) -> int:
+    where, rows = maintenance.snapshot_manifest(
+        s3io.make_client(8), resolve_bucket(args.bucket), args.root, args.strategy, args.out
+    )
+    print(f"wrote {rows} manifest rows to {where}")
+    return EXIT_OK
+
+
+def describe_lock(client, bucket: str, key: str) -> str:
+    """Every field the lock sets (whatever options it has grown), and how many locks it replaced."""
+    try:
+        lock = schema_lock.read(client, bucket, key)
+    except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
+        return f"schema lock: unreadable: {exc}"
+    if lock is None:
+        return f"schema lock: none at s3://{bucket}/{key}"
+    fields = " ".join(
+        f"{name}={value}" for name, value in asdict(lock).items() if name != "history" and value is not None
+    )
+    return f"schema lock s3://{bucket}/{key}: {fields}; history: {len(lock.history)} earlier lock(s)"
+
+
+def manifest_totals(table: pa.Table) -> list[str]:
+    """Row and video counts, then rows by fusion_status and rows, shards and widths by shard date."""
+    lines = [f"  {table.num_rows} rows, {pc.count_distinct(table['video_id']).as_py()} videos"]
+    by_status = table.group_by("fusion_status").aggregate([([], "count_all")]).sort_by("fusion_status")
+    lines.append("  by fusion_status:")
+    lines += [f"    {row['fusion_status']:<28} {row['count_all']:>8}" for row in by_status.to_pylist()]
+    dates = pc.struct_field(pc.extract_regex(table["fused_key"], _DATE), "date")
+    by_date = (
+        pa.table({"date": dates, "fused_key": table["fused_key"], "fused_dim": table["fused_dim"]})
+        .group_by("date")
+        .aggregate([([], "count_all"), ("fused_key", "count_distinct"), ("fused_dim", "distinct")])
+        .sort_by("date")
+    )
+    lines.append("  by date:")
+    lines += [
+        f"    {row['date']}  {row['count_all']:>8} rows  {row['fused_key_count_distinct']:>5} shards  "
+        f"fused_dim {sorted(row['fused_dim_distinct'])}"
+        for row in by_date.to_pylist()
+    ]
+    return lines
+
+
+def describe_ids(client, bucket: str, table: pa.Table, video_ids: list[str]) -> list[str]:
+    """One line per requested id, in request order: its latest row's pointer and vector stats."""
+    selection = select_rows(table, video_ids)
+    requested = table.filter(pc.is_in(table["video_id"], value_set=pa.array(video_ids, pa.string())))
+    rows_per_id = {
+        item["values"]: item["counts"] for item in pc.value_counts(requested["video_id"]).to_pylist()
+    }
+    found: dict[str, str] = {}
+    for shard in iter_shards(client, bucket, selection.rows, threads=8):
+        vectors = shard.vectors.astype(np.float64)
+        stats = zip(
+            np.linalg.norm(vectors, axis=1), vectors.min(1), vectors.max(1), vectors.mean(1), strict=True
+        )
+        for row, (norm, low, high, mean) in zip(shard.rows.to_pylist(), stats, strict=True):
+            total = rows_per_id[row["video_id"]]
+            found[row["video_id"]] = (
+                f"  {row['video_id']}  {row['fused_key']}#{row['shard_idx']}  {row['fusion_status']}  "
+                f"source_hash {row['source_hash']}  dim {shard.vectors.shape[1]}  norm {norm:.6g}  "
+                f"min {low:.6g}  max {high:.6g}  mean {mean:.6g}"
+                + (f"  (latest of {total} rows)" if total > 1 else "")
+            )
+    return [found.get(video_id, f"  {video_id}  not in manifest") for video_id in video_ids]
+
+
+def export(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    writer = WRITERS.get(out.suffix.lower())
+    if writer is None:
+        raise ConfigError(
+            f"--out {out}: cannot write {out.suffix or 'no suffix'}; use PATH.parquet or PATH.npy"
+        )
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
+    bucket = resolve_bucket(args.bucket)
+    client = s3io.make_client(args.threads)
+    table = load_manifest(client, bucket, args.root, args.strategy)
+    rows = select_rows(table, None, args.date, args.fused_dim).rows
+    width = common_dim(rows, args.strategy)
+    if width is None:
+        raise ConfigError(f"no {args.strategy} manifest rows match the filters; nothing written to {out}")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        writer(partial, rows, width, iter_shards(client, bucket, rows, args.threads))
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"exported {rows.num_rows} {args.strategy} vectors ({width}-d) to {out}")
+    return EXIT_OK
+
+
+def vector_field(width: int) -> pa.Field:
+    return pa.field("vector", pa.list_(pa.float32(), width))
+
+
+def write_parquet(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
+    """Manifest columns + `vector`; one row group per shard, so the writer holds one shard at a time."""
+    field = vector_field(width)
+    with pq.ParquetWriter(path, rows.schema.append(field), compression="zstd") as writer:
+        for shard in shard_reads:
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(shard.vectors.reshape(-1)), width)
+            writer.write_table(shard.rows.append_column(field, vectors))
+
+
+def npy_dtype(rows: pa.Table, width: int) -> np.dtype:
+    """Structured dtype: manifest columns (strings as unicode wide enough for the longest value in
+    `rows`, integers as themselves), then `vector (F,) float32`. No object fields, so no pickle."""
+    fields: list[tuple] = []
+    for field in rows.schema:
+        if pa.types.is_string(field.type):
+            longest = pc.max(pc.utf8_length(rows[field.name])).as_py() or 0
+            fields.append((field.name, f"<U{max(longest, 1)}"))
+        else:
+            fields.append((field.name, field.type.to_pandas_dtype()))
+    fields.append(("vector", "<f4", (width,)))
+    return np.dtype(fields)
+
+
+def write_npy(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
+    """Fill a memory-mapped `.npy` of `rows.num_rows` records shard by shard."""
+    records = np.lib.format.open_memmap(path, mode="w+", dtype=npy_dtype(rows, width), shape=(rows.num_rows,))
+    offset = 0
+    for shard in shard_reads:
+        block = records[offset : offset + shard.rows.num_rows]
+        for field in rows.schema:
+            column = shard.rows[field.name]
+            if pa.types.is_string(field.type):
+                column = column.fill_null("")
+            block[field.name] = column.to_numpy(zero_copy_only=False)
+        block["vector"] = shard.vectors
+        offset += shard.rows.num_rows
+    records.flush()
+    del records
+
+
+WRITERS: dict[str, Callable[[Path, pa.Table, int, Iterable[ShardRead]], None]] = {
+    ".parquet": write_parquet,
+    ".npy": write_npy,
+}

@@ -1,0 +1,47 @@
+"""The public readers of what runs published: `read_manifest` and `read_state`.
+
+They are the stable interface to a strategy's manifest and state, whatever store holds them: the CLI,
+the checks, tests and users' scripts read through these two, so the storage can change under them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.errors import ConfigError
+from clipfarm_fusion.stores import manifest, s3io, state
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGY_NAMES:
+        raise ConfigError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGY_NAMES)}")
+
+
+def manifest_table(client, bucket: str, root: str, strategy: str) -> pa.Table | None:
+    """The strategy's manifest with its columns in `manifest.schema_for(strategy)` (null where an older
+    manifest lacks one), or None when nothing has been published."""
+    _check_strategy(strategy)
+    return manifest.read(client, bucket, Layout(root.strip("/")), strategy)
+
+
+def read_manifest(
+    strategy: str, *, bucket: str | None = None, root: str = DEFAULT_ROOT, client=None
+) -> pd.DataFrame:
+    """One row per `(video_id, source_hash)` with the manifest columns of DESIGN §2 (plus
+    `projection_id` for strategy projection); no rows when nothing has been fused yet."""
+    table = manifest_table(client or s3io.make_client(8), resolve_bucket(bucket), root, strategy)
+    return (manifest.schema_for(strategy).empty_table() if table is None else table).to_pandas()
+
+
+def read_state(
+    strategy: str, *, bucket: str | None = None, root: str = DEFAULT_ROOT, client=None
+) -> pd.DataFrame:
+    """One row per `video_id` with the state columns (`video_id, source_hash, processed_at, status, error,
+    artifact_key, vector_id, retry_count`), as last published; no rows when there is no state yet.
+    Raises StoreError when the published state cannot be read."""
+    _check_strategy(strategy)
+    client = client or s3io.make_client(8)
+    return state.read_published(client, resolve_bucket(bucket), Layout(root.strip("/")), strategy)

@@ -1,0 +1,386 @@
+"""The plan stage: the horizon, the state and the delta of a day, cut into chunks for the fuse stage.
+
+It reads what decides the day's work (the horizon file, each strategy's state and schema lock, the text
+stage) and stages, per chunk, the rows a fuse step needs: the chunk's videos with their text-stage verdict,
+each strategy's delta reason and retry base, and each strategy's prior state rows. The chunks are the
+union delta in video_id order cut every `chunk_size` videos, so a chunk's contents depend only on the plan.
+It returns a `Plan`: a small descriptor (keys and counts, no rows) that any Dagster IO manager can carry.
+
+With `--max-items` the day is one chunk, since the cap counts reads in video_id order across the day.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from clipfarm_fusion.config import FusionConfig
+from clipfarm_fusion.core import metadata, policy, worklist
+from clipfarm_fusion.core.kernels import STRATEGIES, FusionOptions
+from clipfarm_fusion.core.known import KnownIndex
+from clipfarm_fusion.core.layout import Layout, video_id_problem
+from clipfarm_fusion.errors import ConfigError, SchemaDriftError
+from clipfarm_fusion.run import staging
+from clipfarm_fusion.run.summary import RunSummary, StrategySummary
+from clipfarm_fusion.stores import (
+    manifest,
+    projection_artifacts,
+    s3io,
+    schema_lock,
+    shards,
+    state,
+    text_state,
+)
+
+WORK_COLUMNS = ["video_id", "url", "captured_at", "captured_ts", "source_hash"]
+
+
+@dataclass(frozen=True)
+class StrategyPlan:
+    """What the commit and the fuse steps need to know of one strategy's plan."""
+
+    name: str
+    state_version: int | None  # the state table version the plan read (None: no table yet)
+    text_cursor: str | None  # the cursor that version recorded
+    locked: bool
+    dims: tuple[int, int, int] | None  # the lock's
+    fused_dim: int | None  # the lock's
+    first_part: int  # the first free shard part number of the day
+    delta: int  # videos of this strategy's delta the chunks look at (unsafe ids aside)
+    recheck_all: bool = False  # no text-stage signal: every placeholder is rechecked
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A planned run: small, picklable, JSON-able. `summary` is the plan's share of the RunSummary."""
+
+    run_id: str
+    run_date: str
+    started: float  # epoch seconds
+    strategies: tuple[StrategyPlan, ...]
+    chunks: int
+    chunk_size: int
+    work: int  # videos to look at, all chunks
+    keys_per_item: float  # horizon rows per video to look at: the LIST-vs-GET cost model
+    text_problem: str | None
+    text_cursor: str | None  # the text stage's latest processed_at, recorded by the commit
+    refreshing: bool  # a plan object holds state rows whose cursor columns move (see state.refreshed_rows)
+    summary: dict
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.strategies)
+
+
+def check_run_date(run_date: date) -> None:
+    """A run is pinned to a day that has happened: a future date would mark videos done under a date
+    they were never fused for (DESIGN §3)."""
+    today = datetime.now(UTC).date()
+    if run_date > today:
+        raise ConfigError(
+            f"run date {run_date} is after today ({today} UTC): fuse a day that has happened, "
+            "or leave --run-date out for today"
+        )
+
+
+def plan(config: FusionConfig, run_date: date, client, log: logging.Logger) -> Plan:
+    """Read the day, decide its delta, stage its chunks. Raises like `pipeline.run`; writes only staged
+    objects (and, the first time, the seed-era import of the stores)."""
+    check_run_date(run_date)
+    layout = Layout(config.root)
+    staging.sweep(client, config.bucket, layout)
+    with s3io.local_copy(client, config.metadata_location, Path(config.state_dir)) as horizon_file:
+        metadata.require_body(horizon_file, config.metadata_location)
+        with text_state.open_text_state(client, config.text_state_location, Path(config.state_dir)) as text:
+            return _plan(config, run_date, client, layout, horizon_file, text, log)
+
+
+def _plan(
+    config: FusionConfig,
+    run_date: date,
+    client,
+    layout: Layout,
+    horizon_file: Path,
+    text: text_state.TextState,
+    log: logging.Logger,
+) -> Plan:
+    started = time.time()
+    run_id = f"{run_date.isoformat()}-{uuid.uuid4().hex[:12]}"
+    summary = RunSummary(run_date=run_date.isoformat(), bucket=config.bucket, root=config.root)
+    summary.text_state = text.problem or "available"
+    stores = {
+        name: state.open_store(
+            client, config.bucket, layout, name, Path(config.state_dir), config.s3_patience_seconds
+        )
+        for name in config.strategies
+    }
+    present = (
+        text_files(client, config.bucket, layout, config.s3_patience_seconds)
+        if config.recheck_text_files
+        else []
+    )
+    if config.recheck_text_files:
+        summary.text_files_listed = len(present)
+    selection = _select(stores, text, config.text_terminal_statuses, present)
+    scan = metadata.scan(
+        horizon_file,
+        config.metadata_location,
+        run_date,
+        config.include_captured_at_in_hash,
+        known=selection.known,
+        also=selection.also,
+        sample=config.sample_size,
+    )
+    _report_bad_dates(summary, scan, config, log)
+    horizon = scan.rows
+    problems = horizon["video_id"].map(video_id_problem)
+    invalid, horizon = horizon[problems.notna()], horizon[problems.isna()]
+    log.info(
+        "horizon as of %s: %d rows, %d of them candidates (%d with unsafe ids)",
+        run_date,
+        scan.horizon_rows,
+        len(horizon),
+        len(invalid),
+    )
+    options = config.options
+    if "projection" in config.strategies:
+        options = replace(
+            options, projection=projection_artifacts.load(client, config.projection_uri, STRATEGIES)
+        )
+
+    planned: list[StrategyPlan] = []
+    deltas: dict[str, pd.DataFrame] = {}
+    priors: dict[str, pd.DataFrame] = {}
+    refreshed: dict[str, pa.Table] = {}
+    for name, store in stores.items():
+        prior = store.rows_for(pa.array(horizon["video_id"].tolist(), pa.string()))
+        schema_key = layout.schema_key(name)
+        lock = schema_lock.read(client, config.bucket, schema_key)
+        manifest.open_table(client, config.bucket, layout, name, config.s3_patience_seconds)  # imports once
+        strategy_summary = StrategySummary(
+            manifest_key=layout.manifest_table_key(name),
+            schema_key=schema_key,
+            state_key=layout.state_table_key(name),
+            state_source=store.source,
+        )
+        try:
+            schema_lock.check_options(lock, name, options, schema_key)
+        except SchemaDriftError as exc:
+            summary.stopped[name] = str(exc)
+            log.error("%s stopped, nothing of it published: %s", name, exc)
+            continue
+        delta = worklist.compute(horizon, prior, selection.recheck[name], run_date.isoformat())
+        if store.newest_run_date and store.newest_run_date > run_date.isoformat():
+            strategy_summary.behind = store.newest_run_date
+            strategy_summary.left_to_later = len(
+                worklist.compute(horizon, prior, selection.recheck[name])
+            ) - len(delta)
+            log.info(
+                "%s: this run (%s) is behind the newest committed run date %s: it fuses new and changed "
+                "videos and upgrades placeholders, and leaves %d videos that a later run holds in a newer "
+                "form (or has retried) as they are",
+                name,
+                run_date,
+                store.newest_run_date,
+                strategy_summary.left_to_later,
+            )
+        _record_invalid(strategy_summary, invalid, problems, config.sample_size)
+        strategy_summary.delta = len(delta) + len(invalid)
+        summary.strategies[name] = strategy_summary
+        deltas[name] = delta.set_index("video_id")
+        priors[name] = prior.sort_index()  # chunks are id ranges: each takes its slice
+        refreshed[name] = pa.Table.from_pylist(
+            state.refreshed_rows(horizon, prior, delta), schema=state.SCHEMA
+        )
+        planned.append(
+            StrategyPlan(
+                name=name,
+                state_version=store.version,
+                text_cursor=store.text_cursor,
+                locked=lock is not None,
+                dims=lock.dims if lock else None,
+                fused_dim=lock.fused_dim if lock else None,
+                first_part=shards.first_free_part(client, config.bucket, layout, name, run_date)
+                if len(delta)
+                else 0,
+                delta=len(delta),
+                recheck_all=selection.recheck[name] is None,
+            )
+        )
+    work = _union_delta(deltas)
+    chunk_size = (len(work) or 1) if config.max_items else config.chunk_size
+    chunks = math.ceil(len(work) / chunk_size)
+    log.info(
+        "delta: %s; %d videos to look at in %d chunks of up to %d%s",
+        ", ".join(f"{name}={s.delta}" for name, s in summary.strategies.items()) or "none",
+        len(work),
+        chunks,
+        chunk_size,
+        f", of which at most {config.max_items} are read (--max-items)" if config.max_items else "",
+    )
+    text_status, text_hash = text.lookup(work["video_id"].tolist())
+    work = work.assign(text_status=text_status, text_hash=text_hash)
+    for name, delta in deltas.items():
+        work[f"reason/{name}"] = delta["reason"].reindex(work["video_id"]).to_numpy(dtype=object)
+        work[f"retry_base/{name}"] = delta["retry_base"].reindex(work["video_id"]).to_numpy(dtype="float64")
+    for index in range(chunks):
+        rows = work.iloc[index * chunk_size : (index + 1) * chunk_size]
+        tables = {"work": pa.Table.from_pandas(rows, preserve_index=False)}
+        first, last = rows["video_id"].iloc[0], rows["video_id"].iloc[-1]
+        for name, prior in priors.items():
+            held = prior.loc[first:last]  # the state rows of the chunk's id range (a few others do no harm)
+            tables[f"prior/{name}"] = pa.Table.from_pandas(
+                held.reset_index(), schema=state.SCHEMA, preserve_index=False
+            )
+        staging.put(
+            client,
+            config.bucket,
+            layout.chunk_input_key(run_id, index),
+            tables,
+            {},
+            config.s3_patience_seconds,
+        )
+    refreshing = {f"refreshed/{n}": t for n, t in refreshed.items() if t.num_rows}
+    if refreshing:  # most days have none: then no object, and the commit reads none
+        staging.put(
+            client, config.bucket, layout.plan_key(run_id), refreshing, {}, config.s3_patience_seconds
+        )
+    text_cursor = None if text.problem else text.cursor
+    return Plan(
+        run_id=run_id,
+        run_date=run_date.isoformat(),
+        started=started,
+        strategies=tuple(planned),
+        chunks=chunks,
+        chunk_size=chunk_size,
+        work=len(work),
+        keys_per_item=scan.horizon_rows / max(len(work), 1),
+        text_problem=text.problem,
+        text_cursor=text_cursor,
+        refreshing=bool(refreshing),
+        summary=summary.to_dict(),
+    )
+
+
+def fusion_options(client, config: FusionConfig, strategies: tuple[str, ...]) -> FusionOptions:
+    """The run's fusion options, with the projection artifact loaded when `projection` is among them
+    (every stage that needs them loads them: they hold a matrix, not something to pass between steps)."""
+    options = config.options
+    if "projection" in strategies:
+        options = replace(
+            options, projection=projection_artifacts.load(client, config.projection_uri, STRATEGIES)
+        )
+    return options
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which horizon rows a run hashes and compares (see `metadata.scan`), and per strategy which
+    placeholders the text stage has news for (None: every placeholder among the candidates)."""
+
+    known: KnownIndex
+    also: pa.Array
+    recheck: dict[str, set[str] | None]
+
+
+def text_files(client, bucket: str, layout: Layout, patience_s: float) -> list[str]:
+    """The video_ids whose text `.npy` exists, from one LIST of the text prefix: what a full text recheck
+    (`--recheck-text`) upgrades, whatever the text stage's rows say."""
+    prefix = layout.embedding_prefix("text")
+    keys = s3io.with_patience(
+        lambda: s3io.list_keys(client, bucket, prefix), "listing the text embeddings", patience_s
+    )
+    return [key[len(prefix) : -len(".npy")] for key in keys if key.endswith(".npy")]
+
+
+def _select(
+    stores: dict[str, state.StateStore],
+    text: text_state.TextState,
+    terminal: tuple[str, ...],
+    present: list[str],
+) -> Selection:
+    """Candidates in O(delta) as far as the inputs allow: videos some strategy has not processed in their
+    current form (see `metadata.scan`), open items, and placeholders the text stage has news for: its
+    row changed since that strategy's last commit, or (on the first run, with no cursor yet) its status
+    is no longer a terminal one such as `no_captions`. Without a usable signal (the text stage
+    unreadable, or no `processed_at` column in it) every placeholder is rechecked, a text GET each.
+    `present` (a full text recheck's listing) adds the placeholders whose text file exists."""
+    known: KnownIndex | None = None
+    also: list[pa.Array] = []
+    recheck: dict[str, set[str] | None] = {}
+    for name, store in stores.items():
+        known = store.known() if known is None else known.agreeing(store.known())
+        also.append(store.open_ids())
+        changed = None if text.problem else text.changed_since(store.text_cursor)
+        if changed is not None and store.text_cursor is None:  # no cursor yet: the status tells
+            candidates = store.placeholders()
+            statuses, _ = text.lookup(candidates.to_pylist())
+            changed = candidates.filter(
+                pa.array([s not in terminal for s in statuses], pa.bool_())
+            ).to_pylist()
+        if changed is None:
+            also.append(store.placeholders())
+            recheck[name] = None
+        else:
+            due = list(store.text_due or {})  # late text: rechecked whatever the text stage says
+            among = pa.array([*changed, *due, *present], pa.string())
+            placeholders = store.placeholders(among=among)
+            also.append(placeholders)
+            recheck[name] = set(placeholders.to_pylist())
+    return Selection(
+        known=known if known is not None else KnownIndex.empty(),
+        also=pa.concat_arrays([a.cast(pa.string()) for a in also]) if also else pa.array([], pa.string()),
+        recheck=recheck,
+    )
+
+
+def _report_bad_dates(summary: RunSummary, scan: metadata.HorizonScan, config: FusionConfig, log) -> None:
+    """captured_at values that are not ISO 8601 count as undated (so the as-of filter keeps them): say so,
+    with samples, or refuse the run under --strict-dates."""
+    if not scan.unparseable:
+        return
+    samples = [f"{v}: {c!r}" for v, c in scan.unparseable_samples[["video_id", "captured_at"]].to_numpy()]
+    where = config.metadata_location
+    if config.strict_dates:
+        raise ConfigError(
+            f"metadata {where}: {scan.unparseable} captured_at values are not ISO 8601 (e.g. {'; '.join(samples[:3])}); "
+            "fix the export, or run without --strict-dates to treat them as undated"
+        )
+    summary.unparseable_dates = scan.unparseable
+    summary.unparseable_date_samples = samples
+    log.warning(
+        "metadata %s: %d captured_at values are not ISO 8601 and count as undated (e.g. %s); "
+        "--strict-dates refuses such a file",
+        where,
+        scan.unparseable,
+        "; ".join(samples[:3]),
+    )
+
+
+def _record_invalid(
+    summary: StrategySummary, invalid: pd.DataFrame, problems: pd.Series, sample_size: int
+) -> None:
+    ids = invalid["video_id"].tolist()
+    errors = {
+        vid: f"{problems[i]}; the id is never used in a key"
+        for vid, i in zip(ids, invalid.index, strict=True)
+    }
+    summary.record([policy.INVALID_VIDEO_ID] * len(ids), ids, errors, sample_size)
+
+
+def _union_delta(deltas: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Videos any strategy needs, in video_id order, each read once for all strategies."""
+    frames = [d[WORK_COLUMNS[1:]] for d in deltas.values()]
+    if not frames:
+        return pd.DataFrame(columns=WORK_COLUMNS)
+    union = pd.concat(frames)
+    union = union[~union.index.duplicated()].sort_index()
+    return union.rename_axis("video_id").reset_index()

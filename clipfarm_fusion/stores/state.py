@@ -1,0 +1,446 @@
+"""The fusion state: one Delta table per strategy (`<root>/state/fusion_<s>/`), one row per video_id.
+
+A run reads only what it needs: per known video the instant and the 8-byte hash of the horizon row it
+last processed (`captured_ns`, `hash64`: two int64 columns beside the state columns, so the horizon scan
+can tell new and changed rows from unchanged ones without reading anything else), the open items (status
+not terminal), the placeholders the text stage has news for, and the full rows of the day's candidates.
+It upserts only the rows that changed (one replaceWhere commit), so a commit costs O(delta) and nothing that grows with the corpus
+is rewritten whole. Each commit records `text_cursor` in the Delta commit's metadata: the text stage's
+latest `processed_at` the run looked at, so the next run asks the text stage only what changed since.
+
+Exit 4 (ConcurrentWriteError) means another run committed state for this strategy after this run read
+it: this run's rows could describe shards that the other run's rows have replaced, so it publishes no
+state and a rerun converges. Compactions are not conflicts.
+
+Seed-era and 0.x installs kept the state in a SQLite file (`fusion_<s>.sqlite`, mirrored to S3). The first
+run that finds no table imports that file once (the mirror, else a working copy under --state-dir) and
+never writes to it again; until then `read_state` reads it in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from deltalake import DeltaTable
+
+from clipfarm_fusion.core import latest, metadata
+from clipfarm_fusion.core.known import Builder, KnownIndex
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.core.policy import FAIL_TERMINAL, SUCCESS_FULL, SUCCESS_PLACEHOLDER
+from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
+from clipfarm_fusion.stores import lake, manifest, s3io, sqlite_bytes
+
+log = logging.getLogger(__name__)
+STATE_COLUMNS = (
+    "video_id",
+    "source_hash",
+    "processed_at",
+    "status",
+    "error",
+    "artifact_key",
+    "vector_id",
+    "retry_count",
+)
+CURSOR_COLUMNS = ("captured_ns", "hash64")  # of the horizon row last processed (null: compare in full)
+# The run that last wrote the row (`<run_date>-<hex>`; null for rows imported from a seed-era file): the
+# commit tells another run's rows from its own, and a run behind a later one leaves that one's rows alone.
+WRITER_COLUMN = "run_id"
+SCHEMA = pa.schema(
+    [(c, pa.int64() if c == "retry_count" else pa.string()) for c in STATE_COLUMNS]
+    + [(c, pa.int64()) for c in CURSOR_COLUMNS]
+    + [(WRITER_COLUMN, pa.string())]
+)
+PUBLIC_SCHEMA = pa.schema([SCHEMA.field(c) for c in STATE_COLUMNS])
+KNOWN_COLUMNS = ("video_id", *CURSOR_COLUMNS)
+REQUIRED_COLUMNS = ("video_id", "status")  # what even the oldest state files have
+TERMINAL = (SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """`table` with SCHEMA's columns in order; a column it lacks (staged by an older version) is null."""
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def empty_frame() -> pd.DataFrame:
+    """No rows, the state columns (and the cursor columns), indexed by video_id."""
+    return to_frame(SCHEMA.empty_table())
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
+    return frame.set_index("video_id")
+
+
+@dataclass
+class StateStore:
+    """One strategy's state table as a run sees it: the version it read and that version's cursors."""
+
+    location: str
+    options: dict[str, str]
+    table: DeltaTable | None
+    source: str
+    version: int | None = None
+    text_cursor: str | None = None
+    newest_run_date: str | None = None  # the latest run_date any commit of this table was for
+    text_due: dict[str, int] | None = None  # late-text placeholders still due: id -> rechecks left
+    _survey: tuple[KnownIndex, pa.Array, pa.Array] | None = None
+
+    def _surveyed(self) -> tuple[KnownIndex, pa.Array, pa.Array]:
+        """(known, open ids, placeholder ids) from ONE streaming pass over four narrow columns."""
+        if self._survey is None:
+            empty = pa.array([], pa.string())
+            if self.table is None:
+                self._survey = (KnownIndex.empty(), empty, empty)
+                return self._survey
+            known = Builder()
+            open_ids, placeholders = [empty], [empty]
+            terminal = pa.array(TERMINAL)
+            for batch in lake.batches(self.table, [*KNOWN_COLUMNS, "status"]):
+                ids, status = batch.column("video_id"), batch.column("status")
+                known.add(ids, batch.column("captured_ns"), batch.column("hash64"))
+                is_open = pc.invert(pc.fill_null(pc.is_in(status, value_set=terminal), False))
+                open_ids.append(ids.filter(is_open))
+                placeholders.append(ids.filter(pc.fill_null(pc.equal(status, SUCCESS_PLACEHOLDER), False)))
+            self._survey = (known.finish(), pa.concat_arrays(open_ids), pa.concat_arrays(placeholders))
+        return self._survey
+
+    def known(self) -> KnownIndex:
+        """Every video with a state row, with the instant and hash64 of the horizon row it last
+        processed: what the horizon scan compares with (about 25 MB per million videos, no strings)."""
+        return self._surveyed()[0]
+
+    def open_ids(self) -> pa.Array:
+        """Items that are not terminal: they re-enter the delta every run until they are."""
+        return self._surveyed()[1]
+
+    def placeholders(self, among: pa.Array | None = None) -> pa.Array:
+        """`success_text_placeholder` items (all of them, or those among `among`)."""
+        ids = self._surveyed()[2]
+        return ids if among is None else ids.filter(pc.is_in(ids, value_set=among))
+
+    def rows_for(self, ids: pa.Array) -> pd.DataFrame:
+        """The state rows of `ids`, indexed by video_id (the prior the delta rules compare with). Ids the
+        table does not hold (a day's new videos) cost nothing: when none is held, nothing is read."""
+        ids = ids.filter(pa.array(self.known().locate(ids) >= 0)) if len(ids) else ids
+        if self.table is None or len(ids) == 0:
+            return empty_frame()
+        return to_frame(lake.select_ids(self.table, "video_id", ids, SCHEMA))
+
+    def marks_move(self, marks: dict[str, str]) -> bool:
+        """Whether the commit metadata `marks` move what this table records (the text cursor, the newest
+        run date, the late-text due list): then a commit is worth it even with no changed rows, or every
+        later run would ask the text stage about the same rows again."""
+        return (
+            marks.get("text_cursor") not in (None, self.text_cursor)
+            or marks.get("newest_run_date") != self.newest_run_date
+            or json.loads(marks.get("text_due", "{}")) != (self.text_due or {})
+        )
+
+    def load_marks(self) -> dict[str, object]:
+        """Take the newest run date and the late-text due list as the table's newest commits record
+        them; returns every mark (`read_marks`), empty without a table."""
+        if self.table is None:
+            return {}
+        marks = read_marks(self.table)
+        self.newest_run_date, self.text_due = marks["newest_run_date"], marks["text_due"]
+        return marks
+
+    def contested(self, ids: pa.Array) -> list[str]:
+        """The ids among `ids` that another run committed since this store's version (empty when none):
+        its rows could describe newer shards than ours, so ours must not replace them. A commit without
+        our `run_id` metadata (an older version of this package) may have written any row: every id is
+        contested then."""
+        if self.table is None:
+            self.table = lake.open_table(self.location, self.options)
+            if self.table is None:
+                return []
+        self.table.update_incremental()
+        since = -1 if self.version is None else self.version
+        rivals = {run_id for _, run_id in lake.writes_since(self.table, since)}
+        if not rivals or len(ids) == 0:
+            return []
+        if None in rivals:
+            return ids.to_pylist()
+        held = lake.select_ids(
+            self.table, "video_id", ids, pa.schema([SCHEMA.field("video_id"), SCHEMA.field(WRITER_COLUMN)])
+        )
+        return held.filter(pc.is_in(held[WRITER_COLUMN], value_set=pa.array(sorted(rivals))))[
+            "video_id"
+        ].to_pylist()
+
+    def commit(self, rows: pa.Table | list[dict], cursors: dict[str, str]) -> None:
+        """Upsert `rows` (SCHEMA's columns) on video_id (one commit: a replaceWhere, or a MERGE for a large
+        day, `lake.is_small`) with the run's commit metadata (`cursors`: text_cursor, run_id, ...). The
+        caller holds the strategy's commit lease and has checked `contested` first; ConcurrentWriteError
+        when another run's commit still landed on the same rows."""
+        source = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
+        if self.table is None:
+            self.table, created = lake.create(self.location, SCHEMA, self.options)
+            if not created:
+                raise self._conflict(["CREATE"])
+            self.version = self.table.version()
+        lake.add_columns(self.table, SCHEMA)
+        for attempt in range(2):
+            self.table.update_incremental()
+            try:
+                if source.num_rows and lake.is_small(source.num_rows):
+                    predicate = lake.in_list("video_id", source["video_id"].to_pylist())
+                    lake.replace(self.table, source, predicate, cursors)
+                elif source.num_rows:
+                    lake.merge(self.table, source, ("video_id",), cursors)
+                else:
+                    lake.note(self.table, SCHEMA, cursors)
+                self._committed(cursors)
+                return
+            except lake.CommitFailedError:
+                if attempt:
+                    raise self._conflict(["a concurrent commit"]) from None
+                log.warning("state %s: a compaction landed during the commit; merging again", self.location)
+
+    def _committed(self, cursors: dict[str, str]) -> None:
+        """This store now stands at its own commit: a later commit through it is not a conflict."""
+        self.table.update_incremental()
+        self.version = self.table.version()
+        self.text_cursor = cursors.get("text_cursor", self.text_cursor)
+
+    def _conflict(self, operations: list[str]) -> ConcurrentWriteError:
+        return ConcurrentWriteError(
+            f"{self.location}: another run committed state for this strategy while this one ran "
+            f"({', '.join(operations)}); this run's manifest rows are published, its state is not. "
+            "Rerun the day: it converges"
+        )
+
+
+def read_marks(table: DeltaTable) -> dict[str, object]:
+    """What the newest commit carrying them recorded: text_cursor, newest_run_date, text_due."""
+    marks = lake.commit_metadata(table, ("text_cursor", "newest_run_date", "text_due"))
+    return {**marks, "text_due": json.loads(marks["text_due"]) if marks["text_due"] else {}}
+
+
+def reopen(
+    client,
+    bucket: str,
+    layout: Layout,
+    strategy: str,
+    patience_s: float,
+    version: int | None,
+    text_cursor: str | None,
+) -> StateStore:
+    """The store as a plan read it (`version`, None: no table then), for that plan's commit: a commit
+    through it is refused (exit 4) when another run committed state since that version."""
+    options = lake.storage_options(client, patience_s)
+    location = lake.uri(bucket, layout.state_table_key(strategy))
+    table = lake.open_table(location, options) if version is not None else None
+    store = StateStore(location, options, table, "state table", version=version, text_cursor=text_cursor)
+    store.load_marks()
+    return store
+
+
+def open_store(
+    client, bucket: str, layout: Layout, strategy: str, state_dir: Path, patience_s: float
+) -> StateStore:
+    """The strategy's state table, importing a seed-era SQLite state file the first time."""
+    options = lake.storage_options(client, patience_s)
+    location = lake.uri(bucket, layout.state_table_key(strategy))
+    table = lake.open_table(location, options)
+    source = "state table"
+    if table is None:
+        legacy, where = _legacy_rows(client, bucket, layout, strategy, state_dir)
+        if legacy is None:
+            return StateStore(location, options, None, "new state table")
+        legacy = _with_cursors(legacy, manifest.read(client, bucket, layout, strategy))
+        log.info("importing %d state rows from %s into %s (once)", legacy.num_rows, where, location)
+        table = lake.import_rows(location, legacy, options, where)
+        source = f"imported {legacy.num_rows} rows from {where}"
+    lake.add_columns(table, SCHEMA)
+    store = StateStore(location, options, table, source, version=table.version())
+    store.text_cursor = store.load_marks()["text_cursor"]
+    return store
+
+
+def _legacy_rows(
+    client, bucket: str, layout: Layout, strategy: str, state_dir: Path
+) -> tuple[pa.Table | None, str]:
+    """The rows of a seed-era state file: the S3 mirror, else a working copy under `state_dir`."""
+    key = layout.state_mirror_key(strategy)
+    where = f"s3://{bucket}/{key}"
+    body = s3io.get_object(client, bucket, key).body
+    if body is not None:
+        return _imported(read_snapshot(body, where)), where
+    path = Layout.state_path(state_dir, strategy)
+    if path.exists() and not _was_mirrored(path):
+        return _imported(read_snapshot(path.read_bytes(), str(path))), str(path)
+    return None, where
+
+
+def _was_mirrored(path: Path) -> bool:
+    """A 0.1/0.2 working copy (it has a `.etag` or `.mirror.json` sidecar) was only ever a cache of an S3
+    mirror: with the mirror gone (a recreated bucket) it describes shards that no longer exist, so it is
+    never imported. The seed-era script's file had no mirror: that one is the state, and is imported."""
+    return any(path.with_name(path.name + suffix).exists() for suffix in (".mirror.json", ".etag"))
+
+
+def _imported(frame: pd.DataFrame) -> pa.Table:
+    """Seed-era rows, the cursor columns still null (`_with_cursors` fills them)."""
+    for column in CURSOR_COLUMNS:
+        frame[column] = pd.array([None] * len(frame), dtype="Int64")
+    frame[WRITER_COLUMN] = pd.array([None] * len(frame), dtype="string")
+    return pa.Table.from_pandas(frame.reset_index(), schema=SCHEMA, preserve_index=False)
+
+
+def _with_cursors(rows: pa.Table, published: pa.Table | None) -> pa.Table:
+    """Imported rows with the cursor columns a run would have recorded: `hash64` from the row's own
+    source_hash, `captured_ns` from the manifest row fused for that (video_id, source_hash). So the
+    first run after an upgrade hashes only what is new or changed, like any other; rows without a
+    manifest row (failures, pending items) keep a null instant and are compared in full until the
+    next run that processes them."""
+    hashes = pa.array(metadata.hash64_of_hex(rows["source_hash"].to_pylist()), pa.int64())
+    hashes = pc.if_else(pc.is_null(rows["source_hash"]), pa.scalar(None, pa.int64()), hashes)
+    rows = rows.set_column(rows.schema.get_field_index("hash64"), "hash64", hashes)
+    if published is None or published.num_rows == 0:
+        return rows
+    fused = published.select(["video_id", "source_hash", "captured_at"])
+    fused = fused.append_column("captured", pa.array(latest.instants(fused["captured_at"]), pa.int64()))
+    joined = rows.drop_columns(["captured_ns"]).join(
+        fused.drop_columns(["captured_at"]),
+        ["video_id", "source_hash"],
+        join_type="left outer",
+        use_threads=False,
+    )
+    joined = joined.rename_columns([("captured_ns" if n == "captured" else n) for n in joined.column_names])
+    return joined.select(SCHEMA.names).cast(SCHEMA)
+
+
+def read_published(client, bucket: str, layout: Layout, strategy: str) -> pd.DataFrame:
+    """Every published state row (the table, or a seed-era mirror not imported yet), sorted by video_id."""
+    table = lake.open_table(lake.uri(bucket, layout.state_table_key(strategy)), lake.storage_options(client))
+    if table is not None:
+        frame = to_frame(lake.read_all(table).select(list(STATE_COLUMNS)).cast(PUBLIC_SCHEMA))
+    else:
+        key = layout.state_mirror_key(strategy)
+        body = s3io.get_object(client, bucket, key).body
+        frame = empty_frame() if body is None else read_snapshot(body, f"s3://{bucket}/{key}")
+    return frame.reset_index()[list(STATE_COLUMNS)].sort_values("video_id", ignore_index=True)
+
+
+# --- seed-era SQLite state files: read once, for the import ---
+
+legacy_metadata = sa.MetaData()
+processed_items = sa.Table(
+    "processed_items",
+    legacy_metadata,
+    sa.Column("video_id", sa.Text, primary_key=True),
+    sa.Column("source_hash", sa.Text),
+    sa.Column("processed_at", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("artifact_key", sa.Text),
+    sa.Column("vector_id", sa.Text),
+    sa.Column("retry_count", sa.Integer),
+)
+
+
+def check_snapshot(body: bytes, where: str) -> None:
+    """Raise StoreError unless `body` is a readable SQLite file with a `processed_items` table."""
+    repair = (
+        f"{where} is not a usable fusion state DB; nothing was changed. Restore it from a good copy "
+        "(a bucket version, or a working copy from --state-dir) or delete it on purpose to start over"
+    )
+    if not body.startswith(sqlite_bytes.HEADER):
+        raise StoreError(f"{repair} ({len(body)} bytes, no SQLite header)")
+    try:
+        connection = sqlite_bytes.connect(body)
+        try:
+            integrity = connection.execute("PRAGMA quick_check").fetchone()[0]
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(processed_items)")}
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{repair} ({exc})") from None
+    if integrity != "ok":
+        raise StoreError(f"{repair} (integrity check failed)")
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise StoreError(f"{repair} (no processed_items table with {', '.join(missing)})")
+
+
+def read_snapshot(body: bytes, where: str) -> pd.DataFrame:
+    """The rows of a seed-era state DB (its bytes), checked first, indexed by video_id; columns the
+    oldest files lack come back empty (retry_count 0)."""
+    check_snapshot(body, where)
+    engine = sqlite_bytes.engine(body)
+    try:
+        with engine.connect() as connection:
+            present = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(processed_items)")}
+            columns = [processed_items.c[c] for c in STATE_COLUMNS if c in present]
+            frame = pd.read_sql_query(sa.select(*columns), connection)
+    finally:
+        engine.dispose()
+    for column in STATE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = 0 if column == "retry_count" else None
+    frame = frame[list(STATE_COLUMNS)].astype({"video_id": str})
+    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
+    return frame.set_index("video_id")
+
+
+def row_cursors(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """`captured_ns` and `hash64` of horizon rows: what the state keeps of the row it processed."""
+    return latest.instants(rows["captured_ts"]), metadata.hash64_of_hex(rows["source_hash"])
+
+
+def refreshed_rows(horizon: pd.DataFrame, prior: pd.DataFrame, delta: pd.DataFrame) -> list[dict]:
+    """State rows of candidates that need no work but whose horizon row is not the one the state
+    remembers (a newer capture of the same URL, or a row imported from a seed-era state without the
+    cursor columns): the same row with the cursor columns of the current horizon row, so the next scan
+    drops the video unhashed."""
+    rows = horizon[horizon["video_id"].isin(prior.index) & ~horizon["video_id"].isin(delta["video_id"])]
+    if rows.empty:
+        return []
+    captured_ns, hashes = row_cursors(rows)
+    old = prior.loc[rows["video_id"]]
+    stale = (old["captured_ns"].to_numpy(dtype="float64", na_value=np.nan) != captured_ns) | (
+        old["hash64"].to_numpy(dtype="float64", na_value=np.nan) != hashes
+    )
+    stale |= old["captured_ns"].isna().to_numpy() | old["hash64"].isna().to_numpy()
+    refreshed = old[stale].reset_index()
+    refreshed["captured_ns"] = captured_ns[stale]
+    refreshed["hash64"] = hashes[stale]
+    return [
+        {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
+        for row in refreshed[list(SCHEMA.names)].to_dict("records")
+    ]
+
+
+def _same(old: object, new: object) -> bool:
+    """A stored value equals a new one; missing equals only missing."""
+    if new is None or pd.isna(old):
+        return new is None and pd.isna(old)
+    return bool(old == new)
+
+
+def changed_rows(rows: list[dict], prior: pd.DataFrame) -> list[dict]:
+    """The `rows` that differ from what the table already holds (`prior`, indexed by video_id;
+    processed_at aside), so a rerun with nothing new writes nothing."""
+    fields = ("source_hash", "status", "error", "artifact_key", "retry_count", *CURSOR_COLUMNS)
+    changed = []
+    for row in rows:
+        if row["video_id"] in prior.index:
+            old = prior.loc[row["video_id"]]
+            if all(_same(old[f], row[f]) for f in fields):
+                continue
+        changed.append(row)
+    return changed
