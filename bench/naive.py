@@ -2,9 +2,9 @@
 
 Per video, in order: HEAD each of its three objects, `download_file` the ones that exist to a temp
 file (boto3 does its own HEAD before the GET), `np.load` them, look its text-stage row up with one
-SQL query, judge it with the gating table of DESIGN §4 as written, fuse one row with plain numpy
-(DESIGN §5), and commit one SQLite row per item (plus its vector). It shares nothing with the
-pipeline but `metadata.load_horizon`, the status names and the synthetic layout's key scheme, so
+SQL query, judge it with the gating table of the gating table (docs/contract.md) as written, fuse one row with plain numpy
+(the fusion rules (docs/contract.md)), and commit one SQLite row per item (plus its vector). It shares nothing with the
+pipeline but `metadata.scan` (the horizon parser), the status names and the synthetic layout's key scheme, so
 when its statuses and vectors equal the pipeline's, both agree with the contract and not merely
 with each other.
 
@@ -36,10 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, use_endpoint  # noqa: E402
 
 from clipfarm_fusion.config import DEFAULT_TEXT_TERMINAL_STATUSES  # noqa: E402
-from clipfarm_fusion.core import (
-    metadata,  # noqa: E402
-    policy,
-)
+from clipfarm_fusion.core import metadata, policy  # noqa: E402
 
 MODALITIES = ("video", "audio", "text")
 MAX_FAIL_RETRIES = 3
@@ -83,7 +80,7 @@ def unsafe(video_id: str) -> bool:
 
 
 def gate(has: dict[str, bool], text_row: tuple | None, source_hash: str, text_state: bool) -> str:
-    """DESIGN §4, one item at a time, in the table's own order."""
+    """the gating table (docs/contract.md), one item at a time, in the table's own order."""
     if not has["video"] or not has["audio"]:
         return policy.MISSING_REQUIRED
     if has["text"]:
@@ -99,7 +96,7 @@ def gate(has: dict[str, bool], text_row: tuple | None, source_hash: str, text_st
 
 
 def fuse_row(strategy: str, v: np.ndarray, a: np.ndarray, t: np.ndarray, mask: float) -> np.ndarray:
-    """DESIGN §5 for one row: concat, or zero-pad to the widest and add / max in video, audio, text order."""
+    """the fusion rules (docs/contract.md) for one row: concat, or zero-pad to the widest and add / max in video, audio, text order."""
     if strategy == "concat":
         return np.concatenate([v, a, t, [mask]]).astype(np.float32)
     width = max(len(v), len(a), len(t))

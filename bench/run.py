@@ -29,7 +29,7 @@ from common import BENCH_DIR, machine, moto_process, use_endpoint  # noqa: E402
 from proxy import METHODS, start_proxy  # noqa: E402
 from seed import RUN_DATE, make, seed_day  # noqa: E402
 
-from clipfarm_fusion.config import STRATEGY_NAMES  # noqa: E402
+from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES as STRATEGY_NAMES  # noqa: E402 - what "all" runs
 from clipfarm_fusion.stores import (
     s3io,  # noqa: E402
     shards,

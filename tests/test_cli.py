@@ -452,7 +452,9 @@ def test_snapshot_manifest_writes_the_manifest_as_one_parquet_file(client, seed_
     assert len(expected) == 30
 
     def same_rows(table) -> None:
-        assert table.schema.names == list(expected.columns)  # DESIGN §2 columns, no internal ones
+        assert table.schema.names == list(
+            expected.columns
+        )  # the manifest columns (docs/contract.md) columns, no internal ones
         order = ["video_id", "source_hash"]
         pd.testing.assert_frame_equal(
             table.to_pandas().sort_values(order, ignore_index=True),

@@ -10,7 +10,7 @@ from clipfarm_fusion.cli.main import build_parser
 from clipfarm_fusion.config import FusionConfig, parse_strategies
 from clipfarm_fusion.defs.resources import FusionResource
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 # FusionConfig field -> (CLI `run` dest, FusionResource field); None: not on that surface, for the reason given.
 SURFACES = {

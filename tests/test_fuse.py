@@ -1,11 +1,11 @@
-"""DESIGN §5 fusion: hand-computed examples, widths, determinism, vectorisation over a batch."""
+"""The fusion rules (docs/contract.md): hand-computed examples, widths, determinism, vectorisation over a batch."""
 
 import numpy as np
 import pytest
 
 from clipfarm_fusion.core.kernels import FusionOptions, fuse, fused_dim
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 V = np.array([[1.0, -2.0, 3.0], [0.5, 0.0, -1.0]], dtype=np.float32)
 A = np.array([[4.0, 5.0], [-3.0, -4.0]], dtype=np.float32)

@@ -21,7 +21,7 @@ from clipfarm_fusion.core.npy import decode_vector
 from clipfarm_fusion.devtools.synthetic import npy_bytes
 from clipfarm_fusion.errors import ConfigError, ItemError
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

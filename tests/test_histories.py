@@ -1,4 +1,4 @@
-"""Generated histories of runs, checked against the README's invariants and a sequential reference.
+"""Generated histories of runs, checked against the invariants of docs/safety.md and a sequential reference.
 
 Each seed draws a history on a small day (at most 12 videos, one or two strategies): runs for random
 dates in any order, text arriving file-then-row or row-then-file, a horizon row changing its URL, an

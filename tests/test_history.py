@@ -1,5 +1,5 @@
 """Histories of runs, not single runs: backfills behind later days, overlapping days, late text, long
-runs. After each, the invariants of the README's "Any order of runs" hold: I1 the newest committed
+runs. After each, the invariants of docs/safety.md ("Any order of runs") hold: I1 the newest committed
 fusion wins, I2 state and manifest agree, I3 no run moves a video backwards, I4 every pointer resolves."""
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def test_verify_and_the_check_catch_a_hand_made_disagreement(client, bucket, tmp
     state = read_state("concat", bucket=bucket, root=ROOT, client=client)
     fused = state[state["status"] == "success_full"].iloc[0]
     rows = pa.Table.from_pandas(state, preserve_index=False).to_pandas()
-    published = verify.read_published(client, bucket, ROOT, "concat")
+    published = verify.load_published(client, bucket, ROOT, "concat")
     broken = rows.copy()
     broken.loc[broken["video_id"] == fused["video_id"], "vector_id"] = "elsewhere#0"
     assert verify.disagreements(broken, published.manifest)[0]["video_id"] == fused["video_id"]
@@ -251,7 +251,7 @@ def test_verify_and_the_check_catch_a_hand_made_disagreement(client, bucket, tmp
     store.commit(pa.Table.from_pandas(row, schema=state_module.SCHEMA, preserve_index=False), {})
     assert lake is not None
     passed, facts = verify.state_matches_manifest(
-        client, verify.read_published(client, bucket, ROOT, "concat")
+        client, verify.load_published(client, bucket, ROOT, "concat")
     )
     assert not passed and facts["disagreements"] == 1
     assert main(["verify", "--bucket", bucket, "--strategy", "concat"]) == 5

@@ -8,7 +8,7 @@ import pytest
 from clipfarm_fusion.core import known
 from clipfarm_fusion.core.known import Builder, KnownIndex
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 SCHEMA = pa.schema([("video_id", pa.string()), ("captured_ns", pa.int64()), ("hash64", pa.int64())])
 

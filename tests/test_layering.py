@@ -18,7 +18,7 @@ import pytest
 
 import clipfarm_fusion
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 PACKAGE = "clipfarm_fusion"
 PACKAGE_DIR = Path(clipfarm_fusion.__file__).parent

@@ -5,7 +5,7 @@ import pytest
 from clipfarm_fusion.core.layout import Layout, part_number, video_id_problem
 from clipfarm_fusion.errors import ItemError
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ CSV = (
     "edge00,https://youtube.com/shorts/edge00,2026-03-01T23:59:59+00:00,edge,5\n"
 ).encode()
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 
 def test_dedupes_to_latest_captured_at():

@@ -9,7 +9,7 @@ from clipfarm_fusion.core.npy import decode_vector
 from clipfarm_fusion.devtools.synthetic import npy_bytes, object_array_npy
 from clipfarm_fusion.errors import ItemError
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 
 def decode(body):

@@ -1,11 +1,11 @@
-"""DESIGN §4 (text gating, one test per row) and §6 (retry policy), on the pure functions."""
+"""The gating table (docs/contract.md, one test per row) and the retry policy, on the pure functions."""
 
 import numpy as np
 import pytest
 
 from clipfarm_fusion.core import policy
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 H = "a" * 64
 TERMINAL = ("no_captions", "fail_empty_transcript_terminal")

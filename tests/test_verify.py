@@ -23,7 +23,7 @@ def published(seed_day, client):
     """concat published for 2026-03-01 in shards of 8, and a way to re-read it after corrupting it."""
     seeded = seed_day(videos=30)
     pipeline.run(seeded.config(strategies=("concat",), shard_size=8), date(2026, 3, 1), client=client)
-    return lambda: verify.read_published(client, seeded.bucket, "clipfarm", "concat")
+    return lambda: verify.load_published(client, seeded.bucket, "clipfarm", "concat")
 
 
 def rewrite_manifest(client, outputs: verify.Published, table: pa.Table) -> None:
@@ -48,7 +48,7 @@ def test_a_fresh_publication_passes_every_check(published, client):
 
 
 def test_nothing_published_yet_passes(client, bucket):
-    outputs = verify.read_published(client, bucket, "clipfarm", "concat")
+    outputs = verify.load_published(client, bucket, "clipfarm", "concat")
     assert verify.schema_matches_output(client, outputs).passed
     assert verify.manifest_keys_unique(outputs).passed
     assert verify.manifest_pointers_resolve(client, outputs, sample_size=10).passed
@@ -90,7 +90,7 @@ def test_partition_check_reads_every_shard_of_the_day_whatever_the_sample(seed_d
     listed), so the one deleted shard is found and named."""
     seeded = seed_day(videos=60)
     pipeline.run(seeded.config(strategies=("concat",), shard_size=4), date(2026, 3, 1), client=client)
-    outputs = verify.read_published(client, seeded.bucket, "clipfarm", "concat")
+    outputs = verify.load_published(client, seeded.bucket, "clipfarm", "concat")
     keys = sorted(set(outputs.manifest["fused_key"].to_pylist()))
     assert len(keys) >= 10
     sampled_key = verify.sample_rows(outputs.manifest, 1)["fused_key"][0].as_py()
@@ -140,7 +140,7 @@ def test_verify_strategy_checks_every_shard_and_reports_each_problem(seed_day, c
 
 
 def read_published_keys(client, bucket):
-    return verify.read_published(client, bucket, "clipfarm", "concat").manifest["fused_key"].to_pylist()
+    return verify.load_published(client, bucket, "clipfarm", "concat").manifest["fused_key"].to_pylist()
 
 
 def test_manifest_dim_the_lock_never_allowed_fails_schema_check(published, client):
@@ -265,7 +265,7 @@ def test_verify_command_exit_5_on_a_corrupt_shard(fused_day, client, corrupt):
 
 def test_verify_command_exit_5_on_a_pointer_to_another_row(fused_day, client):
     seeded, keys = fused_day
-    outputs = verify.read_published(client, seeded.bucket, "clipfarm", "concat")
+    outputs = verify.load_published(client, seeded.bucket, "clipfarm", "concat")
     idx = outputs.manifest["shard_idx"].to_pylist()
     n = outputs.manifest["shard_n"].to_pylist()
     swapped = [(i + 1) % size if pos == 0 else i for pos, (i, size) in enumerate(zip(idx, n, strict=True))]
@@ -277,7 +277,7 @@ def test_verify_command_exit_5_on_a_pointer_to_another_row(fused_day, client):
 
 def test_verify_command_exit_5_on_a_duplicated_key_naming_the_manifest_table(fused_day, client):
     seeded, _ = fused_day
-    outputs = verify.read_published(client, seeded.bucket, "clipfarm", "concat")
+    outputs = verify.load_published(client, seeded.bucket, "clipfarm", "concat")
     rewrite_manifest(client, outputs, pa.concat_tables([outputs.manifest, outputs.manifest.slice(0, 1)]))
     result = cli("verify", "--strategy", "concat", "--bucket", seeded.bucket)
     assert result.returncode == 5, result.stderr

@@ -188,7 +188,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "snapshot-manifest",
         help="write a strategy's manifest as one parquet file (for readers of fused_manifest.parquet)",
         description="Runs write the manifest as a Delta table (<root>/fused/<strategy>/manifest/). For tools "
-        "that read one parquet file, this writes the current manifest (DESIGN §2 columns) to --out, by "
+        "that read one parquet file, this writes the current manifest (the manifest columns (docs/contract.md) columns) to --out, by "
         "default s3://BUCKET/<root>/fused/<strategy>/fused_manifest.parquet, replacing what is there. It reads "
         "the whole table: O(corpus) by nature. Exit codes: 0 written; 2 bad usage, no bucket or nothing published.",
     )

@@ -1,4 +1,4 @@
-"""Pure: the text gating policy of DESIGN §4 as one table of cases, evaluated over a whole batch.
+"""Pure: the text gating policy (docs/contract.md, "The gating policy") as one table of cases, evaluated over a whole batch.
 
 Video and audio are required; text is optional only when the text stage says, for this very
 source_hash, that there will never be any (a terminal status). A text-stage row with no hash (None:
@@ -86,7 +86,7 @@ def gate(
 
 
 def after_failure(previous_retries: np.ndarray, max_fail_retries: int) -> tuple[np.ndarray, np.ndarray]:
-    """DESIGN §6: a failure adds one retry; past `max_fail_retries` it is terminal.
+    """the retry and drift rules (docs/contract.md): a failure adds one retry; past `max_fail_retries` it is terminal.
 
     `previous_retries` must already be reset to 0 where the source_hash changed.
     Returns (retry_count, status) per item.

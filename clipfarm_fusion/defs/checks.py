@@ -110,7 +110,7 @@ def published_outputs(context: AssetCheckExecutionContext, fusion: FusionResourc
         if not names:
             continue
         try:
-            published = verify.read_published(client, fusion.bucket, fusion.root, strategy)
+            published = verify.load_published(client, fusion.bucket, fusion.root, strategy)
         except StoreError as exc:  # an unreadable manifest fails every check of it, saying why
             published, unreadable = None, verify.Verdict(False, {"problem": str(exc)})
         for name in names:

@@ -24,7 +24,7 @@ BAR_WIDTH = 30
 
 
 def strategy_metadata(summary: RunSummary, name: str) -> dict[str, MetadataValue]:
-    """DESIGN §7 as materialization metadata: every status gets a `status/<s>` count (zeros too, so the
+    """the run summary (docs/contract.md) as materialization metadata: every status gets a `status/<s>` count (zeros too, so the
     UI can plot each status across partitions), plus sizes, keys, timings and two markdown tables."""
     strategy = summary.strategies[name]
     uri = f"s3://{summary.bucket}/"

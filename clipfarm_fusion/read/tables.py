@@ -30,7 +30,7 @@ def manifest_table(client, bucket: str, root: str, strategy: str) -> pa.Table | 
 def read_manifest(
     strategy: str, *, bucket: str | None = None, root: str = DEFAULT_ROOT, client=None
 ) -> pd.DataFrame:
-    """One row per `(video_id, source_hash)` with the manifest columns of DESIGN §2 (plus
+    """One row per `(video_id, source_hash)` with the manifest columns of the manifest columns (docs/contract.md) (plus
     `projection_id` for strategy projection); no rows when nothing has been fused yet."""
     table = manifest_table(client or s3io.make_client(8), resolve_bucket(bucket), root, strategy)
     return (manifest.schema_for(strategy).empty_table() if table is None else table).to_pandas()
@@ -44,4 +44,4 @@ def read_state(
     Raises StoreError when the published state cannot be read."""
     _check_strategy(strategy)
     client = client or s3io.make_client(8)
-    return state.read_published(client, resolve_bucket(bucket), Layout(root.strip("/")), strategy)
+    return state.read_rows(client, resolve_bucket(bucket), Layout(root.strip("/")), strategy)

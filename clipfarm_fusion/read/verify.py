@@ -70,7 +70,7 @@ class Published:
     lock_problem: str | None
 
 
-def read_published(client, bucket: str, root: str, strategy: str) -> Published:
+def load_published(client, bucket: str, root: str, strategy: str) -> Published:
     """Read the manifest and lock once for every check of a strategy."""
     root = root.strip("/")
     return _published(client, bucket, root, strategy, tables.manifest_table(client, bucket, root, strategy))
@@ -161,7 +161,7 @@ def _undecodable(error: Exception) -> str:
 
 
 def manifest_keys_unique(published: Published) -> Verdict:
-    """One manifest row per `(video_id, source_hash)` (DESIGN §2); duplicates mean a broken upsert."""
+    """One manifest row per `(video_id, source_hash)` (the manifest columns (docs/contract.md)); duplicates mean a broken upsert."""
     rows = _rows(published)
     if rows == 0:
         return Verdict(True, {"manifest_rows": 0, "duplicate_keys": 0})
@@ -548,7 +548,7 @@ def state_matches_manifest(client, published: Published, partition: str | None =
 def _disagreeing(
     client, published: Published, table: pa.Table | None, partition: str | None
 ) -> tuple[int, list[dict[str, object]]]:
-    rows = state.read_published(client, published.bucket, Layout(published.root), published.strategy)
+    rows = state.read_rows(client, published.bucket, Layout(published.root), published.strategy)
     table = table if table is not None else manifest.SCHEMA.empty_table()
     if partition:
         marker = f"/date={partition}/"

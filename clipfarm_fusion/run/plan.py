@@ -82,7 +82,7 @@ class Plan:
 
 def check_run_date(run_date: date) -> None:
     """A run is pinned to a day that has happened: a future date would mark videos done under a date
-    they were never fused for (DESIGN §3)."""
+    they were never fused for (the work-list rules (docs/contract.md))."""
     today = datetime.now(UTC).date()
     if run_date > today:
         raise ConfigError(
@@ -282,7 +282,7 @@ def fusion_options(client, config: FusionConfig, strategies: tuple[str, ...]) ->
 
 
 @dataclass(frozen=True)
-class Selection:
+class Candidates:
     """Which horizon rows a run hashes and compares (see `metadata.scan`), and per strategy which
     placeholders the text stage has news for (None: every placeholder among the candidates)."""
 
@@ -306,7 +306,7 @@ def _select(
     text: text_state.TextState,
     terminal: tuple[str, ...],
     present: list[str],
-) -> Selection:
+) -> Candidates:
     """Candidates in O(delta) as far as the inputs allow: videos some strategy has not processed in their
     current form (see `metadata.scan`), open items, and placeholders the text stage has news for: its
     row changed since that strategy's last commit, or (on the first run, with no cursor yet) its status
@@ -335,7 +335,7 @@ def _select(
             placeholders = store.placeholders(among=among)
             also.append(placeholders)
             recheck[name] = set(placeholders.to_pylist())
-    return Selection(
+    return Candidates(
         known=known if known is not None else KnownIndex.empty(),
         also=pa.concat_arrays([a.cast(pa.string()) for a in also]) if also else pa.array([], pa.string()),
         recheck=recheck,

@@ -12,7 +12,7 @@ from clipfarm_fusion.core.policy import FUSED_STATUSES
 
 @dataclass
 class StrategySummary:
-    """One strategy's run. `delta` counts every horizon video that needs work (DESIGN §3, unsafe ids
+    """One strategy's run. `delta` counts every horizon video that needs work (the work-list rules (docs/contract.md), unsafe ids
     included); each of them ends in exactly one place: a status count, `upgrade_checked` (a placeholder
     whose text is still missing) or `deferred` (left for the next run by --max-items). So
     `delta == sum(counts) + upgrade_checked + deferred`, in the log, the table, the JSON and Dagster."""

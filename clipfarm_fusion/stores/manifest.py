@@ -59,7 +59,7 @@ SCHEMA = pa.schema(
         ("fused_at", pa.string()),
     ]
 )
-# Strategy `projection` adds one column beyond DESIGN §2: the artifact's sha256 on every row.
+# Strategy `projection` adds one column beyond the manifest columns (docs/contract.md): the artifact's sha256 on every row.
 PROJECTION_SCHEMA = SCHEMA.append(pa.field("projection_id", pa.string()))
 
 
@@ -74,7 +74,7 @@ def shard_rows(
     retry_base: np.ndarray,
     options: FusionOptions,
 ) -> pa.Table:
-    """Manifest rows (DESIGN §2) for the horizon `rows` fused into shard `key`, in shard order."""
+    """Manifest rows (the manifest columns (docs/contract.md)) for the horizon `rows` fused into shard `key`, in shard order."""
     ids = rows["video_id"].tolist()
     table = pa.table(
         {

@@ -1,4 +1,4 @@
-"""`schema.json`: the dims a strategy's vectors are locked to, (the drift rules of DESIGN §6 are in `drift`).
+"""`schema.json`: the dims a strategy's vectors are locked to, (the drift rules of the retry and drift rules (docs/contract.md) are in `drift`).
 
 The lock is written once, by the first run that fuses anything; after that every run must match it.
 Changing it is `clipfarm-fusion migrate-schema`, never a side effect of a daily run.

@@ -324,7 +324,7 @@ def _with_cursors(rows: pa.Table, published: pa.Table | None) -> pa.Table:
     return joined.select(SCHEMA.names).cast(SCHEMA)
 
 
-def read_published(client, bucket: str, layout: Layout, strategy: str) -> pd.DataFrame:
+def read_rows(client, bucket: str, layout: Layout, strategy: str) -> pd.DataFrame:
     """Every published state row (the table, or a seed-era mirror not imported yet), sorted by video_id."""
     table = lake.open_table(lake.uri(bucket, layout.state_table_key(strategy)), lake.storage_options(client))
     if table is not None:

@@ -1,11 +1,11 @@
-"""DESIGN §3 delta rules on the pure `worklist.compute`."""
+"""The work-list rules (docs/contract.md) on the pure `worklist.compute`."""
 
 import pandas as pd
 import pytest
 
 from clipfarm_fusion.core import policy, worklist
 
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README, Development)
+pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 
 def horizon(*rows):
