@@ -25,10 +25,9 @@ import pyarrow as pa
 from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.core import metadata, policy, worklist
 from clipfarm_fusion.core.kernels import STRATEGIES, FusionOptions
-from clipfarm_fusion.core.known import KnownIndex
 from clipfarm_fusion.core.layout import Layout, video_id_problem
 from clipfarm_fusion.errors import ConfigError, SchemaDriftError
-from clipfarm_fusion.run import staging
+from clipfarm_fusion.run import candidates, staging
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
 from clipfarm_fusion.stores import (
     manifest,
@@ -112,6 +111,7 @@ def _plan(
     text: text_state.TextState,
     log: logging.Logger,
 ) -> Plan:
+    """Read the inputs, plan each strategy, cut the union of their work lists into chunks and stage them."""
     started = time.time()
     run_id = f"{run_date.isoformat()}-{uuid.uuid4().hex[:12]}"
     summary = RunSummary(run_date=run_date.isoformat(), bucket=config.bucket, root=config.root)
@@ -122,99 +122,20 @@ def _plan(
         )
         for name in config.strategies
     }
-    present = (
-        text_files(client, config.bucket, layout, config.s3_patience_seconds)
-        if config.recheck_text_files
-        else []
-    )
-    if config.recheck_text_files:
-        summary.text_files_listed = len(present)
-    selection = _select(stores, text, config.text_terminal_statuses, present)
-    scan = metadata.scan(
-        horizon_file,
-        config.metadata_location,
-        run_date,
-        config.include_captured_at_in_hash,
-        known=selection.known,
-        also=selection.also,
-        sample=config.sample_size,
-    )
-    _report_bad_dates(summary, scan, config, log)
-    horizon = scan.rows
-    problems = horizon["video_id"].map(video_id_problem)
-    invalid, horizon = horizon[problems.notna()], horizon[problems.isna()]
-    log.info(
-        "horizon as of %s: %d rows, %d of them candidates (%d with unsafe ids)",
-        run_date,
-        scan.horizon_rows,
-        len(horizon),
-        len(invalid),
-    )
-    options = config.options
-    if "projection" in config.strategies:
-        options = replace(
-            options, projection=projection_artifacts.load(client, config.projection_uri, STRATEGIES)
-        )
-
+    inputs = _read_inputs(config, run_date, client, layout, horizon_file, text, stores, summary, log)
+    options = fusion_options(client, config, config.strategies)
     planned: list[StrategyPlan] = []
     deltas: dict[str, pd.DataFrame] = {}
     priors: dict[str, pd.DataFrame] = {}
     refreshed: dict[str, pa.Table] = {}
     for name, store in stores.items():
-        prior = store.rows_for(pa.array(horizon["video_id"].tolist(), pa.string()))
-        schema_key = layout.schema_key(name)
-        lock = schema_lock.read(client, config.bucket, schema_key)
-        manifest.open_table(client, config.bucket, layout, name, config.s3_patience_seconds)  # imports once
-        strategy_summary = StrategySummary(
-            manifest_key=layout.manifest_table_key(name),
-            schema_key=schema_key,
-            state_key=layout.state_table_key(name),
-            state_source=store.source,
+        strategy = _plan_strategy(
+            config, run_date, client, layout, name, store, inputs, options, summary, log
         )
-        try:
-            schema_lock.check_options(lock, name, options, schema_key)
-        except SchemaDriftError as exc:
-            summary.stopped[name] = str(exc)
-            log.error("%s stopped, nothing of it published: %s", name, exc)
+        if strategy is None:
             continue
-        delta = worklist.compute(horizon, prior, selection.recheck[name], run_date.isoformat())
-        if store.newest_run_date and store.newest_run_date > run_date.isoformat():
-            strategy_summary.behind = store.newest_run_date
-            strategy_summary.left_to_later = len(
-                worklist.compute(horizon, prior, selection.recheck[name])
-            ) - len(delta)
-            log.info(
-                "%s: this run (%s) is behind the newest committed run date %s: it fuses new and changed "
-                "videos and upgrades placeholders, and leaves %d videos that a later run holds in a newer "
-                "form (or has retried) as they are",
-                name,
-                run_date,
-                store.newest_run_date,
-                strategy_summary.left_to_later,
-            )
-        _record_invalid(strategy_summary, invalid, problems, config.sample_size)
-        strategy_summary.delta = len(delta) + len(invalid)
-        summary.strategies[name] = strategy_summary
-        deltas[name] = delta.set_index("video_id")
-        priors[name] = prior.sort_index()  # chunks are id ranges: each takes its slice
-        refreshed[name] = pa.Table.from_pylist(
-            state.refreshed_rows(horizon, prior, delta), schema=state.SCHEMA
-        )
-        planned.append(
-            StrategyPlan(
-                name=name,
-                state_version=store.version,
-                text_cursor=store.text_cursor,
-                locked=lock is not None,
-                dims=lock.dims if lock else None,
-                fused_dim=lock.fused_dim if lock else None,
-                first_part=shards.first_free_part(client, config.bucket, layout, name, run_date)
-                if len(delta)
-                else 0,
-                delta=len(delta),
-                recheck_all=selection.recheck[name] is None,
-            )
-        )
+        planned.append(strategy.plan)
+        deltas[name], priors[name], refreshed[name] = strategy.delta, strategy.prior, strategy.refreshed
     work = _union_delta(deltas)
     chunk_size = (len(work) or 1) if config.max_items else config.chunk_size
     chunks = math.ceil(len(work) / chunk_size)
@@ -231,7 +152,162 @@ def _plan(
     for name, delta in deltas.items():
         work[f"reason/{name}"] = delta["reason"].reindex(work["video_id"]).to_numpy(dtype=object)
         work[f"retry_base/{name}"] = delta["retry_base"].reindex(work["video_id"]).to_numpy(dtype="float64")
-    for index in range(chunks):
+    refreshing = _stage(config, client, layout, run_id, work, chunk_size, priors, refreshed)
+    return Plan(
+        run_id=run_id,
+        run_date=run_date.isoformat(),
+        started=started,
+        strategies=tuple(planned),
+        chunks=chunks,
+        chunk_size=chunk_size,
+        work=len(work),
+        keys_per_item=inputs.scan.horizon_rows / max(len(work), 1),
+        text_problem=text.problem,
+        text_cursor=None if text.problem else text.cursor,
+        refreshing=refreshing,
+        summary=summary.to_dict(),
+    )
+
+
+@dataclass
+class _Inputs:
+    """The day's horizon as one run sees it: the candidate rows with safe ids, those with unsafe ids
+    (and why), the scan's counts, and which placeholders each strategy rechecks."""
+
+    horizon: pd.DataFrame
+    invalid: pd.DataFrame
+    problems: pd.Series
+    scan: metadata.HorizonScan
+    candidates: candidates.Candidates
+
+
+def _read_inputs(
+    config: FusionConfig,
+    run_date: date,
+    client,
+    layout: Layout,
+    horizon_file: Path,
+    text: text_state.TextState,
+    stores: dict[str, state.StateStore],
+    summary: RunSummary,
+    log: logging.Logger,
+) -> _Inputs:
+    """The candidates (`_select`, plus the listed text files of a full recheck), then the horizon rows
+    they need, as of `run_date`."""
+    present = (
+        candidates.text_files(client, config.bucket, layout, config.s3_patience_seconds)
+        if config.recheck_text_files
+        else []
+    )
+    if config.recheck_text_files:
+        summary.text_files_listed = len(present)
+    chosen = candidates.select(stores, text, config.text_terminal_statuses, present)
+    scan = metadata.scan(
+        horizon_file,
+        config.metadata_location,
+        run_date,
+        config.include_captured_at_in_hash,
+        known=chosen.known,
+        also=chosen.also,
+        sample=config.sample_size,
+    )
+    _report_bad_dates(summary, scan, config, log)
+    problems = scan.rows["video_id"].map(video_id_problem)
+    invalid, horizon = scan.rows[problems.notna()], scan.rows[problems.isna()]
+    log.info(
+        "horizon as of %s: %d rows, %d of them candidates (%d with unsafe ids)",
+        run_date,
+        scan.horizon_rows,
+        len(horizon),
+        len(invalid),
+    )
+    return _Inputs(horizon, invalid, problems, scan, chosen)
+
+
+@dataclass
+class _Planned:
+    plan: StrategyPlan
+    delta: pd.DataFrame  # the work list, indexed by video_id
+    prior: pd.DataFrame  # the state rows of the candidates, sorted by video_id
+    refreshed: pa.Table  # state rows the horizon refreshes without any work
+
+
+def _plan_strategy(
+    config: FusionConfig,
+    run_date: date,
+    client,
+    layout: Layout,
+    name: str,
+    store: state.StateStore,
+    inputs: _Inputs,
+    options: FusionOptions,
+    summary: RunSummary,
+    log: logging.Logger,
+) -> _Planned | None:
+    """One strategy's work list, or None when its lock refuses the run's options (it stops alone)."""
+    horizon = inputs.horizon
+    prior = store.rows_for(pa.array(horizon["video_id"].tolist(), pa.string()))
+    schema_key = layout.schema_key(name)
+    lock = schema_lock.read(client, config.bucket, schema_key)
+    manifest.open_table(client, config.bucket, layout, name, config.s3_patience_seconds)  # imports once
+    strategy_summary = StrategySummary(
+        manifest_key=layout.manifest_table_key(name),
+        schema_key=schema_key,
+        state_key=layout.state_table_key(name),
+        state_source=store.source,
+    )
+    try:
+        schema_lock.check_options(lock, name, options, schema_key)
+    except SchemaDriftError as exc:
+        summary.stopped[name] = str(exc)
+        log.error("%s stopped, nothing of it published: %s", name, exc)
+        return None
+    recheck = inputs.candidates.recheck[name]
+    delta = worklist.compute(horizon, prior, recheck, run_date.isoformat())
+    if store.newest_run_date and store.newest_run_date > run_date.isoformat():
+        strategy_summary.behind = store.newest_run_date
+        strategy_summary.left_to_later = len(worklist.compute(horizon, prior, recheck)) - len(delta)
+        log.info(
+            "%s: this run (%s) is behind the newest committed run date %s: it fuses new and changed "
+            "videos and upgrades placeholders, and leaves %d videos that a later run holds in a newer "
+            "form (or has retried) as they are",
+            name,
+            run_date,
+            store.newest_run_date,
+            strategy_summary.left_to_later,
+        )
+    _record_invalid(strategy_summary, inputs.invalid, inputs.problems, config.sample_size)
+    strategy_summary.delta = len(delta) + len(inputs.invalid)
+    summary.strategies[name] = strategy_summary
+    plan = StrategyPlan(
+        name=name,
+        state_version=store.version,
+        text_cursor=store.text_cursor,
+        locked=lock is not None,
+        dims=lock.dims if lock else None,
+        fused_dim=lock.fused_dim if lock else None,
+        first_part=shards.first_free_part(client, config.bucket, layout, name, run_date) if len(delta) else 0,
+        delta=len(delta),
+        recheck_all=recheck is None,
+    )
+    refreshed = pa.Table.from_pylist(state.refreshed_rows(horizon, prior, delta), schema=state.SCHEMA)
+    # chunks are id ranges: each takes its slice of the sorted prior rows
+    return _Planned(plan, delta.set_index("video_id"), prior.sort_index(), refreshed)
+
+
+def _stage(
+    config: FusionConfig,
+    client,
+    layout: Layout,
+    run_id: str,
+    work: pd.DataFrame,
+    chunk_size: int,
+    priors: dict[str, pd.DataFrame],
+    refreshed: dict[str, pa.Table],
+) -> bool:
+    """One staged object per chunk (its work rows and the state rows of its id range), and one for the
+    refreshed state rows when there are any; whether there were."""
+    for index in range(math.ceil(len(work) / chunk_size)):
         rows = work.iloc[index * chunk_size : (index + 1) * chunk_size]
         tables = {"work": pa.Table.from_pandas(rows, preserve_index=False)}
         first, last = rows["video_id"].iloc[0], rows["video_id"].iloc[-1]
@@ -253,21 +329,7 @@ def _plan(
         staging.put(
             client, config.bucket, layout.plan_key(run_id), refreshing, {}, config.s3_patience_seconds
         )
-    text_cursor = None if text.problem else text.cursor
-    return Plan(
-        run_id=run_id,
-        run_date=run_date.isoformat(),
-        started=started,
-        strategies=tuple(planned),
-        chunks=chunks,
-        chunk_size=chunk_size,
-        work=len(work),
-        keys_per_item=scan.horizon_rows / max(len(work), 1),
-        text_problem=text.problem,
-        text_cursor=text_cursor,
-        refreshing=bool(refreshing),
-        summary=summary.to_dict(),
-    )
+    return bool(refreshing)
 
 
 def fusion_options(client, config: FusionConfig, strategies: tuple[str, ...]) -> FusionOptions:
@@ -279,67 +341,6 @@ def fusion_options(client, config: FusionConfig, strategies: tuple[str, ...]) ->
             options, projection=projection_artifacts.load(client, config.projection_uri, STRATEGIES)
         )
     return options
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Which horizon rows a run hashes and compares (see `metadata.scan`), and per strategy which
-    placeholders the text stage has news for (None: every placeholder among the candidates)."""
-
-    known: KnownIndex
-    also: pa.Array
-    recheck: dict[str, set[str] | None]
-
-
-def text_files(client, bucket: str, layout: Layout, patience_s: float) -> list[str]:
-    """The video_ids whose text `.npy` exists, from one LIST of the text prefix: what a full text recheck
-    (`--recheck-text`) upgrades, whatever the text stage's rows say."""
-    prefix = layout.embedding_prefix("text")
-    keys = s3io.with_patience(
-        lambda: s3io.list_keys(client, bucket, prefix), "listing the text embeddings", patience_s
-    )
-    return [key[len(prefix) : -len(".npy")] for key in keys if key.endswith(".npy")]
-
-
-def _select(
-    stores: dict[str, state.StateStore],
-    text: text_state.TextState,
-    terminal: tuple[str, ...],
-    present: list[str],
-) -> Candidates:
-    """Candidates in O(delta) as far as the inputs allow: videos some strategy has not processed in their
-    current form (see `metadata.scan`), open items, and placeholders the text stage has news for: its
-    row changed since that strategy's last commit, or (on the first run, with no cursor yet) its status
-    is no longer a terminal one such as `no_captions`. Without a usable signal (the text stage
-    unreadable, or no `processed_at` column in it) every placeholder is rechecked, a text GET each.
-    `present` (a full text recheck's listing) adds the placeholders whose text file exists."""
-    known: KnownIndex | None = None
-    also: list[pa.Array] = []
-    recheck: dict[str, set[str] | None] = {}
-    for name, store in stores.items():
-        known = store.known() if known is None else known.agreeing(store.known())
-        also.append(store.open_ids())
-        changed = None if text.problem else text.changed_since(store.text_cursor)
-        if changed is not None and store.text_cursor is None:  # no cursor yet: the status tells
-            candidates = store.placeholders()
-            statuses, _ = text.lookup(candidates.to_pylist())
-            changed = candidates.filter(
-                pa.array([s not in terminal for s in statuses], pa.bool_())
-            ).to_pylist()
-        if changed is None:
-            also.append(store.placeholders())
-            recheck[name] = None
-        else:
-            due = list(store.text_due or {})  # late text: rechecked whatever the text stage says
-            among = pa.array([*changed, *due, *present], pa.string())
-            placeholders = store.placeholders(among=among)
-            also.append(placeholders)
-            recheck[name] = set(placeholders.to_pylist())
-    return Candidates(
-        known=known if known is not None else KnownIndex.empty(),
-        also=pa.concat_arrays([a.cast(pa.string()) for a in also]) if also else pa.array([], pa.string()),
-        recheck=recheck,
-    )
 
 
 def _report_bad_dates(summary: RunSummary, scan: metadata.HorizonScan, config: FusionConfig, log) -> None:
