@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from clipfarm_fusion.admin import maintenance, sweep
 from clipfarm_fusion.cli.argtypes import iso_date, positive
@@ -25,8 +23,8 @@ from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import ConfigError, SchemaDriftError, StoreError
 from clipfarm_fusion.read import verify
+from clipfarm_fusion.read.export import WRITERS
 from clipfarm_fusion.read.vectors import (
-    ShardRead,
     common_dim,
     filter_rows,
     iter_shards,
@@ -70,7 +68,16 @@ def _age(value: str):
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `inspect`, `export`, `verify` and `gc` to the `clipfarm-fusion` subcommands."""
+    """Add `inspect`, `export`, `verify`, `gc`, `maintain` and `snapshot-manifest` to the subcommands."""
+    _add_inspect(subparsers)
+    _add_export(subparsers)
+    _add_verify(subparsers)
+    _add_gc(subparsers)
+    _add_maintain(subparsers)
+    _add_snapshot_manifest(subparsers)
+
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser(
         "inspect",
         help="show a strategy's schema lock, manifest totals and, for given ids, their pointers and vectors",
@@ -91,6 +98,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="video ids to look up (repeatable)",
     )
 
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",
         help="write a strategy's vectors and manifest rows to one training-ready .parquet or .npy file",
@@ -116,17 +125,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)"
     )
 
+
+def _add_verify(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser(
         "verify",
         help="check everything a strategy published: schema lock, unique keys, every shard and pointer",
         description="Checks that schema.json is readable and allows the manifest's fused_dims, that the "
-        "manifest has one row per (video_id, source_hash), that every shard the manifest references exists "
+        "manifest has one row per (video_id, source_hash), that state and manifest agree (every fused video's "
+        "state points at its latest manifest row), that every shard the manifest references exists "
         "(one LIST per 1000 keys) and that every row's pointer resolves: the shard decodes, has shard_n "
         "rows of fused_dim-wide vectors and holds the row's video_id at shard_idx (one GET per shard, "
         "--threads at a time, shard by shard, so memory stays bounded). Prints a short report. Exit codes: "
         "0 all is well; 2 bad usage, no bucket or no manifest; 5 something does not resolve (a missing or "
-        "broken shard, a bad pointer, a duplicated key or a lock that disagrees; the first bad shard is "
-        "named on stderr).",
+        "broken shard, a bad pointer, a duplicated key, a lock or a state that disagrees; the first bad "
+        "shard or video is named on stderr).",
     )
     _common_arguments(check, "only rows whose shard is under date=<D>/ (and only that date's shards)")
     check.add_argument("--threads", type=positive, default=8, help="shards fetched concurrently (default: 8)")
@@ -138,14 +150,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="log a progress line every N shards (default: 100)",
     )
 
+
+def _add_gc(subparsers: argparse._SubParsersAction) -> None:
     collect = subparsers.add_parser(
         "gc",
         help="delete orphan shards: those no manifest row points to, older than a grace period",
         description="Lists <root>/fused/<strategy>/shards/ (one request per 1000 keys), reads the manifest "
         "after the listing, and deletes (DeleteObjects, 1000 keys per request) every shard that no manifest "
         "row points to and whose LastModified is older than --older-than. Never deletes a shard the "
-        "committed manifest references, nor a younger one: a run in progress writes its shards before it "
-        "commits the manifest, so the grace period must exceed the longest run. Orphans come from crashed "
+        "committed manifest references, nor a younger one, nor one written since the oldest run still in "
+        "progress began (its staged objects say so), however long that run takes. Orphans come from crashed "
         "runs, a losing concurrent writer and reruns that replaced rows. Exit codes: 0 done (also when "
         "there was nothing to delete); 1 some deletes failed (named; rerun); 2 bad usage, no bucket or no "
         "manifest (nothing is swept without one).",
@@ -163,6 +177,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="list what would be deleted and delete nothing"
     )
 
+
+def _add_maintain(subparsers: argparse._SubParsersAction) -> None:
     upkeep = subparsers.add_parser(
         "maintain",
         help="compact, checkpoint and vacuum a strategy's manifest and state tables",
@@ -184,11 +200,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="compact nothing; list what vacuum would delete"
     )
 
+
+def _add_snapshot_manifest(subparsers: argparse._SubParsersAction) -> None:
     snapshot = subparsers.add_parser(
         "snapshot-manifest",
         help="write a strategy's manifest as one parquet file (for readers of fused_manifest.parquet)",
         description="Runs write the manifest as a Delta table (<root>/fused/<strategy>/manifest/). For tools "
-        "that read one parquet file, this writes the current manifest (the manifest columns (docs/contract.md) columns) to --out, by "
+        "that read one parquet file, this writes the current manifest (the manifest columns of docs/contract.md) to --out, by "
         "default s3://BUCKET/<root>/fused/<strategy>/fused_manifest.parquet, replacing what is there. It reads "
         "the whole table: O(corpus) by nature. Exit codes: 0 written; 2 bad usage, no bucket or nothing published.",
     )
@@ -370,53 +388,3 @@ def export(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
     print(f"exported {rows.num_rows} {args.strategy} vectors ({width}-d) to {out}")
     return EXIT_OK
-
-
-def vector_field(width: int) -> pa.Field:
-    return pa.field("vector", pa.list_(pa.float32(), width))
-
-
-def write_parquet(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
-    """Manifest columns + `vector`; one row group per shard, so the writer holds one shard at a time."""
-    field = vector_field(width)
-    with pq.ParquetWriter(path, rows.schema.append(field), compression="zstd") as writer:
-        for shard in shard_reads:
-            vectors = pa.FixedSizeListArray.from_arrays(pa.array(shard.vectors.reshape(-1)), width)
-            writer.write_table(shard.rows.append_column(field, vectors))
-
-
-def npy_dtype(rows: pa.Table, width: int) -> np.dtype:
-    """Structured dtype: manifest columns (strings as unicode wide enough for the longest value in
-    `rows`, integers as themselves), then `vector (F,) float32`. No object fields, so no pickle."""
-    fields: list[tuple] = []
-    for field in rows.schema:
-        if pa.types.is_string(field.type):
-            longest = pc.max(pc.utf8_length(rows[field.name])).as_py() or 0
-            fields.append((field.name, f"<U{max(longest, 1)}"))
-        else:
-            fields.append((field.name, field.type.to_pandas_dtype()))
-    fields.append(("vector", "<f4", (width,)))
-    return np.dtype(fields)
-
-
-def write_npy(path: Path, rows: pa.Table, width: int, shard_reads: Iterable[ShardRead]) -> None:
-    """Fill a memory-mapped `.npy` of `rows.num_rows` records shard by shard."""
-    records = np.lib.format.open_memmap(path, mode="w+", dtype=npy_dtype(rows, width), shape=(rows.num_rows,))
-    offset = 0
-    for shard in shard_reads:
-        block = records[offset : offset + shard.rows.num_rows]
-        for field in rows.schema:
-            column = shard.rows[field.name]
-            if pa.types.is_string(field.type):
-                column = column.fill_null("")
-            block[field.name] = column.to_numpy(zero_copy_only=False)
-        block["vector"] = shard.vectors
-        offset += shard.rows.num_rows
-    records.flush()
-    del records
-
-
-WRITERS: dict[str, Callable[[Path, pa.Table, int, Iterable[ShardRead]], None]] = {
-    ".parquet": write_parquet,
-    ".npy": write_npy,
-}
