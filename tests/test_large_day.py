@@ -151,9 +151,7 @@ def test_a_day_of_100k_videos_materializes_in_dagster_with_complete_tables(clien
 
 
 def test_a_native_crash_in_the_cli_prints_a_python_stack():
-    crash = (
-        "import ctypes; from clipfarm_fusion import cli; cli.main = lambda: ctypes.string_at(0); cli.entry()"
-    )
+    crash = "import ctypes; from clipfarm_fusion.cli import main as cli; cli.main = lambda: ctypes.string_at(0); cli.entry()"
     result = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60)
     assert result.returncode == -11
     assert "Fatal Python error: Segmentation fault" in result.stderr
