@@ -72,6 +72,9 @@ def dagster_home() -> Iterator[Path]:
         yield Path(home)
 
 
+PACKAGE = __package__.partition(".")[0]  # the dg project's root module: clipfarm_fusion
+
+
 def dg_project_root() -> Path | None:
     """The checkout this package is installed from in editable mode, when it is a dg project
     (pyproject.toml with `[tool.dg]` whose root_module is this package); else None: a wheel install.
@@ -89,7 +92,7 @@ def dg_project_root() -> Path | None:
     except (OSError, tomllib.TOMLDecodeError):
         return None
     dg = config.get("tool", {}).get("dg", {})
-    if dg.get("directory_type") == "project" and dg.get("project", {}).get("root_module") == __package__:
+    if dg.get("directory_type") == "project" and dg.get("project", {}).get("root_module") == PACKAGE:
         return root
     return None
 
