@@ -10,7 +10,6 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -20,8 +19,6 @@ from clipfarm_fusion.core.known import KnownIndex
 from clipfarm_fusion.core.npy import decode_vector
 from clipfarm_fusion.devtools.synthetic import npy_bytes
 from clipfarm_fusion.errors import ConfigError, ItemError
-
-pytestmark = pytest.mark.fast  # the fast loop: pure and unit tests (README: Development)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
