@@ -79,7 +79,7 @@ def replace_manifest(client, bucket: str, root: str, strategy: str, table) -> No
         table = pa.Table.from_pandas(table, preserve_index=False)
     write_deltalake(
         lake.uri(bucket, Layout(root).manifest_table_key(strategy)),
-        manifest.conform(table, manifest.schema_for(strategy)),
+        lake.conform(table, manifest.schema_for(strategy)),
         mode="overwrite",
         storage_options=lake.storage_options(client),
     )

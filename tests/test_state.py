@@ -202,10 +202,11 @@ def test_imported_rows_get_the_cursor_columns_from_their_hash_and_the_manifest(
         ("no-hash", None, "t", FAIL, None, None, None, 1),
     ]
     client.put_object(Bucket=bucket, Key=MIRROR_KEY, Body=sqlite_bytes(tmp_path, rows=rows))
-    published_manifest = manifest.conform(
+    published_manifest = lake.conform(
         pa.Table.from_pylist(
             [fused("fused", HASH_A, "2026-03-01T10:00:00+02:00"), fused("rehashed", HASH_A, "2026-03-01")]
-        )
+        ),
+        manifest.SCHEMA,
     )
     if where == "table":
         replace_manifest(client, bucket, ROOT, STRATEGY, published_manifest)

@@ -33,7 +33,7 @@ from clipfarm_fusion.errors import ConcurrentWriteError, SchemaDriftError
 from clipfarm_fusion.run import staging
 from clipfarm_fusion.run.plan import Plan, StrategyPlan, fusion_options
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
-from clipfarm_fusion.stores import lease, manifest, s3io, schema_lock, state
+from clipfarm_fusion.stores import lake, lease, manifest, s3io, schema_lock, state
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ def _commit_strategy(
     rows = [t[f"state/{name}"] for t, _ in parts]
     rows += [plan_tables[f"refreshed/{name}"]] if f"refreshed/{name}" in plan_tables else []
     changed = _written_by(
-        plan.run_id, pa.concat_tables([state.conform(r) for r in rows] or [state.SCHEMA.empty_table()])
+        plan.run_id,
+        pa.concat_tables([lake.conform(r, state.SCHEMA) for r in rows] or [state.SCHEMA.empty_table()]),
     )
     store = state.reopen(
         client,

@@ -175,6 +175,15 @@ def _widened(batch: pa.RecordBatch, wanted: list[str], schema: pa.Schema) -> pa.
     return pa.RecordBatch.from_arrays(arrays, names=wanted)
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in order, cast to its types; a column it lacks (rows written or
+    staged by an older version) comes back null."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
+
+
 def add_columns(table: DeltaTable, schema: pa.Schema) -> None:
     """Give `table` the columns of `schema` it lacks (nullable; old rows read them as null): one metadata
     commit, once, when a new version adds a column to a table an older version created."""

@@ -111,14 +111,6 @@ def schema_for(strategy: str) -> pa.Schema:
     return PROJECTION_SCHEMA if strategy == "projection" else SCHEMA
 
 
-def conform(table: pa.Table, schema: pa.Schema = SCHEMA) -> pa.Table:
-    """`table` with `schema`'s columns in order; a column it lacks comes back null."""
-    for name in schema.names:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
-    return table.select(schema.names).cast(schema)
-
-
 def _keys(table: pa.Table) -> pa.ChunkedArray:
     """`video_id|source_hash` per row: unambiguous, since a source_hash is 64 hex digits."""
     return pc.binary_join_element_wise(table["video_id"], table["source_hash"], "|")
@@ -217,7 +209,7 @@ class ManifestTable:
         their keys in one commit (a replaceWhere for a small day, a MERGE on the key for a large one:
         `lake.is_small`). A compaction landing meanwhile is merged with: the upsert is redone on the
         fresh table."""
-        new = conform(new, schema_for(self.strategy))
+        new = lake.conform(new, schema_for(self.strategy))
         if not new.num_rows:
             return 0, 0
         ids = pc.unique(new["video_id"].combine_chunks())
@@ -286,7 +278,7 @@ def open_table(
     fetched = s3io.get_object(client, bucket, key)
     if fetched.body is None:
         return ManifestTable(location, options, strategy, None, "new manifest table")
-    legacy = conform(parse(fetched.body, where), schema_for(strategy))
+    legacy = lake.conform(parse(fetched.body, where), schema_for(strategy))
     log.info("importing %d manifest rows from %s into %s (once)", legacy.num_rows, where, location)
     table = lake.import_rows(location, legacy, options, where)
     return ManifestTable(location, options, strategy, table, f"imported {legacy.num_rows} rows from {where}")
@@ -299,9 +291,9 @@ def read(client, bucket: str, layout: Layout, strategy: str) -> pa.Table | None:
         lake.uri(bucket, layout.manifest_table_key(strategy)), lake.storage_options(client)
     )
     if table is not None:
-        return conform(lake.read_all(table), schema_for(strategy))
+        return lake.conform(lake.read_all(table), schema_for(strategy))
     key = layout.manifest_key(strategy)
     fetched = s3io.get_object(client, bucket, key)
     if fetched.body is None:
         return None
-    return conform(parse(fetched.body, f"s3://{bucket}/{key}"), schema_for(strategy))
+    return lake.conform(parse(fetched.body, f"s3://{bucket}/{key}"), schema_for(strategy))

@@ -65,14 +65,6 @@ REQUIRED_COLUMNS = ("video_id", "status")  # what even the oldest state files ha
 TERMINAL = (SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL)
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """`table` with SCHEMA's columns in order; a column it lacks (staged by an older version) is null."""
-    for name in SCHEMA.names:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
-    return table.select(SCHEMA.names).cast(SCHEMA)
-
-
 def empty_frame() -> pd.DataFrame:
     """No rows, the state columns (and the cursor columns), indexed by video_id."""
     return to_frame(SCHEMA.empty_table())
