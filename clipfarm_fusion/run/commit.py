@@ -133,9 +133,9 @@ def _commit_strategy(
         name,
         config.s3_patience_seconds,
         strategy.state_version,
-        strategy.text_cursor,
+        (strategy.text_cursor, strategy.newest_run_date, strategy.text_due),
     )
-    marks = _marks(plan, strategy, store, parts)
+    marks = _marks(plan, strategy, store, parts)  # against the marks the plan read: nothing new to say?
     if not (changed.num_rows or manifest_rows or store.marks_move(marks)):
         return  # nothing to publish: no lease, no request
     with lease.held(client, config.bucket, layout.commit_lease_key(name), plan.run_id, name):

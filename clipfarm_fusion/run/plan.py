@@ -49,6 +49,8 @@ class StrategyPlan:
     name: str
     state_version: int | None  # the state table version the plan read (None: no table yet)
     text_cursor: str | None  # the cursor that version recorded
+    newest_run_date: str | None  # the newest run date that version recorded
+    text_due: dict[str, int]  # the late-text placeholders that version kept due
     locked: bool
     dims: tuple[int, int, int] | None  # the lock's
     fused_dim: int | None  # the lock's
@@ -283,6 +285,8 @@ def _plan_strategy(
         name=name,
         state_version=store.version,
         text_cursor=store.text_cursor,
+        newest_run_date=store.newest_run_date,
+        text_due=dict(store.text_due or {}),
         locked=lock is not None,
         dims=lock.dims if lock else None,
         fused_dim=lock.fused_dim if lock else None,

@@ -4,8 +4,8 @@ A commit of strategy `s` holds `<root>/fused/<s>/commit.lease` while it checks w
 another run committed since its plan, publishes its manifest rows and commits its state. Two runs can
 then never interleave those steps (run A's manifest, run B's manifest, B's state, A's state would leave
 the manifest and the state naming different runs). The lease is one small object created with
-`If-None-Match: *`: one PUT to take it and one DELETE to give it back, so a normal day pays two requests
-per strategy.
+`If-None-Match: *`: one PUT to take it, then one GET (is it still ours?) and one DELETE to give it
+back, so a normal day pays three requests per strategy, plus one PUT per renewal.
 
 A holder renews the lease (a conditional PUT) every RENEW_SECONDS while its commit runs. A lease whose
 ETag has not changed for STALE_SECONDS of the waiter's own clock is the lease of a commit that died,

@@ -229,16 +229,25 @@ def reopen(
     strategy: str,
     patience_s: float,
     version: int | None,
-    text_cursor: str | None,
+    marks: tuple[str | None, str | None, dict[str, int]],
 ) -> StateStore:
-    """The store as a plan read it (`version`, None: no table then), for that plan's commit: a commit
-    through it is refused (exit 4) when another run committed state since that version."""
+    """The store as a plan read it (`version`, None: no table then; `marks`: that version's text cursor,
+    newest run date and due list, so nothing is read of the table's history here), for that plan's
+    commit, which checks `contested` and `load_marks` again under the lease."""
     options = lake.storage_options(client, patience_s)
     location = lake.uri(bucket, layout.state_table_key(strategy))
     table = lake.open_table(location, options) if version is not None else None
-    store = StateStore(location, options, table, "state table", version=version, text_cursor=text_cursor)
-    store.load_marks()
-    return store
+    text_cursor, newest_run_date, text_due = marks
+    return StateStore(
+        location,
+        options,
+        table,
+        "state table",
+        version=version,
+        text_cursor=text_cursor,
+        newest_run_date=newest_run_date,
+        text_due=text_due,
+    )
 
 
 def open_store(
