@@ -37,6 +37,7 @@ from clipfarm_fusion.stores import (
     lake,  # noqa: E402
     manifest,
     state,
+    state_schema,
 )
 
 
@@ -177,7 +178,7 @@ def state_commit(existing: int = 1_000_000, count: int = 10_000) -> dict:
         location = f"{scratch}/state"
         table = lake.import_rows(
             location,
-            pa.Table.from_pylist(state_rows(existing, "success_full"), schema=state.SCHEMA),
+            pa.Table.from_pylist(state_rows(existing, "success_full"), schema=state_schema.SCHEMA),
             {},
             "bench",
         )

@@ -18,7 +18,7 @@ import pytest
 from clipfarm_fusion import read_manifest, read_state
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.devtools import synthetic
-from clipfarm_fusion.stores import lake, manifest, state
+from clipfarm_fusion.stores import lake, manifest, state, state_schema
 
 CLI = str(Path(sys.executable).parent / "clipfarm-fusion")
 BIG = 300_000
@@ -41,7 +41,7 @@ def _state_rows(ids: list[str], status: str, retry: int) -> pa.Table:
             "hash64": np.arange(n, dtype=np.int64),
             "run_id": ["r"] * n,
         },
-        schema=state.SCHEMA,
+        schema=state_schema.SCHEMA,
     )
 
 

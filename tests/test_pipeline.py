@@ -17,7 +17,7 @@ from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.read import tables
 from clipfarm_fusion.run import pipeline
-from clipfarm_fusion.stores import manifest, shards, state
+from clipfarm_fusion.stores import manifest, shards, state_schema
 
 DAY = date(2026, 3, 1)
 STRATEGIES = ("concat", "sum_pool", "max_pool")
@@ -488,7 +488,7 @@ def test_public_readers_return_the_contract_columns(seed_day):
     assert len(rows) == summary.strategies["concat"].fused
     assert not rows.duplicated(["video_id", "source_hash"]).any()
     items = read_state("concat", bucket=seeded.bucket)
-    assert list(items.columns) == list(state.STATE_COLUMNS)
+    assert list(items.columns) == list(state_schema.STATE_COLUMNS)
     counts = summary.strategies["concat"].counts
     recorded = sum(counts.values()) - counts.get(policy.INVALID_VIDEO_ID, 0)  # unsafe ids are never stored
     assert items["video_id"].is_unique and len(items) == recorded

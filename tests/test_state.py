@@ -19,7 +19,7 @@ from clipfarm_fusion.core.policy import (
     SUCCESS_PLACEHOLDER,
 )
 from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
-from clipfarm_fusion.stores import lake, manifest, state
+from clipfarm_fusion.stores import lake, manifest, state, state_schema
 from tests.conftest import replace_manifest
 
 ROOT = "clipfarm"
@@ -121,7 +121,7 @@ def test_a_new_store_is_empty_and_the_first_commit_creates_the_table(client, buc
 
     store.commit([row("a", captured_ns=5, hash64=-7), row("b", status=SUCCESS_FULL, retry=0)], {})
     frame = published(client, bucket)
-    assert list(frame.columns) == list(state.STATE_COLUMNS)  # the cursor columns stay internal
+    assert list(frame.columns) == list(state_schema.STATE_COLUMNS)  # the cursor columns stay internal
     assert frame["video_id"].tolist() == ["a", "b"]
     assert frame["retry_count"].tolist() == [1, 0]
     again = open_store(client, bucket, tmp_path / "state")
@@ -216,7 +216,7 @@ def test_imported_rows_get_the_cursor_columns_from_their_hash_and_the_manifest(
         )
     store = open_store(client, bucket, tmp_path)
     ids = ["fused", "rehashed", "unfused", "no-hash"]
-    rows = store.rows_for(pa.array(ids)).reindex(ids)[list(state.CURSOR_COLUMNS)]
+    rows = store.rows_for(pa.array(ids)).reindex(ids)[list(state_schema.CURSOR_COLUMNS)]
     recorded = {i: tuple(None if pd.isna(v) else int(v) for v in values) for i, values in rows.iterrows()}
     hash_a, hash_b = metadata.hash64_of_hex([HASH_A, HASH_B]).tolist()
     eight_utc = int(latest.instants(["2026-03-01T08:00:00Z"])[0])
@@ -277,7 +277,7 @@ def test_the_oldest_files_lacking_columns_get_defaults(client, bucket, tmp_path)
     store = open_store(client, bucket, tmp_path)
     assert store.source.startswith("imported 2 rows")
     frame = published(client, bucket)
-    assert list(frame.columns) == list(state.STATE_COLUMNS)
+    assert list(frame.columns) == list(state_schema.STATE_COLUMNS)
     assert frame["retry_count"].tolist() == [0, 0]
     for column in ("source_hash", "processed_at", "error", "artifact_key", "vector_id"):
         assert frame[column].isna().all(), column
@@ -395,7 +395,7 @@ def test_rows_for_returns_the_rows_of_the_ids_asked(client, bucket, tmp_path, mo
     frame = store.rows_for(ids)
     assert frame.index.name == "video_id"
     assert sorted(frame.index) == ["it's", "v1", "v4", "v5"]
-    assert list(frame.columns) == [c for c in state.SCHEMA.names if c != "video_id"]
+    assert list(frame.columns) == [c for c in state_schema.SCHEMA.names if c != "video_id"]
     assert frame.loc["v4", "retry_count"] == 4 and frame["retry_count"].dtype == "int64"
     assert frame.loc["v4", "captured_ns"] == 40 and frame.loc["v4", "hash64"] == -4
     assert pd.isna(frame.loc["it's", "captured_ns"]) and frame["captured_ns"].dtype == "Int64"

@@ -28,7 +28,7 @@ from clipfarm_fusion.core.layout import MODALITIES, Layout
 from clipfarm_fusion.run import fetch, staging
 from clipfarm_fusion.run.plan import Plan, StrategyPlan, fusion_options
 from clipfarm_fusion.run.summary import StrategySummary
-from clipfarm_fusion.stores import manifest, s3io, state
+from clipfarm_fusion.stores import manifest, s3io, state, state_schema
 from clipfarm_fusion.stores.shards import ShardWriter
 
 ProgressCallback = Callable[[int], None]  # videos looked at so far in this chunk
@@ -145,7 +145,7 @@ def _open(
     tables: dict[str, pa.Table],
     options: FusionOptions,
 ) -> _Strategy:
-    prior = state.to_frame(tables[f"prior/{strategy.name}"])
+    prior = state_schema.to_frame(tables[f"prior/{strategy.name}"])
     per_chunk = math.ceil(
         plan.chunk_size / config.shard_size
     )  # each chunk numbers its shards in its own range
@@ -348,7 +348,7 @@ def _stage(client, config: FusionConfig, key: str, strategies: list[_Strategy]) 
     for strategy in strategies:
         name = strategy.name
         changed = state.changed_rows(strategy.state_rows, strategy.prior)
-        tables[f"state/{name}"] = pa.Table.from_pylist(changed, schema=state.SCHEMA)
+        tables[f"state/{name}"] = pa.Table.from_pylist(changed, schema=state_schema.SCHEMA)
         schema = manifest.schema_for(name)
         tables[f"manifest/{name}"] = (
             pa.concat_tables(strategy.manifest_rows) if strategy.manifest_rows else schema.empty_table()

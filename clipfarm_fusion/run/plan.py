@@ -36,6 +36,7 @@ from clipfarm_fusion.stores import (
     schema_lock,
     shards,
     state,
+    state_schema,
     text_state,
 )
 
@@ -294,7 +295,7 @@ def _plan_strategy(
         delta=len(delta),
         recheck_all=recheck is None,
     )
-    refreshed = pa.Table.from_pylist(state.refreshed_rows(horizon, prior, delta), schema=state.SCHEMA)
+    refreshed = pa.Table.from_pylist(state.refreshed_rows(horizon, prior, delta), schema=state_schema.SCHEMA)
     # chunks are id ranges: each takes its slice of the sorted prior rows
     return _Planned(plan, delta.set_index("video_id"), prior.sort_index(), refreshed)
 
@@ -318,7 +319,7 @@ def _stage(
         for name, prior in priors.items():
             held = prior.loc[first:last]  # the state rows of the chunk's id range (a few others do no harm)
             tables[f"prior/{name}"] = pa.Table.from_pandas(
-                held.reset_index(), schema=state.SCHEMA, preserve_index=False
+                held.reset_index(), schema=state_schema.SCHEMA, preserve_index=False
             )
         staging.put(
             client,

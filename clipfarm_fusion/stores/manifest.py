@@ -27,8 +27,8 @@ from deltalake import DeltaTable
 from clipfarm_fusion.core import latest
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.core.policy import SUCCESS_FULL, SUCCESS_PLACEHOLDER
-from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
-from clipfarm_fusion.stores import lake, s3io
+from clipfarm_fusion.errors import ConcurrentWriteError
+from clipfarm_fusion.stores import lake
 
 if TYPE_CHECKING:
     from clipfarm_fusion.core.kernels import FusionOptions
@@ -143,48 +143,6 @@ def stamped(new: pa.Table, published: pa.Table, now: datetime | None = None) -> 
     return rows, new.num_rows - updated, updated
 
 
-REQUIRED = (
-    "video_id",
-    "source_hash",
-    "captured_at",
-    "fused_key",
-    "shard_idx",
-)  # what a merge and a reader need
-
-
-def _repair(where: str) -> str:
-    return (
-        f"{where} is not a readable fused manifest; nothing was written. Restore the previous version "
-        "(bucket versioning). Without one, move it and the strategy's seed-era state file away on purpose: "
-        "the next run then fuses every video afresh into a new manifest table"
-    )
-
-
-def _opened(body: bytes, where: str) -> pq.ParquetFile:
-    """The parquet file with the manifest's columns, from its footer alone; StoreError otherwise."""
-    try:
-        parquet = pq.ParquetFile(pa.BufferReader(body), pre_buffer=False)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreError(f"{_repair(where)} ({len(body)} bytes: {str(exc)[:200]})") from None
-    missing = [name for name in REQUIRED if name not in parquet.schema_arrow.names]
-    if missing:
-        raise StoreError(f"{_repair(where)} (no column {', '.join(missing)})")
-    return parquet
-
-
-def parse(body: bytes, where: str) -> pa.Table:
-    """Parquet bytes -> the manifest table; StoreError naming the object and the repair otherwise.
-
-    Read without Arrow's thread pool: with it, a short-lived process (the CLI) intermittently aborts
-    at exit with "terminate called without an active exception" (apache/arrow#34314).
-    """
-    parquet = _opened(body, where)
-    try:
-        return parquet.read(use_threads=False)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreError(f"{_repair(where)} ({str(exc)[:200]})") from None
-
-
 def encode(table: pa.Table) -> bytes:
     """Parquet bytes of a manifest snapshot (one chunk per column: faster to write and to read)."""
     sink = pa.BufferOutputStream()
@@ -273,12 +231,12 @@ def open_table(
         return ManifestTable(location, options, strategy, table, f"manifest table version {table.version()}")
     if not import_seed_era:
         return ManifestTable(location, options, strategy, None, "new manifest table")
-    key = layout.manifest_key(strategy)
-    where = f"s3://{bucket}/{key}"
-    fetched = s3io.get_object(client, bucket, key)
-    if fetched.body is None:
+    from clipfarm_fusion.legacy import seed_manifest  # only when there is no table yet
+
+    seed_era, where = seed_manifest.read(client, bucket, layout, strategy)
+    if seed_era is None:
         return ManifestTable(location, options, strategy, None, "new manifest table")
-    legacy = lake.conform(parse(fetched.body, where), schema_for(strategy))
+    legacy = lake.conform(seed_era, schema_for(strategy))
     log.info("importing %d manifest rows from %s into %s (once)", legacy.num_rows, where, location)
     table = lake.import_rows(location, legacy, options, where)
     return ManifestTable(location, options, strategy, table, f"imported {legacy.num_rows} rows from {where}")
@@ -292,8 +250,7 @@ def read(client, bucket: str, layout: Layout, strategy: str) -> pa.Table | None:
     )
     if table is not None:
         return lake.conform(lake.read_all(table), schema_for(strategy))
-    key = layout.manifest_key(strategy)
-    fetched = s3io.get_object(client, bucket, key)
-    if fetched.body is None:
-        return None
-    return lake.conform(parse(fetched.body, f"s3://{bucket}/{key}"), schema_for(strategy))
+    from clipfarm_fusion.legacy import seed_manifest  # only when there is no table yet
+
+    seed_era, _ = seed_manifest.read(client, bucket, layout, strategy)
+    return None if seed_era is None else lake.conform(seed_era, schema_for(strategy))

@@ -4,8 +4,8 @@ A run reads only what it needs: per known video the instant and the 8-byte hash 
 last processed (`captured_ns`, `hash64`: two int64 columns beside the state columns, so the horizon scan
 can tell new and changed rows from unchanged ones without reading anything else), the open items (status
 not terminal), the placeholders the text stage has news for, and the full rows of the day's candidates.
-It upserts only the rows that changed (one replaceWhere commit), so a commit costs O(delta) and nothing that grows with the corpus
-is rewritten whole. Each commit records `text_cursor` in the Delta commit's metadata: the text stage's
+It upserts only the rows that changed (one commit: a replaceWhere for a small day, a MERGE for a large
+one), so a commit costs O(delta) and nothing that grows with the corpus is rewritten whole. Each commit records `text_cursor` in the Delta commit's metadata: the text stage's
 latest `processed_at` the run looked at, so the next run asks the text stage only what changed since.
 
 Exit 4 (ConcurrentWriteError) means another run committed state for this strategy after this run read
@@ -14,14 +14,13 @@ state and a rerun converges. Compactions are not conflicts.
 
 Seed-era and 0.x installs kept the state in a SQLite file (`fusion_<s>.sqlite`, mirrored to S3). The first
 run that finds no table imports that file once (the mirror, else a working copy under --state-dir) and
-never writes to it again; until then `read_state` reads it in place.
+never writes to it again; until then `read_state` reads it in place (`clipfarm_fusion.legacy`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,51 +28,27 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import sqlalchemy as sa
 from deltalake import DeltaTable
 
 from clipfarm_fusion.core import latest, metadata
 from clipfarm_fusion.core.known import Builder, KnownIndex
 from clipfarm_fusion.core.layout import Layout
-from clipfarm_fusion.core.policy import FAIL_TERMINAL, SUCCESS_FULL, SUCCESS_PLACEHOLDER
-from clipfarm_fusion.errors import ConcurrentWriteError, StoreError
-from clipfarm_fusion.stores import lake, manifest, s3io, sqlite_bytes
+from clipfarm_fusion.core.policy import SUCCESS_PLACEHOLDER
+from clipfarm_fusion.errors import ConcurrentWriteError
+from clipfarm_fusion.stores import lake
+from clipfarm_fusion.stores.state_schema import (
+    CURSOR_COLUMNS,
+    KNOWN_COLUMNS,
+    PUBLIC_SCHEMA,
+    SCHEMA,
+    STATE_COLUMNS,
+    TERMINAL,
+    WRITER_COLUMN,
+    empty_frame,
+    to_frame,
+)
 
 log = logging.getLogger(__name__)
-STATE_COLUMNS = (
-    "video_id",
-    "source_hash",
-    "processed_at",
-    "status",
-    "error",
-    "artifact_key",
-    "vector_id",
-    "retry_count",
-)
-CURSOR_COLUMNS = ("captured_ns", "hash64")  # of the horizon row last processed (null: compare in full)
-# The run that last wrote the row (`<run_date>-<hex>`; null for rows imported from a seed-era file): the
-# commit tells another run's rows from its own, and a run behind a later one leaves that one's rows alone.
-WRITER_COLUMN = "run_id"
-SCHEMA = pa.schema(
-    [(c, pa.int64() if c == "retry_count" else pa.string()) for c in STATE_COLUMNS]
-    + [(c, pa.int64()) for c in CURSOR_COLUMNS]
-    + [(WRITER_COLUMN, pa.string())]
-)
-PUBLIC_SCHEMA = pa.schema([SCHEMA.field(c) for c in STATE_COLUMNS])
-KNOWN_COLUMNS = ("video_id", *CURSOR_COLUMNS)
-REQUIRED_COLUMNS = ("video_id", "status")  # what even the oldest state files have
-TERMINAL = (SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL)
-
-
-def empty_frame() -> pd.DataFrame:
-    """No rows, the state columns (and the cursor columns), indexed by video_id."""
-    return to_frame(SCHEMA.empty_table())
-
-
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
-    return frame.set_index("video_id")
 
 
 @dataclass
@@ -259,10 +234,11 @@ def open_store(
     table = lake.open_table(location, options)
     source = "state table"
     if table is None:
-        legacy, where = _legacy_rows(client, bucket, layout, strategy, state_dir)
+        from clipfarm_fusion.legacy import seed_state  # only when there is no table yet
+
+        legacy, where = seed_state.rows_to_import(client, bucket, layout, strategy, state_dir)
         if legacy is None:
             return StateStore(location, options, None, "new state table")
-        legacy = _with_cursors(legacy, manifest.read(client, bucket, layout, strategy))
         log.info("importing %d state rows from %s into %s (once)", legacy.num_rows, where, location)
         table = lake.import_rows(location, legacy, options, where)
         source = f"imported {legacy.num_rows} rows from {where}"
@@ -272,130 +248,17 @@ def open_store(
     return store
 
 
-def _legacy_rows(
-    client, bucket: str, layout: Layout, strategy: str, state_dir: Path
-) -> tuple[pa.Table | None, str]:
-    """The rows of a seed-era state file: the S3 mirror, else a working copy under `state_dir`."""
-    key = layout.state_mirror_key(strategy)
-    where = f"s3://{bucket}/{key}"
-    body = s3io.get_object(client, bucket, key).body
-    if body is not None:
-        return _imported(read_snapshot(body, where)), where
-    path = Layout.state_path(state_dir, strategy)
-    if path.exists() and not _was_mirrored(path):
-        return _imported(read_snapshot(path.read_bytes(), str(path))), str(path)
-    return None, where
-
-
-def _was_mirrored(path: Path) -> bool:
-    """A 0.1/0.2 working copy (it has a `.etag` or `.mirror.json` sidecar) was only ever a cache of an S3
-    mirror: with the mirror gone (a recreated bucket) it describes shards that no longer exist, so it is
-    never imported. The seed-era script's file had no mirror: that one is the state, and is imported."""
-    return any(path.with_name(path.name + suffix).exists() for suffix in (".mirror.json", ".etag"))
-
-
-def _imported(frame: pd.DataFrame) -> pa.Table:
-    """Seed-era rows, the cursor columns still null (`_with_cursors` fills them)."""
-    for column in CURSOR_COLUMNS:
-        frame[column] = pd.array([None] * len(frame), dtype="Int64")
-    frame[WRITER_COLUMN] = pd.array([None] * len(frame), dtype="string")
-    return pa.Table.from_pandas(frame.reset_index(), schema=SCHEMA, preserve_index=False)
-
-
-def _with_cursors(rows: pa.Table, published: pa.Table | None) -> pa.Table:
-    """Imported rows with the cursor columns a run would have recorded: `hash64` from the row's own
-    source_hash, `captured_ns` from the manifest row fused for that (video_id, source_hash). So the
-    first run after an upgrade hashes only what is new or changed, like any other; rows without a
-    manifest row (failures, pending items) keep a null instant and are compared in full until the
-    next run that processes them."""
-    hashes = pa.array(metadata.hash64_of_hex(rows["source_hash"].to_pylist()), pa.int64())
-    hashes = pc.if_else(pc.is_null(rows["source_hash"]), pa.scalar(None, pa.int64()), hashes)
-    rows = rows.set_column(rows.schema.get_field_index("hash64"), "hash64", hashes)
-    if published is None or published.num_rows == 0:
-        return rows
-    fused = published.select(["video_id", "source_hash", "captured_at"])
-    fused = fused.append_column("captured", pa.array(latest.instants(fused["captured_at"]), pa.int64()))
-    joined = rows.drop_columns(["captured_ns"]).join(
-        fused.drop_columns(["captured_at"]),
-        ["video_id", "source_hash"],
-        join_type="left outer",
-        use_threads=False,
-    )
-    joined = joined.rename_columns([("captured_ns" if n == "captured" else n) for n in joined.column_names])
-    return joined.select(SCHEMA.names).cast(SCHEMA)
-
-
 def read_rows(client, bucket: str, layout: Layout, strategy: str) -> pd.DataFrame:
     """Every published state row (the table, or a seed-era mirror not imported yet), sorted by video_id."""
     table = lake.open_table(lake.uri(bucket, layout.state_table_key(strategy)), lake.storage_options(client))
     if table is not None:
         frame = to_frame(lake.read_all(table).select(list(STATE_COLUMNS)).cast(PUBLIC_SCHEMA))
     else:
-        key = layout.state_mirror_key(strategy)
-        body = s3io.get_object(client, bucket, key).body
-        frame = empty_frame() if body is None else read_snapshot(body, f"s3://{bucket}/{key}")
+        from clipfarm_fusion.legacy import seed_state  # only when there is no table yet
+
+        mirrored = seed_state.read_mirror(client, bucket, layout, strategy)
+        frame = empty_frame() if mirrored is None else mirrored
     return frame.reset_index()[list(STATE_COLUMNS)].sort_values("video_id", ignore_index=True)
-
-
-# --- seed-era SQLite state files: read once, for the import ---
-
-legacy_metadata = sa.MetaData()
-processed_items = sa.Table(
-    "processed_items",
-    legacy_metadata,
-    sa.Column("video_id", sa.Text, primary_key=True),
-    sa.Column("source_hash", sa.Text),
-    sa.Column("processed_at", sa.Text),
-    sa.Column("status", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("artifact_key", sa.Text),
-    sa.Column("vector_id", sa.Text),
-    sa.Column("retry_count", sa.Integer),
-)
-
-
-def check_snapshot(body: bytes, where: str) -> None:
-    """Raise StoreError unless `body` is a readable SQLite file with a `processed_items` table."""
-    repair = (
-        f"{where} is not a usable fusion state DB; nothing was changed. Restore it from a good copy "
-        "(a bucket version, or a working copy from --state-dir) or delete it on purpose to start over"
-    )
-    if not body.startswith(sqlite_bytes.HEADER):
-        raise StoreError(f"{repair} ({len(body)} bytes, no SQLite header)")
-    try:
-        connection = sqlite_bytes.connect(body)
-        try:
-            integrity = connection.execute("PRAGMA quick_check").fetchone()[0]
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(processed_items)")}
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"{repair} ({exc})") from None
-    if integrity != "ok":
-        raise StoreError(f"{repair} (integrity check failed)")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise StoreError(f"{repair} (no processed_items table with {', '.join(missing)})")
-
-
-def read_snapshot(body: bytes, where: str) -> pd.DataFrame:
-    """The rows of a seed-era state DB (its bytes), checked first, indexed by video_id; columns the
-    oldest files lack come back empty (retry_count 0)."""
-    check_snapshot(body, where)
-    engine = sqlite_bytes.engine(body)
-    try:
-        with engine.connect() as connection:
-            present = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(processed_items)")}
-            columns = [processed_items.c[c] for c in STATE_COLUMNS if c in present]
-            frame = pd.read_sql_query(sa.select(*columns), connection)
-    finally:
-        engine.dispose()
-    for column in STATE_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = 0 if column == "retry_count" else None
-    frame = frame[list(STATE_COLUMNS)].astype({"video_id": str})
-    frame["retry_count"] = frame["retry_count"].fillna(0).astype("int64")
-    return frame.set_index("video_id")
 
 
 def row_cursors(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
