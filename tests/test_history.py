@@ -17,7 +17,7 @@ from clipfarm_fusion.admin import sweep
 from clipfarm_fusion.cli.main import main
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.devtools import synthetic
-from clipfarm_fusion.read import verify
+from clipfarm_fusion.read import checks, verify
 from clipfarm_fusion.read.vectors import latest_per_video, read_vectors
 from clipfarm_fusion.run import chunk, commit, pipeline, plan, staging
 
@@ -235,12 +235,12 @@ def test_verify_and_the_check_catch_a_hand_made_disagreement(client, bucket, tmp
     state = read_state("concat", bucket=bucket, root=ROOT, client=client)
     fused = state[state["status"] == "success_full"].iloc[0]
     rows = pa.Table.from_pandas(state, preserve_index=False).to_pandas()
-    published = verify.load_published(client, bucket, ROOT, "concat")
+    published = checks.load_published(client, bucket, ROOT, "concat")
     broken = rows.copy()
     broken.loc[broken["video_id"] == fused["video_id"], "vector_id"] = "elsewhere#0"
-    assert verify.disagreements(broken, published.manifest)[0]["video_id"] == fused["video_id"]
-    assert verify.disagreements(rows, published.manifest) == []
-    passed, facts = verify.state_matches_manifest(client, published)
+    assert checks.disagreements(broken, published.manifest)[0]["video_id"] == fused["video_id"]
+    assert checks.disagreements(rows, published.manifest) == []
+    passed, facts = checks.state_matches_manifest(client, published)
     assert passed and facts["videos_compared"] == len(state)
     from clipfarm_fusion.stores import lake
     from clipfarm_fusion.stores import state as state_module
@@ -250,8 +250,8 @@ def test_verify_and_the_check_catch_a_hand_made_disagreement(client, bucket, tmp
     row["status"] = "success_text_placeholder"
     store.commit(pa.Table.from_pandas(row, schema=state_module.SCHEMA, preserve_index=False), {})
     assert lake is not None
-    passed, facts = verify.state_matches_manifest(
-        client, verify.load_published(client, bucket, ROOT, "concat")
+    passed, facts = checks.state_matches_manifest(
+        client, checks.load_published(client, bucket, ROOT, "concat")
     )
     assert not passed and facts["disagreements"] == 1
     assert main(["verify", "--bucket", bucket, "--strategy", "concat"]) == 5

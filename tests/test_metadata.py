@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from clipfarm_fusion.core import horizon_file, latest, metadata
 from clipfarm_fusion.core import known as known_index
-from clipfarm_fusion.core import latest, metadata
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.stores import s3io
 
@@ -203,7 +203,7 @@ def test_only_the_needed_columns_are_parsed_csv_and_parquet():
     for body, location in ((frame.to_csv(index=False).encode(), "m.csv"), (buffer.getvalue(), "m.parquet")):
         blocks = [
             [column.to_pylist() for column in block]
-            for block in metadata._blocks(metadata._Source(body), location, 1 << 20)
+            for block in horizon_file.blocks(horizon_file.Source(body), location, 1 << 20)
         ]
         assert blocks == [[["a1"], ["https://youtu.be/a1xxxx"], ["2026-02-01"]]]  # video_id, url, captured_at
     result = load(buffer.getvalue(), location="m.parquet", with_ts=True)
@@ -341,10 +341,10 @@ def test_a_file_on_disk_scans_as_its_bytes_do_and_is_never_read_whole(tmp_path, 
     path = tmp_path / "horizon.csv"
     path.write_bytes(body)
     monkeypatch.setattr(metadata, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(metadata, "_UTF8_STEP", 1000)
+    monkeypatch.setattr(horizon_file, "_UTF8_STEP", 1000)
     opened = []
-    real_whole = metadata._Source.whole
-    monkeypatch.setattr(metadata._Source, "whole", lambda self: opened.append(1) or real_whole(self))
+    real_whole = horizon_file.Source.whole
+    monkeypatch.setattr(horizon_file.Source, "whole", lambda self: opened.append(1) or real_whole(self))
     from_file = metadata.scan(path, "s3://b/horizon.csv", DAY, True, sample=4)
     from_bytes = metadata.scan(body, "s3://b/horizon.csv", DAY, True, sample=4)
     pd.testing.assert_frame_equal(from_file.rows, from_bytes.rows)
@@ -393,7 +393,7 @@ def test_parquet_non_string_columns_read_as_the_whole_file_read_them(monkeypatch
     )
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=2)
-    monkeypatch.setattr(metadata, "BATCH_ROWS", 1)
+    monkeypatch.setattr(horizon_file, "BATCH_ROWS", 1)
     frame = load(buffer.getvalue(), location="m.parquet", with_ts=True)
     texts = pd.Series(captured.to_pandas()).astype("string").fillna("")
     assert frame["captured_at"].tolist() == texts.tolist()

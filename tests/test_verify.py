@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from clipfarm_fusion.core.layout import Layout
-from clipfarm_fusion.read import verify
+from clipfarm_fusion.read import checks, verify
 from clipfarm_fusion.run import pipeline
 
 from .conftest import replace_manifest
@@ -23,10 +23,10 @@ def published(seed_day, client):
     """concat published for 2026-03-01 in shards of 8, and a way to re-read it after corrupting it."""
     seeded = seed_day(videos=30)
     pipeline.run(seeded.config(strategies=("concat",), shard_size=8), date(2026, 3, 1), client=client)
-    return lambda: verify.load_published(client, seeded.bucket, "clipfarm", "concat")
+    return lambda: checks.load_published(client, seeded.bucket, "clipfarm", "concat")
 
 
-def rewrite_manifest(client, outputs: verify.Published, table: pa.Table) -> None:
+def rewrite_manifest(client, outputs: checks.Published, table: pa.Table) -> None:
     replace_manifest(client, outputs.bucket, outputs.root, outputs.strategy, table)
 
 
@@ -38,9 +38,9 @@ def with_column(table: pa.Table, name: str, values: list) -> pa.Table:
 
 def test_a_fresh_publication_passes_every_check(published, client):
     outputs = published()
-    assert verify.schema_matches_output(client, outputs).passed
-    assert verify.manifest_keys_unique(outputs).passed
-    result = verify.manifest_pointers_resolve(client, outputs, sample_size=10)
+    assert checks.schema_matches_output(client, outputs).passed
+    assert checks.manifest_keys_unique(outputs).passed
+    result = checks.manifest_pointers_resolve(client, outputs, sample_size=10)
     assert result.passed and result.metadata["sampled_rows"] == 10
     # every row of each sampled shard is checked: it costs no request
     assert result.metadata["shards_checked"] > 1 and result.metadata["rows_checked"] >= 10
@@ -48,16 +48,16 @@ def test_a_fresh_publication_passes_every_check(published, client):
 
 
 def test_nothing_published_yet_passes(client, bucket):
-    outputs = verify.load_published(client, bucket, "clipfarm", "concat")
-    assert verify.schema_matches_output(client, outputs).passed
-    assert verify.manifest_keys_unique(outputs).passed
-    assert verify.manifest_pointers_resolve(client, outputs, sample_size=10).passed
+    outputs = checks.load_published(client, bucket, "clipfarm", "concat")
+    assert checks.schema_matches_output(client, outputs).passed
+    assert checks.manifest_keys_unique(outputs).passed
+    assert checks.manifest_pointers_resolve(client, outputs, sample_size=10).passed
 
 
 def test_duplicated_manifest_key_fails_uniqueness(published, client):
     outputs = published()
     rewrite_manifest(client, outputs, pa.concat_tables([outputs.manifest, outputs.manifest.slice(0, 1)]))
-    passed, metadata = verify.manifest_keys_unique(published())
+    passed, metadata = checks.manifest_keys_unique(published())
     assert not passed and metadata["duplicate_keys"] == 1
     assert metadata["sample"][0]["video_id"] == outputs.manifest["video_id"][0].as_py()
 
@@ -71,7 +71,7 @@ def test_pointer_to_another_row_fails_pointer_check(published, client):
         )
     ]
     rewrite_manifest(client, outputs, with_column(outputs.manifest, "shard_idx", shifted))
-    passed, metadata = verify.manifest_pointers_resolve(client, published(), sample_size=5)
+    passed, metadata = checks.manifest_pointers_resolve(client, published(), sample_size=5)
     assert not passed and metadata["bad_pointers"] == metadata["rows_checked"] >= 5
     assert metadata["broken_shard_count"] == metadata["shards_checked"]
     assert "lead to another video" in metadata["broken_shards"][0]["problem"]
@@ -81,7 +81,7 @@ def test_pointer_to_a_missing_shard_fails(published, client):
     outputs = published()
     gone = pc.min(outputs.manifest["fused_key"]).as_py()
     client.delete_object(Bucket=outputs.bucket, Key=gone)
-    passed, metadata = verify.manifest_pointers_resolve(client, published(), sample_size=100)
+    passed, metadata = checks.manifest_pointers_resolve(client, published(), sample_size=100)
     assert not passed and metadata["missing_shards"] == [gone] and metadata["broken_shard_count"] == 0
 
 
@@ -90,16 +90,16 @@ def test_partition_check_reads_every_shard_of_the_day_whatever_the_sample(seed_d
     listed), so the one deleted shard is found and named."""
     seeded = seed_day(videos=60)
     pipeline.run(seeded.config(strategies=("concat",), shard_size=4), date(2026, 3, 1), client=client)
-    outputs = verify.load_published(client, seeded.bucket, "clipfarm", "concat")
+    outputs = checks.load_published(client, seeded.bucket, "clipfarm", "concat")
     keys = sorted(set(outputs.manifest["fused_key"].to_pylist()))
     assert len(keys) >= 10
-    sampled_key = verify.sample_rows(outputs.manifest, 1)["fused_key"][0].as_py()
+    sampled_key = checks.sample_rows(outputs.manifest, 1)["fused_key"][0].as_py()
     gone = next(key for key in reversed(keys) if key != sampled_key)
     client.delete_object(Bucket=seeded.bucket, Key=gone)
-    blind = verify.manifest_pointers_resolve(client, outputs, sample_size=1)  # the old blind spot
+    blind = checks.manifest_pointers_resolve(client, outputs, sample_size=1)  # the old blind spot
     assert blind.passed and blind.metadata["shards_checked"] == 1
 
-    passed, metadata = verify.manifest_pointers_resolve(
+    passed, metadata = checks.manifest_pointers_resolve(
         client, outputs, sample_size=1, partition="2026-03-01"
     )
     assert not passed
@@ -111,7 +111,7 @@ def test_partition_check_reads_every_shard_of_the_day_whatever_the_sample(seed_d
         == outputs.manifest.filter(pc.equal(outputs.manifest["fused_key"], gone)).num_rows
     )
     # another day's partition reads none of these shards, only the sample of older rows
-    other = verify.manifest_pointers_resolve(client, outputs, sample_size=1, partition=date(2026, 3, 2))
+    other = checks.manifest_pointers_resolve(client, outputs, sample_size=1, partition=date(2026, 3, 2))
     assert other.metadata["partition_shards"] == 0 and other.metadata["shards_checked"] == 1
 
 
@@ -140,7 +140,7 @@ def test_verify_strategy_checks_every_shard_and_reports_each_problem(seed_day, c
 
 
 def read_published_keys(client, bucket):
-    return verify.load_published(client, bucket, "clipfarm", "concat").manifest["fused_key"].to_pylist()
+    return checks.load_published(client, bucket, "clipfarm", "concat").manifest["fused_key"].to_pylist()
 
 
 def test_manifest_dim_the_lock_never_allowed_fails_schema_check(published, client):
@@ -148,7 +148,7 @@ def test_manifest_dim_the_lock_never_allowed_fails_schema_check(published, clien
     rewrite_manifest(
         client, outputs, with_column(outputs.manifest, "fused_dim", [7] * outputs.manifest.num_rows)
     )
-    passed, metadata = verify.schema_matches_output(client, published())
+    passed, metadata = checks.schema_matches_output(client, published())
     assert not passed and "[7]" in metadata["problem"]
 
 
@@ -163,7 +163,7 @@ def test_rows_from_before_a_migration_keep_passing(published, client):
         history=({"fused_dim": old.fused_dim},),
     )
     client.put_object(Bucket=outputs.bucket, Key=outputs.schema_key, Body=migrated.to_json())
-    assert verify.schema_matches_output(client, published()).passed
+    assert checks.schema_matches_output(client, published()).passed
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_a_corrupt_newest_shard_fails_schema_check_naming_the_shard(published, c
     newest = pc.max(outputs.manifest["fused_key"]).as_py()
     body = client.get_object(Bucket=outputs.bucket, Key=newest)["Body"].read()
     client.put_object(Bucket=outputs.bucket, Key=newest, Body=corrupt(body))
-    passed, metadata = verify.schema_matches_output(client, published())
+    passed, metadata = checks.schema_matches_output(client, published())
     assert not passed and metadata["newest_shard"] == newest
     assert f"newest shard {newest} does not decode" in metadata["problem"]
     assert "newest_shard_width" not in metadata
@@ -185,23 +185,23 @@ def test_a_corrupt_newest_shard_fails_schema_check_naming_the_shard(published, c
 def test_rows_without_a_lock_fail_schema_check(published, client):
     outputs = published()
     client.delete_object(Bucket=outputs.bucket, Key=outputs.schema_key)
-    passed, metadata = verify.schema_matches_output(client, published())
+    passed, metadata = checks.schema_matches_output(client, published())
     assert not passed and "no schema.json" in metadata["problem"]
 
 
 def test_unparsable_lock_fails_schema_check(published, client):
     outputs = published()
     client.put_object(Bucket=outputs.bucket, Key=outputs.schema_key, Body=b"{not json")
-    passed, metadata = verify.schema_matches_output(client, published())
+    passed, metadata = checks.schema_matches_output(client, published())
     assert not passed and "not a valid schema lock" in metadata["problem"]
 
 
 def test_fail_rate_counts_fail_and_fail_terminal_against_the_delta():
     counts = {"success_full": 90, "fail": 3, "fail_terminal": 2, "missing_text_pending": 5}
-    assert verify.fail_rate(counts, 100, threshold=0.06).passed
-    passed, metadata = verify.fail_rate(counts, 100, threshold=0.05)
+    assert checks.fail_rate(counts, 100, threshold=0.06).passed
+    passed, metadata = checks.fail_rate(counts, 100, threshold=0.05)
     assert not passed and metadata == {"fail_rate": 0.05, "failed": 5, "delta": 100, "threshold": 0.05}
-    assert verify.fail_rate({}, 0, threshold=0.05).passed
+    assert checks.fail_rate({}, 0, threshold=0.05).passed
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ def test_verify_command_exit_5_on_a_corrupt_shard(fused_day, client, corrupt):
 
 def test_verify_command_exit_5_on_a_pointer_to_another_row(fused_day, client):
     seeded, keys = fused_day
-    outputs = verify.load_published(client, seeded.bucket, "clipfarm", "concat")
+    outputs = checks.load_published(client, seeded.bucket, "clipfarm", "concat")
     idx = outputs.manifest["shard_idx"].to_pylist()
     n = outputs.manifest["shard_n"].to_pylist()
     swapped = [(i + 1) % size if pos == 0 else i for pos, (i, size) in enumerate(zip(idx, n, strict=True))]
@@ -277,7 +277,7 @@ def test_verify_command_exit_5_on_a_pointer_to_another_row(fused_day, client):
 
 def test_verify_command_exit_5_on_a_duplicated_key_naming_the_manifest_table(fused_day, client):
     seeded, _ = fused_day
-    outputs = verify.load_published(client, seeded.bucket, "clipfarm", "concat")
+    outputs = checks.load_published(client, seeded.bucket, "clipfarm", "concat")
     rewrite_manifest(client, outputs, pa.concat_tables([outputs.manifest, outputs.manifest.slice(0, 1)]))
     result = cli("verify", "--strategy", "concat", "--bucket", seeded.bucket)
     assert result.returncode == 5, result.stderr

@@ -1,4 +1,4 @@
-"""Asset checks: thin wrappers over `clipfarm_fusion.read.verify`.
+"""Asset checks: thin wrappers over `clipfarm_fusion.read.checks`.
 
 The four output checks are blocking: a strategy whose lock, manifest keys or pointers are wrong must
 not feed anything downstream. They look at the whole published strategy (manifest and lock are not
@@ -24,7 +24,7 @@ from dagster import (
 
 from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
 from clipfarm_fusion.errors import StoreError
-from clipfarm_fusion.read import verify
+from clipfarm_fusion.read import checks as read_checks
 from clipfarm_fusion.run.summary import StrategySummary
 
 FAIL_RATE = "fail_rate_below_threshold"
@@ -57,7 +57,7 @@ def fail_rate_key(strategy: str) -> AssetCheckKey:
 def fail_rate_result(
     strategy: str, summary: StrategySummary, threshold: float, partition: str | None
 ) -> AssetCheckResult:
-    passed, metadata = verify.fail_rate(summary.counts, summary.delta, threshold)
+    passed, metadata = read_checks.fail_rate(summary.counts, summary.delta, threshold)
     verdict = "below" if passed else "at or above"
     text = (
         f"{metadata['failed']} of {metadata['delta']} items failed (fail rate {metadata['fail_rate']}), "
@@ -110,9 +110,9 @@ def published_outputs(context: AssetCheckExecutionContext, fusion: FusionResourc
         if not names:
             continue
         try:
-            published = verify.load_published(client, fusion.bucket, fusion.root, strategy)
+            published = read_checks.load_published(client, fusion.bucket, fusion.root, strategy)
         except StoreError as exc:  # an unreadable manifest fails every check of it, saying why
-            published, unreadable = None, verify.Verdict(False, {"problem": str(exc)})
+            published, unreadable = None, read_checks.Verdict(False, {"problem": str(exc)})
         for name in names:
             passed, metadata = (
                 unreadable if published is None else _verdict(name, client, published, fusion, partition)
@@ -155,14 +155,14 @@ def _finding(metadata: dict[str, object]) -> str:
 
 
 def _verdict(
-    name: str, client, published: verify.Published, fusion: FusionResource, partition: str | None
-) -> verify.Verdict:
+    name: str, client, published: read_checks.Published, fusion: FusionResource, partition: str | None
+) -> read_checks.Verdict:
     if name == "manifest_keys_unique":
-        return verify.manifest_keys_unique(published)
+        return read_checks.manifest_keys_unique(published)
     if name == "manifest_pointers_resolve":
-        return verify.manifest_pointers_resolve(
+        return read_checks.manifest_pointers_resolve(
             client, published, fusion.pointer_sample_size, fusion.fetch_threads, partition
         )
     if name == "state_matches_manifest":
-        return verify.state_matches_manifest(client, published, partition)
-    return verify.schema_matches_output(client, published)
+        return read_checks.state_matches_manifest(client, published, partition)
+    return read_checks.schema_matches_output(client, published)
