@@ -19,7 +19,7 @@ import pytest
 from botocore.config import Config
 
 from clipfarm_fusion.devtools import synthetic
-from clipfarm_fusion.stores import lake, s3io
+from clipfarm_fusion.stores import lake, s3_faults, s3io
 
 from .seaweedfs import seaweedfs_server
 
@@ -130,23 +130,23 @@ def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
     return botocore.exceptions.ClientError(response, "GetObject")
 
 
-@pytest.mark.parametrize("code", s3io.CREDENTIAL_CODES)
+@pytest.mark.parametrize("code", s3_faults.CREDENTIAL_CODES)
 def test_every_credential_refusal_is_a_setup_problem_not_a_fault(code):
     """From boto3 (its error code) and from delta-rs (the code its message quotes), e.g. ExpiredToken,
     which no local server can produce."""
     quoted = OSError(f"Generic S3 error: 400 Bad Request <Error><Code>{code}</Code></Error>")
     for error in (_client_error(code, 403), quoted):
-        assert s3io.setup_problem(error) is not None and not s3io.is_fault(error), code
-        assert "refused the credentials" in str(s3io.setup_problem(error, "b")) and code in str(
-            s3io.setup_problem(error, "b")
+        assert s3_faults.setup_problem(error) is not None and not s3_faults.is_fault(error), code
+        assert "refused the credentials" in str(s3_faults.setup_problem(error, "b")) and code in str(
+            s3_faults.setup_problem(error, "b")
         )
     bodiless = OSError(
         "Error performing HEAD http://x/b/k - Server returned non-2xx status code 403 Forbidden"
     )
-    assert s3io.setup_problem(bodiless) is not None and not s3io.is_fault(bodiless)
+    assert s3_faults.setup_problem(bodiless) is not None and not s3_faults.is_fault(bodiless)
     assert (
-        s3io.is_fault(_client_error("SlowDown", 503))
-        and s3io.setup_problem(_client_error("SlowDown", 503)) is None
+        s3_faults.is_fault(_client_error("SlowDown", 503))
+        and s3_faults.setup_problem(_client_error("SlowDown", 503)) is None
     )
 
 
@@ -170,4 +170,4 @@ def test_temporary_credentials_are_never_copied_into_delta_rs(monkeypatch, tmp_p
 
 def test_no_message_carries_the_secret(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
-    assert s3io.redacted("x very-secret-value-123 y") == "x <AWS_SECRET_ACCESS_KEY> y"
+    assert s3_faults.redacted("x very-secret-value-123 y") == "x <AWS_SECRET_ACCESS_KEY> y"

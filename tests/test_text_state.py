@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 
 from clipfarm_fusion.devtools.synthetic import text_state_db
-from clipfarm_fusion.stores import text_state
+from clipfarm_fusion.stores import snapshot_cache, text_state
 
 
 def _cache_files(cache_dir):
-    folder = cache_dir / text_state.CACHE_SUBDIR
+    folder = cache_dir / snapshot_cache.CACHE_SUBDIR
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
 
 
 def _the_cache(cache_dir):
-    [database] = (cache_dir / text_state.CACHE_SUBDIR).glob("*.sqlite")
+    [database] = (cache_dir / snapshot_cache.CACHE_SUBDIR).glob("*.sqlite")
     return database, database.with_suffix(".json")
 
 

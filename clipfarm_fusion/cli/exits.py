@@ -12,7 +12,7 @@ from clipfarm_fusion.errors import (
     StoreError,
 )
 from clipfarm_fusion.read.vectors import BrokenPointerError
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults
 
 EXIT_OK, EXIT_USAGE, EXIT_DRIFT, EXIT_CONFLICT, EXIT_BROKEN, EXIT_UNAVAILABLE, EXIT_STORE = (
     0,
@@ -57,15 +57,15 @@ _EXITS: tuple[tuple[type[BaseException], int, str, str], ...] = (
 def exit_for(exc: BaseException) -> tuple[int, str] | None:
     """The one place that maps an error to (exit code, message); None for a bug (let it raise)."""
     verdict = _verdict(exc)
-    return None if verdict is None else (verdict[0], s3io.redacted(verdict[1]))
+    return None if verdict is None else (verdict[0], s3_faults.redacted(verdict[1]))
 
 
 def _verdict(exc: BaseException) -> tuple[int, str] | None:
     for kind, code, prefix, hint in _EXITS:
         if isinstance(exc, kind):
             return code, f"{prefix}: {exc}{hint}" if prefix else f"{exc}{hint}"
-    if (problem := s3io.setup_problem(exc)) is not None:
+    if (problem := s3_faults.setup_problem(exc)) is not None:
         return EXIT_USAGE, f"error: {problem}"
-    if s3io.is_fault(exc):  # any command: an outage is "retry later", never a traceback
-        return EXIT_UNAVAILABLE, str(s3io.unavailable(exc, "talking to it"))
+    if s3_faults.is_fault(exc):  # any command: an outage is "retry later", never a traceback
+        return EXIT_UNAVAILABLE, str(s3_faults.unavailable(exc, "talking to it"))
     return None

@@ -41,7 +41,7 @@ from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
 from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
 from clipfarm_fusion.errors import ClipfarmError, ConcurrentWriteError, S3UnavailableError
 from clipfarm_fusion.run import chunk, commit, plan
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults
 
 FUSION_POOL = "clipfarm_fusion"
 # A chunk step that failed on something transient, or whose process died, runs again alone: a chunk
@@ -82,7 +82,7 @@ def stage_failures(what: str) -> Iterator[None]:
     """Errors of our own hierarchy fail the step with their message, which says what to do next; an S3
     fault past botocore's retries and our patience counts as an outage (S3UnavailableError)."""
     try:
-        with s3io.faults_as_outage(what):
+        with s3_faults.faults_as_outage(what):
             yield
     except ClipfarmError as exc:
         # Another writer finishing or S3 coming back is worth a retry; bad config, drift and broken stores need a person.

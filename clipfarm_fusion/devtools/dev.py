@@ -35,7 +35,7 @@ from clipfarm_fusion.devtools import package_data, synthetic
 from clipfarm_fusion.devtools.demo import DEMO_BUCKET
 from clipfarm_fusion.devtools.embedded_s3 import embedded_s3
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults, s3io
 
 log = logging.getLogger("clipfarm_fusion")
 DEFS_MODULE = "clipfarm_fusion.defs.definitions"
@@ -53,7 +53,7 @@ def seed_if_empty(client, bucket: str, root: str, videos: int) -> date | None:
         if client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0):
             return None
     except botocore.exceptions.ClientError as exc:
-        if s3io.error_code(exc) != "NoSuchBucket":
+        if s3_faults.error_code(exc) != "NoSuchBucket":
             raise
     day, objects = synthetic.make_day(videos=videos)
     synthetic.seed(client, bucket, root, day, objects)

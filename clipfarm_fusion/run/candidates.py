@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from clipfarm_fusion.core.known import KnownIndex
 from clipfarm_fusion.core.layout import Layout
-from clipfarm_fusion.stores import s3io, state, text_state
+from clipfarm_fusion.stores import s3_faults, s3io, state, text_state
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def text_files(client, bucket: str, layout: Layout, patience_s: float) -> list[s
     """The video_ids whose text `.npy` exists, from one LIST of the text prefix: what a full text recheck
     (`--recheck-text`) upgrades, whatever the text stage's rows say."""
     prefix = layout.embedding_prefix("text")
-    keys = s3io.with_patience(
+    keys = s3_faults.with_patience(
         lambda: s3io.list_keys(client, bucket, prefix), "listing the text embeddings", patience_s
     )
     return [key[len(prefix) : -len(".npy")] for key in keys if key.endswith(".npy")]

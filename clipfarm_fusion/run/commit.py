@@ -33,7 +33,7 @@ from clipfarm_fusion.errors import ConcurrentWriteError, SchemaDriftError
 from clipfarm_fusion.run import staging
 from clipfarm_fusion.run.plan import Plan, StrategyPlan, fusion_options
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
-from clipfarm_fusion.stores import lake, lease, manifest, s3io, schema_lock, state
+from clipfarm_fusion.stores import lake, lease, manifest, s3io, schema_lock, state, state_schema
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
 log = logging.getLogger(__name__)
@@ -97,22 +97,7 @@ def _commit_strategy(
     plan_tables: dict[str, pa.Table],
 ) -> None:
     name = strategy.name
-    parts = [(tables, meta[name]) for tables, meta in staged]
-    if strategy.locked:
-        try:
-            drift.check(strategy.dims, drift.merge([m["fresh"] for _, m in parts]), summary.schema_key, name)
-        except SchemaDriftError:
-            _withdraw(client, config.bucket, [k for _, m in parts for k in m["summary"]["shards_written"]])
-            raise
-        dims = strategy.dims
-    else:
-        dims = next((tuple(m["dims"]) for _, m in parts if m["dims"]), None)
-        parts = [
-            (tables, meta)
-            if meta["dims"] is None or tuple(meta["dims"]) == dims
-            else _refused(client, config, name, dims, tables, meta)
-            for tables, meta in parts
-        ]
+    parts, dims = _agreeing_parts(client, config, strategy, summary, [(t, meta[name]) for t, meta in staged])
     looked_at = 0
     for _, meta in parts:
         summary.merge(StrategySummary(**meta["summary"]), config.sample_size)
@@ -124,7 +109,9 @@ def _commit_strategy(
     rows += [plan_tables[f"refreshed/{name}"]] if f"refreshed/{name}" in plan_tables else []
     changed = _written_by(
         plan.run_id,
-        pa.concat_tables([lake.conform(r, state.SCHEMA) for r in rows] or [state.SCHEMA.empty_table()]),
+        pa.concat_tables(
+            [lake.conform(r, state_schema.SCHEMA) for r in rows] or [state_schema.SCHEMA.empty_table()]
+        ),
     )
     store = state.reopen(
         client,
@@ -150,18 +137,9 @@ def _commit_strategy(
         store.load_marks()  # as of the commits that landed since the plan (contested read them)
         marks = _marks(plan, strategy, store, parts)
         if manifest_rows:
-            if not strategy.locked:
-                lock = schema_lock.write_if_absent(
-                    client,
-                    config.bucket,
-                    summary.schema_key,
-                    SchemaLock.build(name, dims, fusion_options(client, config, (name,))),
-                )
-                summary.fused_dim = lock.fused_dim
-            table = manifest.open_table(
-                client, config.bucket, layout, name, config.s3_patience_seconds, import_seed_era=False
+            _publish_manifest(
+                client, config, layout, strategy, summary, dims, pa.concat_tables(manifest_rows)
             )
-            summary.manifest_added, summary.manifest_updated = table.commit(pa.concat_tables(manifest_rows))
         if changed.num_rows or store.marks_move(marks):
             store.commit(changed, marks)
     log.info(
@@ -174,10 +152,62 @@ def _commit_strategy(
     )
 
 
+def _agreeing_parts(
+    client, config: FusionConfig, strategy: StrategyPlan, summary: StrategySummary, parts: list
+) -> tuple[list, tuple[int, int, int] | None]:
+    """The chunks' parts that agree on the modality dims, and those dims.
+
+    Under a lock, any drift fails the strategy (its shards withdrawn): the lock is the contract. With
+    no lock yet, the first chunk that saw dims sets the day's, and a chunk that fused with others has
+    its items failed (`_refused`), as one pass fails every batch that disagrees with its first.
+    """
+    name = strategy.name
+    if strategy.locked:
+        try:
+            drift.check(strategy.dims, drift.merge([m["fresh"] for _, m in parts]), summary.schema_key, name)
+        except SchemaDriftError:
+            _withdraw(client, config.bucket, [k for _, m in parts for k in m["summary"]["shards_written"]])
+            raise
+        return parts, strategy.dims
+    dims = next((tuple(m["dims"]) for _, m in parts if m["dims"]), None)
+    agreeing = [
+        (tables, meta)
+        if meta["dims"] is None or tuple(meta["dims"]) == dims
+        else _refused(client, config, name, dims, tables, meta)
+        for tables, meta in parts
+    ]
+    return agreeing, dims
+
+
+def _publish_manifest(
+    client,
+    config: FusionConfig,
+    layout: Layout,
+    strategy: StrategyPlan,
+    summary: StrategySummary,
+    dims: tuple[int, int, int] | None,
+    rows: pa.Table,
+) -> None:
+    """Upsert the manifest rows, writing the schema lock first when this run is the strategy's first:
+    under the commit lease, so the lock and the rows it describes appear together."""
+    if not strategy.locked:
+        lock = schema_lock.write_if_absent(
+            client,
+            config.bucket,
+            summary.schema_key,
+            SchemaLock.build(strategy.name, dims, fusion_options(client, config, (strategy.name,))),
+        )
+        summary.fused_dim = lock.fused_dim
+    table = manifest.open_table(
+        client, config.bucket, layout, strategy.name, config.s3_patience_seconds, import_seed_era=False
+    )
+    summary.manifest_added, summary.manifest_updated = table.commit(rows)
+
+
 def _written_by(run_id: str, rows: pa.Table) -> pa.Table:
-    """The state rows with this run as their writer (see `state.WRITER_COLUMN`)."""
-    index = rows.schema.get_field_index(state.WRITER_COLUMN)
-    return rows.set_column(index, state.WRITER_COLUMN, pa.array([run_id] * rows.num_rows, pa.string()))
+    """The state rows with this run as their writer (see `state_schema.WRITER_COLUMN`)."""
+    index = rows.schema.get_field_index(state_schema.WRITER_COLUMN)
+    return rows.set_column(index, state_schema.WRITER_COLUMN, pa.array([run_id] * rows.num_rows, pa.string()))
 
 
 def _refused(
@@ -222,7 +252,7 @@ def _refused(
     summary.shards_written, summary.fused_dim = [], None
     refused = {
         **tables,
-        f"state/{name}": pa.Table.from_pandas(rows, schema=state.SCHEMA, preserve_index=False),
+        f"state/{name}": pa.Table.from_pandas(rows, schema=state_schema.SCHEMA, preserve_index=False),
         f"manifest/{name}": tables[f"manifest/{name}"].slice(0, 0),
     }
     return refused, {**meta, "summary": asdict(summary), "dims": None}

@@ -19,7 +19,7 @@ from clipfarm_fusion.core import policy, worklist
 from clipfarm_fusion.core.layout import MODALITIES, Layout
 from clipfarm_fusion.core.npy import decode_vector
 from clipfarm_fusion.errors import ItemError
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults, s3io
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _fetch(
     """Bodies of the modality's objects for `ids` (None where missing), without a GET for objects a
     LIST showed are not there."""
     keys = [layout.embedding_key(modality, vid) for vid in ids]
-    existing = s3io.with_patience(
+    existing = s3_faults.with_patience(
         lambda: _existing_keys(client, config.bucket, layout.embedding_prefix(modality), keys, keys_per_item),
         f"listing s3://{config.bucket}/{layout.embedding_prefix(modality)}",
         config.s3_patience_seconds,

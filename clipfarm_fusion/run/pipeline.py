@@ -21,7 +21,7 @@ from datetime import date
 from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.run import chunk, commit, plan
 from clipfarm_fusion.run.summary import RunSummary
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults, s3io
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -45,7 +45,7 @@ def run(
     """
     log = log or logging.getLogger("clipfarm_fusion")
     client = client or s3io.make_client(config.fetch_threads)
-    with s3io.faults_as_outage("running the day"):
+    with s3_faults.faults_as_outage("running the day"):
         planned = plan.plan(config, run_date, client, log)
         if workers > 1 and planned.chunks > 1:
             results = _fuse_in_processes(config, planned, workers, log, on_progress)
@@ -86,5 +86,5 @@ def _worker_init(level: int) -> None:
 
 
 def _fuse_one(config: FusionConfig, planned: plan.Plan, index: int) -> chunk.ChunkResult:
-    with s3io.faults_as_outage(f"fusing chunk {index}"):
+    with s3_faults.faults_as_outage(f"fusing chunk {index}"):
         return chunk.fuse_chunk(config, planned, index)

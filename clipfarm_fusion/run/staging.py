@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import StoreError
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults, s3io
 
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(days=1)
@@ -63,7 +63,7 @@ def unpack(body: bytes, where: str) -> tuple[dict[str, pa.Table], dict]:
 
 def put(client, bucket: str, key: str, tables: dict[str, pa.Table], meta: dict, patience_s: float) -> None:
     body = pack(tables, meta)
-    s3io.with_patience(
+    s3_faults.with_patience(
         lambda: client.put_object(Bucket=bucket, Key=key, Body=body),
         f"writing s3://{bucket}/{key}",
         patience_s,
@@ -72,7 +72,9 @@ def put(client, bucket: str, key: str, tables: dict[str, pa.Table], meta: dict, 
 
 def get(client, bucket: str, key: str, patience_s: float) -> tuple[dict[str, pa.Table], dict]:
     where = f"s3://{bucket}/{key}"
-    fetched = s3io.with_patience(lambda: s3io.get_object(client, bucket, key), f"reading {where}", patience_s)
+    fetched = s3_faults.with_patience(
+        lambda: s3io.get_object(client, bucket, key), f"reading {where}", patience_s
+    )
     if fetched.body is None:
         raise StoreError(
             f"staged object {where} is missing: its run was committed or swept by another; rerun the day"

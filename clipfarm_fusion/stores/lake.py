@@ -9,8 +9,8 @@ use no DataFusion scan or MERGE because those hold whole files and join in memor
 1M-row table). Any engine that reads Delta (deltalake, polars, duckdb, Spark, Trino) reads the tables.
 
 delta-rs brings its own S3 client: its settings are derived here from our boto3 client (endpoint,
-region, credentials) and from the run's S3 patience; `s3io.is_fault` recognises its faults and
-`s3io.setup_problem` its refusals. Temporary credentials are never copied: delta-rs resolves and
+region, credentials) and from the run's S3 patience; `s3_faults.is_fault` recognises its faults and
+`s3_faults.setup_problem` its refusals. Temporary credentials are never copied: delta-rs resolves and
 refreshes them from the standard chain itself.
 """
 
@@ -30,7 +30,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.schema import Field, PrimitiveType
 
 from clipfarm_fusion.errors import StoreError
-from clipfarm_fusion.stores import s3io
+from clipfarm_fusion.stores import s3_faults, s3io
 
 log = logging.getLogger(__name__)
 META_PREFIX = "clipfarm."
@@ -89,9 +89,11 @@ def open_table(location: str, options: dict[str, str]) -> DeltaTable | None:
     except TableNotFoundError:
         return None
     except (DeltaError, OSError) as exc:
-        if (problem := s3io.setup_problem(exc, location.removeprefix("s3://").split("/", 1)[0])) is not None:
+        if (
+            problem := s3_faults.setup_problem(exc, location.removeprefix("s3://").split("/", 1)[0])
+        ) is not None:
             raise problem from None
-        if s3io.is_fault(exc):
+        if s3_faults.is_fault(exc):
             raise
         raise StoreError(
             f"{location} is not a readable Delta table ({str(exc).splitlines()[0][:300]}); nothing was written. "
