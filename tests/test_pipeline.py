@@ -40,6 +40,13 @@ MANIFEST_COLUMNS = [
     "fusion_status",
     "retry_count_at_write",
     "fused_at",
+    "video_etag",
+    "audio_etag",
+    "text_etag",
+    "video_version_id",
+    "audio_version_id",
+    "text_version_id",
+    "lock_id",
 ]
 
 

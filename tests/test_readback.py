@@ -190,8 +190,9 @@ def test_unknown_ids_are_left_out_and_reported_by_a_warning_that_carries_them(cl
 
 
 def test_each_shard_is_fetched_with_one_get(two_days):
-    """Counted on the boto3 client, which fetches the shards; the manifest table is read by delta-rs,
-    and with a table published no seed-era fused_manifest.parquet is asked for."""
+    """Counted on the boto3 client, which fetches the shards and the lock (one GET of schema.json, to
+    keep the current lock's rows); the manifest table is read by delta-rs, and with a table published
+    no seed-era fused_manifest.parquet is asked for."""
     client = s3io.make_client(8)
     fetched: Counter = Counter()
     client.meta.events.register(
@@ -199,7 +200,8 @@ def test_each_shard_is_fetched_with_one_get(two_days):
     )
     _, _, rows = read_vectors(STRATEGY, bucket=two_days.bucket, client=client, threads=4)
     shard_keys = set(rows["fused_key"].to_pylist())
-    assert len(shard_keys) == 5 + 3 and fetched == Counter(shard_keys)
+    lock_key = Layout("clipfarm").schema_key(STRATEGY)
+    assert len(shard_keys) == 5 + 3 and fetched == Counter(shard_keys) + Counter([lock_key])
 
     fetched.clear()
     read_vectors(
@@ -209,7 +211,10 @@ def test_each_shard_is_fetched_with_one_get(two_days):
         bucket=two_days.bucket,
         client=client,
     )
-    assert list(fetched.values()) == [1], "three ids of one shard: that shard, once"
+    shards_read = {key: n for key, n in fetched.items() if key != lock_key}
+    assert fetched[lock_key] == 1 and list(shards_read.values()) == [1], (
+        "three ids of one shard: that shard, once"
+    )
 
 
 def test_a_pointer_to_a_missing_shard_raises_naming_the_key(client, two_days):
@@ -287,7 +292,7 @@ def test_inspect_prints_lock_totals_and_each_id(client, two_days, capsys):
         f"{row['fused_key']}#{row['shard_idx']}  success_full  source_hash {row['source_hash']}" in lines[0]
     )
     assert f"dim 2305  norm {np.linalg.norm(vector):.6g}  min {vector.min():.6g}" in lines[0]
-    assert lines[0].endswith("(latest of 2 rows)")
+    assert "(latest of 2 rows)  lock " in lines[0]
     assert lines[1].strip() == "nope  not in manifest"
     # the manifest is named by where it lives: the table's prefix, not the seed-era single file
     assert f"manifest s3://{two_days.bucket}/{ROOT}/fused/{STRATEGY}/manifest:" in out

@@ -59,6 +59,7 @@ def manifest_rows(ids, hashes, key, captured="2026-03-01"):
             "fusion_status": ["success_full"] * n,
             "retry_count_at_write": [0] * n,
             "fused_at": [None] * n,  # the commit stamps it
+            **{name: [None] * n for name in manifest.LINEAGE.names},
         },
         schema=manifest.SCHEMA,
     )

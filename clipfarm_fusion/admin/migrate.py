@@ -43,10 +43,10 @@ def probe_dims(client, bucket: str, layout: Layout, sample: int) -> dict[str, in
         )
         keys = [item["Key"] for item in listing.get("Contents", [])]
         found = []
-        for key, body in s3io.get_many(client, bucket, keys, threads=8).items():
-            if isinstance(body, bytes):
+        for key, fetched in s3io.get_many(client, bucket, keys, threads=8).items():
+            if isinstance(fetched, s3io.Fetched) and fetched.body is not None:
                 try:
-                    found.append(decode_vector(body, key, modality).shape[0])
+                    found.append(decode_vector(fetched.body, key, modality).shape[0])
                 except ItemError:
                     continue
         dims[modality] = drift.majority(dict(Counter(found)))

@@ -2,26 +2,23 @@
 has published, take it out as one file, check all of it, sweep the shards nothing points to, and keep
 the lake tables compact.
 
-Thin like cli.py: parse, then `readback` (inspect, export), `verify.verify_strategy` (verify),
-`sweep.sweep` (gc) and `maintenance` (maintain, snapshot-manifest) do the work. Wired into cli.py with `add_commands(subparsers)` and `run(args)`.
+Thin: parse, then `inspection` (what inspect prints), `read.vectors` and `read.export` (export),
+`verify.verify_strategy` (verify), `sweep.sweep` (gc) and `maintenance` (maintain, snapshot-manifest)
+do the work. Wired into `cli.main` with `add_commands(subparsers)` and `run(args)`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from clipfarm_fusion.admin import maintenance, sweep
+from clipfarm_fusion.cli import inspection
 from clipfarm_fusion.cli.argtypes import iso_date, positive
 from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.core.layout import Layout
-from clipfarm_fusion.errors import ConfigError, SchemaDriftError, StoreError
+from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.read import verify
 from clipfarm_fusion.read.export import WRITERS
 from clipfarm_fusion.read.vectors import (
@@ -31,11 +28,10 @@ from clipfarm_fusion.read.vectors import (
     load_manifest,
     select_rows,
 )
-from clipfarm_fusion.stores import s3io, schema_lock
+from clipfarm_fusion.stores import s3io
 
 COMMANDS = ("inspect", "export", "verify", "gc", "maintain", "snapshot-manifest")
 EXIT_OK = 0
-_DATE = r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
 
 
 def location_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -246,13 +242,13 @@ def inspect_strategy(args: argparse.Namespace) -> int:
     table = load_manifest(client, bucket, args.root, args.strategy)
     table = filter_rows(table, args.date)
     print(f"strategy {args.strategy}: s3://{bucket}/{layout.strategy_prefix(args.strategy)}")
-    print(describe_lock(client, bucket, layout.schema_key(args.strategy)))
+    print(inspection.describe_lock(client, bucket, layout.schema_key(args.strategy)))
     scope = f" for date={args.date}" if args.date else ""
     print(f"manifest s3://{bucket}/{layout.manifest_table_key(args.strategy)}{scope}:")
-    print("\n".join(manifest_totals(table)))
+    print("\n".join(inspection.manifest_totals(table)))
     if args.video_ids:
         print("video_ids:")
-        print("\n".join(describe_ids(client, bucket, table, args.video_ids)))
+        print("\n".join(inspection.describe_ids(client, bucket, table, args.video_ids)))
     return EXIT_OK
 
 
@@ -302,66 +298,6 @@ def snapshot_manifest(args: argparse.Namespace) -> int:
     )
     print(f"wrote {rows} manifest rows to {where}")
     return EXIT_OK
-
-
-def describe_lock(client, bucket: str, key: str) -> str:
-    """Every field the lock sets (whatever options it has grown), and how many locks it replaced."""
-    try:
-        lock = schema_lock.read(client, bucket, key)
-    except (SchemaDriftError, StoreError) as exc:  # an unparsable lock is a finding
-        return f"schema lock: unreadable: {exc}"
-    if lock is None:
-        return f"schema lock: none at s3://{bucket}/{key}"
-    fields = " ".join(
-        f"{name}={value}" for name, value in asdict(lock).items() if name != "history" and value is not None
-    )
-    return f"schema lock s3://{bucket}/{key}: {fields}; history: {len(lock.history)} earlier lock(s)"
-
-
-def manifest_totals(table: pa.Table) -> list[str]:
-    """Row and video counts, then rows by fusion_status and rows, shards and widths by shard date."""
-    lines = [f"  {table.num_rows} rows, {pc.count_distinct(table['video_id']).as_py()} videos"]
-    by_status = table.group_by("fusion_status").aggregate([([], "count_all")]).sort_by("fusion_status")
-    lines.append("  by fusion_status:")
-    lines += [f"    {row['fusion_status']:<28} {row['count_all']:>8}" for row in by_status.to_pylist()]
-    dates = pc.struct_field(pc.extract_regex(table["fused_key"], _DATE), "date")
-    by_date = (
-        pa.table({"date": dates, "fused_key": table["fused_key"], "fused_dim": table["fused_dim"]})
-        .group_by("date")
-        .aggregate([([], "count_all"), ("fused_key", "count_distinct"), ("fused_dim", "distinct")])
-        .sort_by("date")
-    )
-    lines.append("  by date:")
-    lines += [
-        f"    {row['date']}  {row['count_all']:>8} rows  {row['fused_key_count_distinct']:>5} shards  "
-        f"fused_dim {sorted(row['fused_dim_distinct'])}"
-        for row in by_date.to_pylist()
-    ]
-    return lines
-
-
-def describe_ids(client, bucket: str, table: pa.Table, video_ids: list[str]) -> list[str]:
-    """One line per requested id, in request order: its latest row's pointer and vector stats."""
-    selection = select_rows(table, video_ids)
-    requested = table.filter(pc.is_in(table["video_id"], value_set=pa.array(video_ids, pa.string())))
-    rows_per_id = {
-        item["values"]: item["counts"] for item in pc.value_counts(requested["video_id"]).to_pylist()
-    }
-    found: dict[str, str] = {}
-    for shard in iter_shards(client, bucket, selection.rows, threads=8):
-        vectors = shard.vectors.astype(np.float64)
-        stats = zip(
-            np.linalg.norm(vectors, axis=1), vectors.min(1), vectors.max(1), vectors.mean(1), strict=True
-        )
-        for row, (norm, low, high, mean) in zip(shard.rows.to_pylist(), stats, strict=True):
-            total = rows_per_id[row["video_id"]]
-            found[row["video_id"]] = (
-                f"  {row['video_id']}  {row['fused_key']}#{row['shard_idx']}  {row['fusion_status']}  "
-                f"source_hash {row['source_hash']}  dim {shard.vectors.shape[1]}  norm {norm:.6g}  "
-                f"min {low:.6g}  max {high:.6g}  mean {mean:.6g}"
-                + (f"  (latest of {total} rows)" if total > 1 else "")
-            )
-    return [found.get(video_id, f"  {video_id}  not in manifest") for video_id in video_ids]
 
 
 def export(args: argparse.Namespace) -> int:

@@ -30,7 +30,8 @@ from clipfarm_fusion.core import latest
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import ClipfarmError, ConfigError
 from clipfarm_fusion.read import tables
-from clipfarm_fusion.stores import s3io, shards
+from clipfarm_fusion.stores import s3io, schema_lock, shards
+from clipfarm_fusion.stores.schema_lock import SchemaLock
 
 MAX_NAMED = 5
 # What numpy raises for bytes that are not a shard: random bytes, a truncated zip, a missing array.
@@ -53,6 +54,56 @@ class MissingVectorsWarning(UserWarning):
             f"{len(missing)} requested video_id(s) have no row in {scope} and are left out: "
             f"{missing[:MAX_NAMED]}{more} (this warning's .missing lists them all)"
         )
+
+
+class OlderLockWarning(UserWarning):
+    """Selected videos whose latest row was fused under another schema lock than the one asked for
+    (by default the current `schema.json`): left out, so one matrix never mixes two models or two sets
+    of options. `.ids` lists them, `.locks` counts them per lock_id."""
+
+    def __init__(self, strategy: str, ids: list[str], locks: dict[str, int], wanted: str) -> None:
+        self.ids = ids
+        self.locks = locks
+        super().__init__(
+            f"{len(ids)} {strategy} video(s) were fused under another lock than {wanted} and are left out "
+            f"(rows per lock: {locks}; this warning's .ids lists them). Read them with lock='all' or "
+            f"lock=<lock_id>, or replace them with `clipfarm-fusion refuse --strategy {strategy} --all`"
+        )
+
+
+ALL_LOCKS = "all"
+UNKNOWN_LOCK = "unknown"  # how OlderLockWarning counts rows without a lock_id that predate the lock
+
+
+def under_lock(rows: pa.Table, lock: SchemaLock | None, wanted: str | None = None) -> pa.Array:
+    """Per row, whether it was fused under the lock `wanted` (a lock_id; None: `lock`, the current one;
+    `ALL_LOCKS`: every row). A row written before manifests recorded `lock_id` counts as fused under
+    the current lock when it has that lock's width and is no older than the lock's last
+    `migrate-schema` (the lock's history says when)."""
+    if wanted == ALL_LOCKS or (wanted is None and lock is None) or rows.num_rows == 0:
+        return pa.array(np.ones(rows.num_rows, dtype=bool))
+    lock_ids = rows["lock_id"] if "lock_id" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
+    target = wanted or lock.lock_id
+    matches = pc.fill_null(pc.equal(lock_ids, target), False)
+    if lock is None or target != lock.lock_id:
+        return matches
+    since = latest.instants(pa.array([lock.history[-1]["replaced_at"]])) if lock.history else None
+    untagged = pc.and_(pc.is_null(lock_ids), pc.equal(rows["fused_dim"], lock.fused_dim))
+    if since is not None:
+        stamps = rows["fused_at"] if "fused_at" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
+        untagged = pc.and_(untagged, pa.array(latest.instants(stamps) >= since[0]))
+    return pc.or_(matches, untagged)
+
+
+def _held_back(strategy: str, rows: pa.Table, keep: pa.Array, wanted: str) -> None:
+    """Warn about the rows `keep` leaves out, counted per lock."""
+    dropped = rows.filter(pc.invert(keep))
+    if not dropped.num_rows:
+        return
+    lock_ids = dropped["lock_id"] if "lock_id" in dropped.column_names else pa.nulls(dropped.num_rows)
+    counts = pc.value_counts(pc.fill_null(lock_ids.cast(pa.string()), UNKNOWN_LOCK)).to_pylist()
+    locks = {entry["values"]: entry["counts"] for entry in counts}
+    warnings.warn(OlderLockWarning(strategy, dropped["video_id"].to_pylist(), locks, wanted), stacklevel=3)
 
 
 class BrokenPointerError(ClipfarmError):
@@ -289,12 +340,17 @@ def read_vectors(
     client=None,
     threads: int = 16,
     fused_dim: int | None = None,
+    lock: str | None = None,
 ) -> tuple[list[str], np.ndarray, pa.Table]:
     """`(video_ids, vectors (N, F) float32, rows)`: the fused vectors of `strategy` with their manifest rows.
 
     - `video_ids`: the ids to read, returned in this order (an id given twice comes back twice);
       None reads every video, sorted by video_id.
     - `run_date` (date or 'YYYY-MM-DD'): only rows whose shard is under `date=<run_date>/`.
+    - `lock`: only videos whose vector was fused under this schema lock (a `lock_id`, as the manifest
+      rows and `inspect` show it); None, the default, means the current `schema.json`, and `'all'`
+      every lock. The videos left out are reported with an `OlderLockWarning` (`.ids`, `.locks`): a
+      same-dims model or option change never mixes silently into one matrix.
     - `fused_dim`: only rows of this width. Rows fused before a `migrate-schema` keep their old width
       and cannot be stacked with newer ones: a mixed selection raises ConfigError naming the widths.
     - One vector per video: when a video has several rows (several source_hash), the latest by
@@ -315,6 +371,13 @@ def read_vectors(
         scope = f"the {strategy} manifest" + (f" for date={when}" if when else "")
         warnings.warn(MissingVectorsWarning(selection.missing, scope), stacklevel=2)
     rows = selection.rows
+    if lock != ALL_LOCKS:
+        current = schema_lock.read(client, bucket, Layout(root.strip("/")).schema_key(strategy))
+        keep = under_lock(rows, current, lock)
+        _held_back(
+            strategy, rows, keep, lock or f"the current lock ({current.lock_id if current else 'none'})"
+        )
+        rows = rows.filter(keep)
     width = common_dim(rows, strategy) or fused_dim or 0
     vectors = np.empty((rows.num_rows, width), np.float32)
     for shard in iter_shards(client, bucket, rows, threads):

@@ -29,6 +29,7 @@ from clipfarm_fusion.run import fetch, staging
 from clipfarm_fusion.run.plan import Plan, StrategyPlan, fusion_options
 from clipfarm_fusion.run.summary import StrategySummary
 from clipfarm_fusion.stores import manifest, s3io, state, state_schema
+from clipfarm_fusion.stores.schema_lock import SchemaLock
 from clipfarm_fusion.stores.shards import ShardWriter
 
 ProgressCallback = Callable[[int], None]  # videos looked at so far in this chunk
@@ -294,6 +295,11 @@ def _publish(
                 key,
                 retry_base[fused],
                 strategy.options,
+                manifest.Lineage(
+                    {m: batch.etags[m][fused] for m in MODALITIES},
+                    {m: batch.version_ids[m][fused] for m in MODALITIES},
+                    SchemaLock.build(strategy.name, strategy.dims, strategy.options).lock_id,
+                ),
             )
         )
         strategy.summary.shards_written.append(key)

@@ -34,6 +34,10 @@ class Batch:
     vectors: dict[str, list[np.ndarray | None]]
     errors: dict[int, str]
     reads: int  # items whose video and audio were read: what --max-items counts
+    # Per modality, the ETag and VersionId of the object as read (None where not read or unversioned):
+    # the lineage each manifest row records.
+    etags: dict[str, np.ndarray]
+    version_ids: dict[str, np.ndarray]
 
 
 def active(reasons: np.ndarray, text_present: np.ndarray) -> np.ndarray:
@@ -67,9 +71,9 @@ def _existing_keys(
 
 def _fetch(
     client, config: FusionConfig, layout: Layout, modality: str, ids: list[str], keys_per_item: float
-) -> list[bytes | None | Exception]:
-    """Bodies of the modality's objects for `ids` (None where missing), without a GET for objects a
-    LIST showed are not there."""
+) -> list[s3io.Fetched | Exception]:
+    """The modality's objects for `ids` as read (`body` None where missing), without a GET for objects
+    a LIST showed are not there."""
     keys = [layout.embedding_key(modality, vid) for vid in ids]
     existing = s3_faults.with_patience(
         lambda: _existing_keys(client, config.bucket, layout.embedding_prefix(modality), keys, keys_per_item),
@@ -77,10 +81,27 @@ def _fetch(
         config.s3_patience_seconds,
     )
     wanted = keys if existing is None else [k for k in keys if k in existing]
-    bodies = s3io.get_many(
+    fetched = s3io.get_many(
         client, config.bucket, wanted, config.fetch_threads, patience_s=config.s3_patience_seconds
     )
-    return [bodies.get(k) for k in keys]
+    return [fetched.get(k, _ABSENT) for k in keys]
+
+
+_ABSENT = s3io.Fetched(None)  # listed as not there, so never read
+_NOT_READ = s3io.Fetched(b"")  # not needed: the text verdict ruled the item out
+
+
+def _body(fetched: s3io.Fetched | Exception) -> bytes | None | Exception:
+    return fetched if isinstance(fetched, Exception) else fetched.body
+
+
+def _lineage(fetched: list[s3io.Fetched | Exception]) -> tuple[np.ndarray, np.ndarray]:
+    """(ETags, VersionIds) of what was read, None where nothing was."""
+    read = [f if isinstance(f, s3io.Fetched) and f.body else _ABSENT for f in fetched]
+    return (
+        np.array([f.etag for f in read], dtype=object),
+        np.array([f.version_id for f in read], dtype=object),
+    )
 
 
 def _strings(column: pd.Series) -> np.ndarray:
@@ -103,8 +124,8 @@ def fetch_batch(
     `rows` carry the text stage's `text_status`/`text_hash` (looked up by the plan); `reasons` holds each
     strategy's delta reasons for them."""
     ids = rows["video_id"].tolist()
-    text_body = _fetch(client, config, layout, "text", ids, keys_per_item)
-    text_present = np.array([b is not None for b in text_body], dtype=bool)
+    text_fetched = _fetch(client, config, layout, "text", ids, keys_per_item)
+    text_present = np.array([_body(f) is not None for f in text_fetched], dtype=bool)
     text_status, text_hash = (_strings(rows[column]) for column in ("text_status", "text_hash"))
     source_hash = rows["source_hash"].to_numpy(dtype=object)
 
@@ -124,18 +145,20 @@ def fetch_batch(
     need_required = wanted & ~np.isin(policy.gate(**gate_inputs()), list(policy.TEXT_SKIP_STATUSES))
     if budget is not None and np.count_nonzero(need_required) > budget:
         cut = int(np.flatnonzero(need_required)[budget])
-        rows, ids, text_body = rows.iloc[:cut], ids[:cut], text_body[:cut]
+        rows, ids, text_fetched = rows.iloc[:cut], ids[:cut], text_fetched[:cut]
         text_present, text_status, text_hash, source_hash, need_required = (
             column[:cut] for column in (text_present, text_status, text_hash, source_hash, need_required)
         )
     count = len(ids)
     fetch_ids = [vid for vid, need in zip(ids, need_required, strict=True) if need]
-    bodies: dict[str, list[bytes | None | Exception]] = {"text": text_body}
+    reads: dict[str, list[s3io.Fetched | Exception]] = {"text": text_fetched}
     for modality in ("video", "audio"):
         fetched = dict(
             zip(fetch_ids, _fetch(client, config, layout, modality, fetch_ids, keys_per_item), strict=True)
         )
-        bodies[modality] = [fetched.get(vid, b"") for vid in ids]
+        reads[modality] = [fetched.get(vid, _NOT_READ) for vid in ids]
+    bodies = {m: [_body(f) for f in reads[m]] for m in MODALITIES}
+    lineage = {m: _lineage(reads[m]) for m in MODALITIES}
     present = {m: np.array([b is not None for b in bodies[m]], dtype=bool) for m in MODALITIES}
     statuses = policy.gate(**gate_inputs(), video_present=present["video"], audio_present=present["audio"])
     vectors: dict[str, list[np.ndarray | None]] = {m: [None] * count for m in MODALITIES}
@@ -163,4 +186,6 @@ def fetch_batch(
         vectors,
         errors,
         reads=int(np.count_nonzero(need_required)),
+        etags={m: lineage[m][0] for m in MODALITIES},
+        version_ids={m: lineage[m][1] for m in MODALITIES},
     )

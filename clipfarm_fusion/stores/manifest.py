@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
 KEY_COLUMNS = ("video_id", "source_hash")
 
-SCHEMA = pa.schema(
+_FUSED = pa.schema(
     [
         ("video_id", pa.string()),
         ("captured_at", pa.string()),
@@ -59,8 +59,19 @@ SCHEMA = pa.schema(
         ("fused_at", pa.string()),
     ]
 )
-# Strategy `projection` adds one column beyond the manifest columns (docs/contract.md): the artifact's sha256 on every row.
-PROJECTION_SCHEMA = SCHEMA.append(pa.field("projection_id", pa.string()))
+# Lineage: which version of each input the vector was made from (the ETag the GET returned, and the
+# VersionId in a versioned bucket; null where the object was not read) and the lock it was fused under
+# (`SchemaLock.lock_id`). Recorded from the answers the fetch already has: no request of its own. Last,
+# so a table an older version created gains them at its end (`lake.add_columns`).
+LINEAGE = pa.schema(
+    [(f"{m}_etag", pa.string()) for m in ("video", "audio", "text")]
+    + [(f"{m}_version_id", pa.string()) for m in ("video", "audio", "text")]
+    + [("lock_id", pa.string())]
+)
+SCHEMA = pa.schema([*_FUSED, *LINEAGE])
+# Strategy `projection` adds one column (docs/contract.md), the artifact's sha256 on every row, before
+# the lineage: where tables it created before lineage existed hold it.
+PROJECTION_SCHEMA = pa.schema([*_FUSED, pa.field("projection_id", pa.string()), *LINEAGE])
 
 
 def shard_rows(
@@ -73,6 +84,7 @@ def shard_rows(
     key: str,
     retry_base: np.ndarray,
     options: FusionOptions,
+    lineage: Lineage,
 ) -> pa.Table:
     """Manifest rows (the manifest columns (docs/contract.md)) for the horizon `rows` fused into shard `key`, in shard order."""
     ids = rows["video_id"].tolist()
@@ -99,12 +111,29 @@ def shard_rows(
             "fusion_status": np.where(text_present, SUCCESS_FULL, SUCCESS_PLACEHOLDER).tolist(),
             "retry_count_at_write": retry_base.astype(np.int32),
             "fused_at": pa.nulls(len(ids), pa.string()),  # the commit stamps it (`stamped`)
+            **{f"{m}_etag": pa.array(lineage.etags[m], pa.string()) for m in ("video", "audio", "text")},
+            **{
+                f"{m}_version_id": pa.array(lineage.version_ids[m], pa.string())
+                for m in ("video", "audio", "text")
+            },
+            "lock_id": [lineage.lock_id] * len(ids),
         },
         schema=SCHEMA,
     )
     if strategy == "projection":
-        table = table.append_column("projection_id", pa.array([options.projection.projection_id] * len(ids)))
+        projection_id = pa.array([options.projection.projection_id] * len(ids))
+        table = table.add_column(len(_FUSED), "projection_id", projection_id)
     return table
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What the rows of one shard were made from: per modality the ETags and VersionIds of the objects
+    as read (one per row), and the lock they were fused under."""
+
+    etags: dict[str, np.ndarray]
+    version_ids: dict[str, np.ndarray]
+    lock_id: str
 
 
 def schema_for(strategy: str) -> pa.Schema:

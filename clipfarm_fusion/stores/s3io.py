@@ -91,10 +91,13 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Fetched:
-    """One object read into memory: `body` None means the key does not exist."""
+    """One object read into memory: `body` None means the key does not exist. `etag` and `version_id`
+    (set when the bucket is versioned) say which version of the object the body is: the lineage a
+    manifest row records, at no extra request."""
 
     body: bytes | None
     etag: str | None = None
+    version_id: str | None = None
 
 
 def get_object(client, bucket: str, key: str, if_none_match: str | None = None) -> Fetched | None:
@@ -107,7 +110,7 @@ def get_object(client, bucket: str, key: str, if_none_match: str | None = None) 
     for attempt in range(BODY_READ_ATTEMPTS):
         try:
             response = client.get_object(Bucket=bucket, Key=key, **extra)
-            return Fetched(response["Body"].read(), response.get("ETag"))
+            return Fetched(response["Body"].read(), response.get("ETag"), response.get("VersionId"))
         except botocore.exceptions.ClientError as exc:
             if is_missing(exc):
                 return Fetched(None)
@@ -128,8 +131,9 @@ def get_many(
     threads: int,
     on_done: Callable[[], None] | None = None,
     patience_s: float = DEFAULT_PATIENCE_S,
-) -> dict[str, bytes | None | Exception]:
-    """GET every key concurrently: bytes, None when missing, or the exception that item hit.
+) -> dict[str, Fetched | Exception]:
+    """GET every key concurrently: what was read (`body` None when missing), or the exception that item
+    hit.
 
     An answer about one object (e.g. AccessDenied) is returned, not raised, so it fails one item and not
     the run. An infrastructure fault is ridden out for `patience_s`, then raises S3UnavailableError for
@@ -137,15 +141,15 @@ def get_many(
     """
     gave_up = threading.Event()
 
-    def fetch(key: str) -> tuple[str, bytes | None | Exception]:
+    def fetch(key: str) -> tuple[str, Fetched | Exception]:
         try:
-            body = with_patience(
-                lambda: get_object(client, bucket, key).body,
+            fetched = with_patience(
+                lambda: get_object(client, bucket, key),
                 f"reading s3://{bucket}/{key}",
                 patience_s,
                 gave_up,
             )
-            return key, body
+            return key, fetched
         except S3UnavailableError:
             raise
         except Exception as exc:  # noqa: BLE001 - an answer about this object is the item's failure

@@ -6,6 +6,7 @@ Changing it is `clipfarm-fusion migrate-schema`, never a side effect of a daily 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -54,6 +55,15 @@ class SchemaLock:
     def options(self) -> tuple[bool, bool, tuple[float, ...] | None, str | None]:
         """What besides the dims makes two vectors comparable: mask, L2, weights, projection."""
         return (self.mask_appended, self.l2_normalized, self.weights, self.projection_id)
+
+    @property
+    def lock_id(self) -> str:
+        """What the vectors fused under this lock have in common, as a short hash: the strategy, the
+        dims and every option that changes a vector. Every manifest row records it, so rows fused
+        before and after a `migrate-schema` (or a same-dims option change) are told apart; when it was
+        written, and the history, are not part of it."""
+        identity = [self.fusion_strategy, *self.dims, self.fused_dim, *self.options]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()

@@ -1,0 +1,111 @@
+"""Lineage: every manifest row says which version of each input it was made from and under which lock,
+and `read_vectors` never mixes vectors fused under different locks without saying so."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import date
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from clipfarm_fusion import read_manifest
+from clipfarm_fusion.cli.main import main
+from clipfarm_fusion.core.kernels import FusionOptions
+from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.read.vectors import ALL_LOCKS, OlderLockWarning, read_vectors, under_lock
+from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.stores import schema_lock
+from clipfarm_fusion.stores.schema_lock import SchemaLock
+
+DAY = date(2026, 3, 1)
+MIX = {"full": 0.6, "placeholder": 0.4}
+
+
+def _listing(client, bucket: str, prefix: str) -> dict[str, str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
+
+
+def test_manifest_rows_record_each_input_etag_and_the_lock(client, seed_day, capsys):
+    seeded = seed_day(videos=20, mix=MIX, dim=8)
+    pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
+    rows = read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client)
+    etags = _listing(client, seeded.bucket, f"{seeded.root}/embeddings/")
+    assert len(rows) == 20
+    for modality in ("video", "audio"):
+        assert rows[f"{modality}_etag"].tolist() == [etags[k] for k in rows[f"{modality}_emb_key"]]
+    with_text = rows["text_present"] == 1
+    assert with_text.any() and (~with_text).any()
+    assert rows.loc[with_text, "text_etag"].tolist() == [
+        etags[k] for k in rows.loc[with_text, "text_emb_key"]
+    ]
+    assert rows.loc[~with_text, "text_etag"].isna().all(), "no text was read for a placeholder"
+    assert rows[["video_version_id", "audio_version_id", "text_version_id"]].isna().all().all()
+    lock = schema_lock.read(client, seeded.bucket, Layout(seeded.root).schema_key("concat"))
+    assert set(rows["lock_id"]) == {lock.lock_id}
+    first = rows.iloc[0]
+    inspect = ["inspect", "--strategy", "concat", "--bucket", seeded.bucket, "--video-id", first["video_id"]]
+    assert main(inspect) == 0
+    shown = capsys.readouterr().out
+    assert f"lock_id={lock.lock_id}" in shown and f"{lock.lock_id:<28} {20:>8}" in shown
+    assert f"lock {lock.lock_id}  etags video={first['video_etag']} audio={first['audio_etag']}" in shown
+
+
+def test_a_versioned_bucket_records_the_version_read(client, bucket, seed_day):
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    seeded = seed_day(videos=6, mix={"full": 1.0}, dim=8)
+    pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
+    rows = read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client)
+    versions = client.list_object_versions(Bucket=bucket, Prefix=f"{seeded.root}/embeddings/video/")
+    latest = {v["Key"]: v["VersionId"] for v in versions["Versions"] if v["IsLatest"]}
+    assert rows["video_version_id"].tolist() == [latest[k] for k in rows["video_emb_key"]]
+
+
+def _lock(**options) -> SchemaLock:
+    return SchemaLock.build("concat", (4, 4, 4), FusionOptions(**options))
+
+
+def test_the_lock_id_names_the_dims_and_every_option_but_not_the_time():
+    assert _lock().lock_id == _lock().lock_id
+    assert _lock().lock_id != _lock(l2_normalize=True).lock_id, "a same-dims option change is a new lock"
+    assert _lock().lock_id != SchemaLock.build("concat", (4, 4, 5), FusionOptions()).lock_id
+    assert _lock().lock_id != _lock(mask=False).lock_id
+
+
+def test_rows_are_kept_by_lock_and_untagged_rows_by_width_and_age():
+    old, new = _lock(), _lock(l2_normalize=True)
+    migrated = SchemaLock(**{**new.__dict__, "history": ({"replaced_at": "2026-03-05T00:00:00+00:00"},)})
+    rows = pa.table(
+        {
+            "video_id": ["a", "b", "c", "d"],
+            "fused_dim": [old.fused_dim] * 4,
+            "lock_id": [old.lock_id, new.lock_id, None, None],
+            "fused_at": [None, None, "2026-03-01T00:00:00+00:00", "2026-03-06T00:00:00+00:00"],
+        }
+    )
+    assert under_lock(rows, migrated).to_pylist() == [False, True, False, True]
+    assert under_lock(rows, migrated, old.lock_id).to_pylist() == [True, False, False, False]
+    assert under_lock(rows, migrated, ALL_LOCKS).to_pylist() == [True] * 4
+    assert under_lock(rows, None).to_pylist() == [True] * 4, "no lock yet: nothing to hold back"
+    assert under_lock(rows, new).to_pylist() == [False, True, True, True], "never migrated: width decides"
+
+
+def test_read_vectors_keeps_the_current_lock_and_warns_about_the_rest(client, seed_day):
+    """A same-dims option change (L2 on) after a day was fused: the old rows stay in the manifest, and a
+    default read returns only the rows of the current lock, warning with how many it left out."""
+    seeded = seed_day(videos=10, mix={"full": 1.0}, dim=8)
+    pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
+    before = schema_lock.read(client, seeded.bucket, Layout(seeded.root).schema_key("concat"))
+    assert main(["migrate-schema", "--strategy", "concat", "--bucket", seeded.bucket, "--l2-normalize"]) == 0
+    with pytest.warns(OlderLockWarning) as caught:
+        ids, vectors, _ = read_vectors("concat", bucket=seeded.bucket, root=seeded.root, client=client)
+    assert ids == [] and vectors.shape[0] == 0
+    assert caught[0].message.locks == {before.lock_id: 10} and len(caught[0].message.ids) == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids, vectors, _ = read_vectors(
+            "concat", bucket=seeded.bucket, root=seeded.root, client=client, lock=before.lock_id
+        )
+    assert len(ids) == 10 and not np.allclose(np.linalg.norm(vectors[:, :8], axis=1), 1.0)
