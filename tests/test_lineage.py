@@ -11,12 +11,15 @@ import pyarrow as pa
 import pytest
 
 from clipfarm_fusion import read_manifest
+from clipfarm_fusion.admin import changes
 from clipfarm_fusion.cli.main import main
 from clipfarm_fusion.core.kernels import FusionOptions
 from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools import synthetic
+from clipfarm_fusion.read import verify
 from clipfarm_fusion.read.vectors import ALL_LOCKS, OlderLockWarning, read_vectors, under_lock
 from clipfarm_fusion.run import pipeline
-from clipfarm_fusion.stores import schema_lock
+from clipfarm_fusion.stores import refusals, schema_lock, state
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
 DAY = date(2026, 3, 1)
@@ -109,3 +112,63 @@ def test_read_vectors_keeps_the_current_lock_and_warns_about_the_rest(client, se
             "concat", bucket=seeded.bucket, root=seeded.root, client=client, lock=before.lock_id
         )
     assert len(ids) == 10 and not np.allclose(np.linalg.norm(vectors[:, :8], axis=1), 1.0)
+
+
+def _request(client, seeded, ids, reason=refusals.REFUSE):
+    store = state.open_store(client, seeded.bucket, Layout(seeded.root), "concat", seeded.state_dir, 5.0)
+    return refusals.write(client, seeded.bucket, Layout(seeded.root), "concat", ids, reason, store.version)
+
+
+def test_a_request_refuses_its_videos_once_and_is_then_removed(client, seed_day):
+    seeded = seed_day(videos=12, mix={"full": 1.0}, dim=8)
+    config = seeded.config(strategies=("concat",))
+    pipeline.run(config, DAY, client=client)
+    before = read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client).set_index(
+        "video_id"
+    )
+    chosen = sorted(before.index)[:3]
+    request = _request(client, seeded, [*chosen, "not-in-the-horizon"])
+    summary = pipeline.run(config, DAY, client=client).strategies["concat"]
+    assert summary.requested == {refusals.REFUSE: 3} and summary.requests_pending == 4
+    assert summary.counts == {"success_full": 3} and summary.manifest_updated == 3
+    after = read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client).set_index(
+        "video_id"
+    )
+    moved = after["fused_at"] != before["fused_at"].reindex(after.index)
+    assert sorted(after.index[moved]) == chosen
+    assert client.list_objects_v2(Bucket=seeded.bucket, Prefix=request.key).get("KeyCount") == 1
+    again = pipeline.run(config, DAY, client=client).strategies["concat"]
+    assert again.delta == 0 and again.requested == {}, "committed: nothing of the request is redone"
+    assert client.list_objects_v2(Bucket=seeded.bucket, Prefix=request.key).get("KeyCount") == 0
+    assert verify.verify_strategy(client, seeded.bucket, seeded.root, "concat").ok
+
+
+def test_key_ranges_cover_the_prefix_once():
+    keys = [f"p/{i:03d}.npy" for i in range(7)]
+    assert changes.ranges(keys, per_range=3) == [(None, keys[2]), (keys[2], keys[5]), (keys[5], None)]
+    assert changes.ranges(keys[:6], per_range=3) == [(None, keys[2]), (keys[2], None)]
+    assert changes.ranges([], per_range=3) == [(None, None)]
+
+
+def test_a_same_dims_re_embedding_is_detected_and_re_fused(client, seed_day, monkeypatch):
+    """Upstream recomputes three video embeddings with another model (same 8 dims, same keys): detection
+    finds exactly those, and the next run fuses them again under `changed_upstream`."""
+    monkeypatch.setattr(changes, "RANGE_KEYS", 4)  # several key ranges, listed side by side
+    seeded = seed_day(videos=12, mix={"full": 1.0}, dim=8)
+    config = seeded.config(strategies=("concat",))
+    pipeline.run(config, DAY, client=client)
+    assert changes.detect(client, seeded.bucket, seeded.root, "concat").changed == []
+    rows = read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client)
+    swapped = sorted(rows["video_id"])[1:4]
+    new_model = np.full(8, 7.0, dtype=np.float32)
+    for video_id in swapped:
+        key = Layout(seeded.root).embedding_key("video", video_id)
+        client.put_object(Bucket=seeded.bucket, Key=key, Body=synthetic.npy_bytes(new_model))
+    found = changes.detect(client, seeded.bucket, seeded.root, "concat")
+    assert found.changed == swapped and found.by_modality == {"video": 3, "audio": 0, "text": 0}
+    assert found.keys_listed == 36 and found.request_key is not None
+    summary = pipeline.run(config, DAY, client=client).strategies["concat"]
+    assert summary.requested == {refusals.CHANGED_UPSTREAM: 3} and summary.counts == {"success_full": 3}
+    ids, vectors, _ = read_vectors("concat", swapped, bucket=seeded.bucket, root=seeded.root, client=client)
+    assert ids == swapped and (vectors[:, :8] == 7.0).all(), "the new model's vectors are published"
+    assert changes.detect(client, seeded.bucket, seeded.root, "concat").changed == []

@@ -86,6 +86,10 @@ class Layout:
         """Held by the one commit of the strategy in progress (see `lease`)."""
         return f"{self.root}/fused/{strategy}/commit.lease"
 
+    def refuse_prefix(self, strategy: str) -> str:
+        """Open re-fusion requests (see `stores.refusals`): each names videos to fuse again."""
+        return f"{self.root}/fused/{strategy}/refuse/"
+
     def schema_key(self, strategy: str) -> str:
         return f"{self.root}/fused/{strategy}/schema.json"
 

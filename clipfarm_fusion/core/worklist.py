@@ -9,7 +9,7 @@ fused whatever the date."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import pandas as pd
@@ -102,3 +102,31 @@ def compute(
         retry_base=known["retry_count"].where(same_hash, 0).fillna(0).astype("int64"),
     )
     return result[result["reason"] != ""].drop(columns=["source_hash_state", "status", "retry_count"])
+
+
+def with_requests(
+    delta: pd.DataFrame,
+    horizon: pd.DataFrame,
+    state: pd.DataFrame,
+    reasons: Mapping[str, str],
+    run_date: str | None = None,
+) -> pd.DataFrame:
+    """`delta` plus the horizon's videos that a re-fusion request names (`reasons`: video_id -> the
+    request's reason), each under that reason with its retries starting again at 0, whatever its
+    state says; a video already in `delta` takes the request's reason. As in `compute`, a run behind a
+    later one leaves alone what that one holds in a newer form (`ahead`): it stays requested."""
+    if not reasons:
+        return delta
+    rows = horizon[horizon["video_id"].isin(list(reasons))]
+    if run_date is not None and not state.empty:
+        rows = rows[~ahead(rows, state, run_date)]
+    if rows.empty:
+        return delta
+    status = _column(state, rows["video_id"], "status") if not state.empty else None
+    added = rows.assign(
+        reason=rows["video_id"].map(reasons).to_numpy(dtype=object),
+        prior_status=None if status is None else status.to_numpy(dtype=object),
+        retry_base=0,
+    ).astype({"retry_base": "int64"})
+    kept = delta[~delta["video_id"].isin(rows["video_id"])]
+    return pd.concat([kept, added[list(kept.columns)]], ignore_index=True) if len(kept) else added

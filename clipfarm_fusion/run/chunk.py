@@ -25,8 +25,8 @@ from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.core import drift, policy, worklist
 from clipfarm_fusion.core.kernels import FusionOptions, fuse
 from clipfarm_fusion.core.layout import MODALITIES, Layout
-from clipfarm_fusion.run import fetch, staging
-from clipfarm_fusion.run.plan import Plan, StrategyPlan, fusion_options
+from clipfarm_fusion.run import fetch, fusion_options, staging
+from clipfarm_fusion.run.plan import Plan, StrategyPlan
 from clipfarm_fusion.run.summary import StrategySummary
 from clipfarm_fusion.stores import manifest, s3io, state, state_schema
 from clipfarm_fusion.stores.schema_lock import SchemaLock
@@ -97,7 +97,7 @@ def fuse_chunk(
         client, config.bucket, layout.chunk_input_key(plan.run_id, index), config.s3_patience_seconds
     )
     work = tables["work"].to_pandas()
-    options = fusion_options(client, config, plan.names)
+    options = fusion_options.load(client, config, plan.names)
     strategies = [
         _open(client, config, layout, plan, index, s, work, tables, options) for s in plan.strategies
     ]

@@ -30,8 +30,8 @@ from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.core import drift, policy, text_due
 from clipfarm_fusion.core.layout import MODALITIES, Layout
 from clipfarm_fusion.errors import ConcurrentWriteError, SchemaDriftError
-from clipfarm_fusion.run import staging
-from clipfarm_fusion.run.plan import Plan, StrategyPlan, fusion_options
+from clipfarm_fusion.run import fusion_options, staging
+from clipfarm_fusion.run.plan import Plan, StrategyPlan
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
 from clipfarm_fusion.stores import lake, lease, manifest, s3io, schema_lock, state, state_schema
 from clipfarm_fusion.stores.schema_lock import SchemaLock
@@ -195,7 +195,7 @@ def _publish_manifest(
             client,
             config.bucket,
             summary.schema_key,
-            SchemaLock.build(strategy.name, dims, fusion_options(client, config, (strategy.name,))),
+            SchemaLock.build(strategy.name, dims, fusion_options.load(client, config, (strategy.name,))),
         )
         summary.fused_dim = lock.fused_dim
     table = manifest.open_table(

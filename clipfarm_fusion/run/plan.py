@@ -24,14 +24,13 @@ import pyarrow as pa
 
 from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.core import metadata, policy, worklist
-from clipfarm_fusion.core.kernels import STRATEGIES, FusionOptions
+from clipfarm_fusion.core.kernels import FusionOptions
 from clipfarm_fusion.core.layout import Layout, video_id_problem
 from clipfarm_fusion.errors import ConfigError, SchemaDriftError
-from clipfarm_fusion.run import candidates, staging
+from clipfarm_fusion.run import candidates, fusion_options, requested, staging
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
 from clipfarm_fusion.stores import (
     manifest,
-    projection_artifacts,
     s3io,
     schema_lock,
     shards,
@@ -125,15 +124,21 @@ def _plan(
         )
         for name in config.strategies
     }
-    inputs = _read_inputs(config, run_date, client, layout, horizon_file, text, stores, summary, log)
-    options = fusion_options(client, config, config.strategies)
+    requests = {
+        name: requested.read(client, config.bucket, layout, name, store, config.s3_patience_seconds)
+        for name, store in stores.items()
+    }
+    inputs = _read_inputs(
+        config, run_date, client, layout, horizon_file, text, stores, requests, summary, log
+    )
+    options = fusion_options.load(client, config, config.strategies)
     planned: list[StrategyPlan] = []
     deltas: dict[str, pd.DataFrame] = {}
     priors: dict[str, pd.DataFrame] = {}
     refreshed: dict[str, pa.Table] = {}
     for name, store in stores.items():
         strategy = _plan_strategy(
-            config, run_date, client, layout, name, store, inputs, options, summary, log
+            config, run_date, client, layout, name, store, inputs, options, requests[name], summary, log
         )
         if strategy is None:
             continue
@@ -192,11 +197,12 @@ def _read_inputs(
     horizon_file: Path,
     text: text_state.TextState,
     stores: dict[str, state.StateStore],
+    requests: dict[str, requested.Requested],
     summary: RunSummary,
     log: logging.Logger,
 ) -> _Inputs:
-    """The candidates (`_select`, plus the listed text files of a full recheck), then the horizon rows
-    they need, as of `run_date`."""
+    """The candidates (`_select`, plus the listed text files of a full recheck and the videos that
+    re-fusion requests name), then the horizon rows they need, as of `run_date`."""
     present = (
         candidates.text_files(client, config.bucket, layout, config.s3_patience_seconds)
         if config.recheck_text_files
@@ -205,6 +211,9 @@ def _read_inputs(
     if config.recheck_text_files:
         summary.text_files_listed = len(present)
     chosen = candidates.select(stores, text, config.text_terminal_statuses, present)
+    named = [r.ids for r in requests.values() if r.requests]
+    if named:
+        chosen = replace(chosen, also=pa.concat_arrays([chosen.also, *named]))
     scan = metadata.scan(
         horizon_file,
         config.metadata_location,
@@ -244,6 +253,7 @@ def _plan_strategy(
     store: state.StateStore,
     inputs: _Inputs,
     options: FusionOptions,
+    requests: requested.Requested,
     summary: RunSummary,
     log: logging.Logger,
 ) -> _Planned | None:
@@ -267,6 +277,10 @@ def _plan_strategy(
         return None
     recheck = inputs.candidates.recheck[name]
     delta = worklist.compute(horizon, prior, recheck, run_date.isoformat())
+    if requests.requests:
+        delta = requested.honour(
+            client, config.bucket, name, requests, horizon, prior, delta, run_date, strategy_summary, log
+        )
     if store.newest_run_date and store.newest_run_date > run_date.isoformat():
         strategy_summary.behind = store.newest_run_date
         strategy_summary.left_to_later = len(worklist.compute(horizon, prior, recheck)) - len(delta)
@@ -335,17 +349,6 @@ def _stage(
             client, config.bucket, layout.plan_key(run_id), refreshing, {}, config.s3_patience_seconds
         )
     return bool(refreshing)
-
-
-def fusion_options(client, config: FusionConfig, strategies: tuple[str, ...]) -> FusionOptions:
-    """The run's fusion options, with the projection artifact loaded when `projection` is among them
-    (every stage that needs them loads them: they hold a matrix, not something to pass between steps)."""
-    options = config.options
-    if "projection" in strategies:
-        options = replace(
-            options, projection=projection_artifacts.load(client, config.projection_uri, STRATEGIES)
-        )
-    return options
 
 
 def _report_bad_dates(summary: RunSummary, scan: metadata.HorizonScan, config: FusionConfig, log) -> None:

@@ -36,6 +36,11 @@ class StrategySummary:
     # videos it left to that run because it holds them in a newer form or already retried them.
     behind: str | None = None
     left_to_later: int = 0
+    # Re-fusion requests (`stores.refusals`): videos of this delta that are there because a request
+    # names them, per reason (`refuse`, `changed_upstream`), and the videos the open requests still
+    # named when the run planned (those of this delta included).
+    requested: dict[str, int] = field(default_factory=dict)
+    requests_pending: int = 0
 
     def record(
         self, statuses: list[str], video_ids: list[str], errors: dict[str, str], sample_size: int

@@ -280,3 +280,23 @@ def read_uri(client, uri: str) -> bytes | None:
             return handle.read()
     except FileNotFoundError:
         return None
+
+
+def list_etags(
+    client, bucket: str, prefix: str, after: str | None, until: str | None
+) -> tuple[dict[str, str], int]:
+    """(key -> ETag, LIST requests made) of the keys under `prefix` in `(after, until]` (None: from the
+    start, to the end): one request per 1,000 keys, so key ranges can be listed side by side."""
+    found: dict[str, str] = {}
+    extra = {"StartAfter": after} if after else {}
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}, **extra
+    )
+    requests = 0
+    for page in pages:
+        requests += 1
+        for item in page.get("Contents", []):
+            if until is not None and item["Key"] > until:
+                return found, requests
+            found[item["Key"]] = item["ETag"]
+    return found, requests
