@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import date
@@ -461,11 +462,18 @@ def test_snapshot_manifest_writes_the_manifest_as_one_parquet_file(client, seed_
             expected.sort_values(order, ignore_index=True),
         )
 
-    key = Layout("clipfarm").manifest_key("concat")
-    assert key == "clipfarm/fused/concat/fused_manifest.parquet"
     result = cli("snapshot-manifest", "--strategy", "concat", "--bucket", bucket)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"wrote {len(expected)} manifest rows to s3://{bucket}/{key}"
+    written = re.fullmatch(
+        rf"wrote {len(expected)} manifest rows to s3://{bucket}/(clipfarm/fused/concat/snapshots/"
+        r"fused_manifest-\d{8}T\d{6}Z\.parquet)",
+        result.stdout.strip(),
+    )
+    assert written, result.stdout
+    key = written.group(1)
+    assert "Contents" not in client.list_objects_v2(
+        Bucket=bucket, Prefix=Layout("clipfarm").manifest_key("concat")
+    )
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     same_rows(pq.read_table(pa.BufferReader(body)))
 

@@ -4,14 +4,14 @@ and `read_vectors` never mixes vectors fused under different locks without sayin
 from __future__ import annotations
 
 import warnings
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from clipfarm_fusion import read_manifest
-from clipfarm_fusion.admin import changes
+from clipfarm_fusion.admin import changes, maintenance, sweep
 from clipfarm_fusion.cli.main import main
 from clipfarm_fusion.core.kernels import FusionOptions
 from clipfarm_fusion.core.layout import Layout
@@ -172,3 +172,25 @@ def test_a_same_dims_re_embedding_is_detected_and_re_fused(client, seed_day, mon
     ids, vectors, _ = read_vectors("concat", swapped, bucket=seeded.bucket, root=seeded.root, client=client)
     assert ids == swapped and (vectors[:, :8] == 7.0).all(), "the new model's vectors are published"
     assert changes.detect(client, seeded.bucket, seeded.root, "concat").changed == []
+
+
+def test_gc_keeps_the_shards_a_snapshot_points_at_until_it_is_deleted(client, seed_day):
+    """A trainer reads a snapshot; a re-fusion then replaces every vector, orphaning the old shards.
+    gc keeps them while the snapshot exists and sweeps them once it is gone."""
+    seeded = seed_day(videos=8, mix={"full": 1.0}, dim=8)
+    config = seeded.config(strategies=("concat",))
+    pipeline.run(config, DAY, client=client)
+    where, _ = maintenance.snapshot_manifest(client, seeded.bucket, seeded.root, "concat")
+    old_shards = set(
+        read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client)["fused_key"]
+    )
+    _request(client, seeded, sorted(seeded.day.cases))
+    pipeline.run(config, DAY, client=client)
+    assert not old_shards & set(
+        read_manifest("concat", bucket=seeded.bucket, root=seeded.root, client=client)["fused_key"]
+    )
+    kept = sweep.sweep(client, seeded.bucket, seeded.root, "concat", older_than=timedelta(0))
+    assert not kept.orphans and all(client.head_object(Bucket=seeded.bucket, Key=k) for k in old_shards)
+    client.delete_object(Bucket=seeded.bucket, Key=where.removeprefix(f"s3://{seeded.bucket}/"))
+    swept = sweep.sweep(client, seeded.bucket, seeded.root, "concat", older_than=timedelta(0))
+    assert {shard.key for shard in swept.orphans} == old_shards and set(swept.deleted) == old_shards

@@ -158,7 +158,7 @@ def test_commit_merges_updating_matched_rows_inserting_new_ones_and_leaving_othe
 # --- the one-time import of a seed-era SQLite state file ---
 
 
-def test_imports_a_seed_era_mirror_once_and_never_writes_to_it(client, bucket, tmp_path):
+def test_imports_a_seed_era_mirror_once_and_moves_it_aside(client, bucket, tmp_path):
     body = sqlite_bytes(tmp_path)
     client.put_object(Bucket=bucket, Key=MIRROR_KEY, Body=body)
     before = published(client, bucket)  # not imported yet: read in place
@@ -166,7 +166,7 @@ def test_imports_a_seed_era_mirror_once_and_never_writes_to_it(client, bucket, t
 
     store = open_store(client, bucket, tmp_path / "state")
     where = f"s3://{bucket}/{MIRROR_KEY}"
-    assert store.source == f"imported 3 rows from {where}"
+    assert store.source == f"imported 3 rows from {where} (moved to {where}.imported)"
     after = published(client, bucket)
     assert after.equals(before)  # every row and column identical
     assert by_id(after)["old1"]["retry_count"] == 2 and by_id(after)["old1"]["error"] == "boom"
@@ -174,7 +174,9 @@ def test_imports_a_seed_era_mirror_once_and_never_writes_to_it(client, bucket, t
     assert lake.commit_metadata(store.table, ["imported_from"])["imported_from"] == where
 
     store.commit([row("old1", retry=3), row("new1", status=SUCCESS_FULL, retry=0)], {"text_cursor": "t1"})
-    assert client.get_object(Bucket=bucket, Key=MIRROR_KEY)["Body"].read() == body  # never written
+    assert client.get_object(Bucket=bucket, Key=MIRROR_KEY + ".imported")["Body"].read() == body  # as it was
+    listed = [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix=MIRROR_KEY)["Contents"]]
+    assert listed == [MIRROR_KEY + ".imported"], "nothing left at the old path"
     client.put_object(
         Bucket=bucket, Key=MIRROR_KEY, Body=sqlite_bytes(tmp_path, rows=[], name="empty.sqlite")
     )
@@ -247,11 +249,11 @@ def test_imports_a_local_working_copy_when_there_is_no_mirror(client, bucket, tm
     path.write_bytes(sqlite_bytes(tmp_path))
     copy = path.read_bytes()
     store = open_store(client, bucket, state_dir)
-    assert store.source == f"imported 3 rows from {path}"
+    assert store.source == f"imported 3 rows from {path} (moved to {path}.imported)"
     rows = by_id(published(client, bucket))
     assert sorted(rows) == sorted(r[0] for r in SEED_ERA_ROWS)
     assert rows["old2"]["vector_id"] == "k/part-0000.npz#0"
-    assert path.read_bytes() == copy  # left as it was
+    assert not path.exists() and path.with_name(path.name + ".imported").read_bytes() == copy  # moved aside
     assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=MIRROR_KEY)  # nothing mirrored
 
 
@@ -263,7 +265,9 @@ def test_the_mirror_wins_over_a_local_working_copy(client, bucket, tmp_path):
     )
     client.put_object(Bucket=bucket, Key=MIRROR_KEY, Body=sqlite_bytes(tmp_path))
     store = open_store(client, bucket, state_dir)
-    assert store.source.endswith(f"from s3://{bucket}/{MIRROR_KEY}")
+    assert store.source.endswith(
+        f"from s3://{bucket}/{MIRROR_KEY} (moved to s3://{bucket}/{MIRROR_KEY}.imported)"
+    )
     assert "local" not in set(published(client, bucket)["video_id"])
 
 

@@ -17,6 +17,7 @@ from clipfarm_fusion import read_manifest, read_state
 from clipfarm_fusion.core import policy
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.devtools import package_data, synthetic
+from clipfarm_fusion.legacy import retire
 from clipfarm_fusion.run import pipeline
 from clipfarm_fusion.stores import manifest
 
@@ -143,7 +144,12 @@ def test_seed_era_files_are_imported_once_and_continued(client, seed_day, state_
             state.loc[failing.index, "retry_count"] == failing["retry_count"] + 1
         ).all()  # continued, not reset
     now = snapshot(client, seeded.bucket)
-    assert {key: now.get(key) for key in old_objects} == old_objects, "the old objects are never written"
+    moved = {key: now.get(key + retire.IMPORTED_SUFFIX) for key in old_objects}
+    assert moved == old_objects, "each old file moves, byte for byte, to its .imported name"
+    assert not [key for key in old_objects if key in now], "nothing stale is left at an old path"
+    local = Layout.state_path(seeded.state_dir, STRATEGIES[0])
+    if not state_in_bucket:
+        assert not local.exists() and local.with_name(local.name + retire.IMPORTED_SUFFIX).exists()
     assert layout.manifest_table_key("concat") + "/_delta_log/00000000000000000000.json" in now
 
     settled = run_cli(seeded, DAY2, seeded.state_dir)  # fills the cursors of the imported rows
@@ -157,6 +163,18 @@ def test_seed_era_files_are_imported_once_and_continued(client, seed_day, state_
         "a settled rerun fuses nothing and merges no manifest row"
     )
     assert "importing" not in rerun.stderr
+
+    for strategy in STRATEGIES:  # the tables deleted on purpose: the next run starts afresh
+        delete_prefix(client, seeded.bucket, layout.manifest_table_key(strategy) + "/")
+        delete_prefix(client, seeded.bucket, layout.state_table_key(strategy) + "/")
+    started = pd.Timestamp.now(tz="UTC")
+    fresh = run_cli(seeded, DAY2, seeded.state_dir)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "importing" not in fresh.stderr, "a retired seed-era file is never imported again"
+    state = read_state("concat", bucket=seeded.bucket, root=seeded.root)
+    assert state["retry_count"].max() <= 1, "no seed-era retry count carried over"
+    rows = read_manifest("concat", bucket=seeded.bucket, root=seeded.root)
+    assert (pd.to_datetime(rows["fused_at"]) >= started.floor("s")).all(), "every vector fused afresh"
 
 
 def test_a_seed_era_manifest_that_is_not_parquet_stops_before_anything_is_written(client, seed_day):

@@ -6,8 +6,8 @@ vacuums files no version inside the retention window needs (old versions' files 
 commit left behind). Compaction changes no row and is not a conflict for a concurrent run; vacuum only
 removes files that no version younger than the retention references, so time travel works inside it.
 
-`snapshot_manifest` writes the current manifest as one parquet file (O(corpus) by nature) for users and
-tools that read `fused_manifest.parquet` as a single file.
+`snapshot_manifest` writes the current manifest as one dated parquet file (O(corpus) by nature) for
+users and tools that read a single file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from clipfarm_fusion.core.layout import Layout
@@ -82,11 +82,16 @@ def snapshot_manifest(
     client, bucket: str, root: str, strategy: str, out: str | None = None
 ) -> tuple[str, int]:
     """Write the strategy's current manifest as one parquet file: `out` (a path or s3:// URI), by default
-    `<root>/fused/<strategy>/fused_manifest.parquet`. Returns (where, rows)."""
+    a dated file under `<root>/fused/<strategy>/snapshots/`, whose name says when it was taken (never
+    the seed-era `fused_manifest.parquet` path, where it would go stale unseen; `gc` keeps the shards a
+    snapshot in the bucket points at). Returns (where, rows)."""
     table = vectors.load_manifest(client, bucket, root, strategy)  # ConfigError when nothing is published
     body = manifest.encode(table)
     if out is None:
-        out = f"s3://{bucket}/{Layout(root.strip('/')).manifest_key(strategy)}"
+        taken = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = (
+            f"s3://{bucket}/{Layout(root.strip('/')).snapshot_prefix(strategy)}fused_manifest-{taken}.parquet"
+        )
     if out.startswith("s3://"):
         out_bucket, key = s3io.parse_s3_uri(out)
         client.put_object(Bucket=out_bucket, Key=key, Body=body)

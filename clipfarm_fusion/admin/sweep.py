@@ -25,12 +25,15 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from clipfarm_fusion.core.layout import Layout, part_number
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.read import vectors
 from clipfarm_fusion.run import staging
+from clipfarm_fusion.stores import s3io
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE = timedelta(days=1)
@@ -152,6 +155,32 @@ def delete_keys(client, bucket: str, keys: list[str]) -> tuple[list[str], list[s
     return deleted, errors
 
 
+def snapshot_pointers(client, bucket: str, layout: Layout, strategy: str) -> set[str]:
+    """The shards that single-file manifests in the bucket point at: the dated snapshots under
+    `snapshots/`, and a file at the seed-era `fused_manifest.parquet` path should one be there (one not
+    imported yet, or one a user wrote there with --out). A trainer reading such a file keeps working
+    until its snapshot is deleted; only the `fused_key` column of each is read."""
+    keys = [
+        k for k in s3io.list_keys(client, bucket, layout.snapshot_prefix(strategy)) if k.endswith(".parquet")
+    ]
+    fetched = s3io.get_many(client, bucket, [*keys, layout.manifest_key(strategy)], threads=8)
+    pointers: set[str] = set()
+    for key, got in fetched.items():
+        if isinstance(got, Exception):
+            raise got
+        if got.body is None:
+            continue
+        try:
+            column = pq.read_table(pa.BufferReader(got.body), columns=["fused_key"], use_threads=False)
+        except (pa.ArrowException, KeyError, OSError, ValueError) as exc:
+            raise ConfigError(
+                f"s3://{bucket}/{key} is not a readable manifest snapshot ({exc}); nothing was swept. "
+                "Delete it if it is not needed, then run gc again"
+            ) from exc
+        pointers |= set(pc.unique(column["fused_key"]).to_pylist())
+    return pointers
+
+
 def sweep(
     client,
     bucket: str,
@@ -178,6 +207,7 @@ def sweep(
     listed = list_shards(client, bucket, prefix)  # LIST before the manifest: see the module docstring
     table = vectors.load_manifest(client, bucket, root, strategy)
     referenced = set(pc.unique(table["fused_key"]).to_pylist()) if table.num_rows else set()
+    referenced |= snapshot_pointers(client, bucket, layout, strategy)
     # S3's LastModified has whole seconds: a shard of the same second as a live run's start is its own
     cutoff = min([began - older_than, *(start - timedelta(seconds=1) for start in live.values())])
     if live:

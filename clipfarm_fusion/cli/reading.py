@@ -200,18 +200,22 @@ def _add_maintain(subparsers: argparse._SubParsersAction) -> None:
 def _add_snapshot_manifest(subparsers: argparse._SubParsersAction) -> None:
     snapshot = subparsers.add_parser(
         "snapshot-manifest",
-        help="write a strategy's manifest as one parquet file (for readers of fused_manifest.parquet)",
+        help="write a strategy's manifest as one dated parquet file (for readers of a single file)",
         description="Runs write the manifest as a Delta table (<root>/fused/<strategy>/manifest/). For tools "
-        "that read one parquet file, this writes the current manifest (the manifest columns of docs/contract.md) to --out, by "
-        "default s3://BUCKET/<root>/fused/<strategy>/fused_manifest.parquet, replacing what is there. It reads "
-        "the whole table: O(corpus) by nature. Exit codes: 0 written; 2 bad usage, no bucket or nothing published.",
+        "that read one parquet file, this writes the current manifest (the columns of docs/contract.md) to "
+        "--out, by default s3://BUCKET/<root>/fused/<strategy>/snapshots/fused_manifest-<UTC time>.parquet: "
+        "a snapshot says when it was taken, and gc keeps every shard a snapshot in the bucket points at "
+        "until the snapshot is deleted. The seed-era fused_manifest.parquet path is left empty on purpose "
+        "(its file moved to fused_manifest.parquet.imported at the import), so a reader still pointed there "
+        "fails instead of reading rows that stopped changing. It reads the whole table: O(corpus) by nature. "
+        "Exit codes: 0 written; 2 bad usage, no bucket or nothing published.",
     )
     location_arguments(snapshot, "snapshot")
     snapshot.add_argument(
         "--out",
         default=None,
         metavar="PATH|s3://BUCKET/KEY",
-        help="where to write (default: the strategy's fused_manifest.parquet in the bucket)",
+        help="where to write (default: a dated file under the strategy's snapshots/ in the bucket)",
     )
 
 

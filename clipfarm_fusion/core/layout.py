@@ -79,12 +79,17 @@ class Layout:
         return f"{self.root}/fused/{strategy}/manifest"
 
     def manifest_key(self, strategy: str) -> str:
-        """The single-file manifest: seed-era and 0.x runs wrote it; `snapshot-manifest` writes it now."""
+        """The single-file manifest that seed-era and 0.x runs wrote: imported once, then moved to its
+        `.imported` name (`legacy.retire`) so that nothing stale is ever read at this path."""
         return f"{self.root}/fused/{strategy}/fused_manifest.parquet"
 
     def commit_lease_key(self, strategy: str) -> str:
         """Held by the one commit of the strategy in progress (see `lease`)."""
         return f"{self.root}/fused/{strategy}/commit.lease"
+
+    def snapshot_prefix(self, strategy: str) -> str:
+        """Dated single-file copies of the manifest (`snapshot-manifest`); `gc` keeps what they point at."""
+        return f"{self.root}/fused/{strategy}/snapshots/"
 
     def refuse_prefix(self, strategy: str) -> str:
         """Open re-fusion requests (see `stores.refusals`): each names videos to fuse again."""

@@ -251,8 +251,9 @@ def open_table(
 ) -> ManifestTable:
     """The strategy's manifest table; the first run that finds none imports a seed-era
     `fused_manifest.parquet` into it once (StoreError, before anything is written, if that file is not
-    a manifest). The file itself is left as it was and is never read again by runs. A commit opens the
-    table its plan already imported (`import_seed_era=False`)."""
+    a manifest). The file then moves to its `.imported` name (`legacy.retire`): never imported again,
+    and never read stale at its old path. A commit opens the table its plan already imported
+    (`import_seed_era=False`)."""
     options = lake.storage_options(client, patience_s)
     location = lake.uri(bucket, layout.manifest_table_key(strategy))
     table = lake.open_table(location, options)
@@ -260,7 +261,7 @@ def open_table(
         return ManifestTable(location, options, strategy, table, f"manifest table version {table.version()}")
     if not import_seed_era:
         return ManifestTable(location, options, strategy, None, "new manifest table")
-    from clipfarm_fusion.legacy import seed_manifest  # only when there is no table yet
+    from clipfarm_fusion.legacy import retire, seed_manifest  # only when there is no table yet
 
     seed_era, where = seed_manifest.read(client, bucket, layout, strategy)
     if seed_era is None:
@@ -268,7 +269,10 @@ def open_table(
     legacy = lake.conform(seed_era, schema_for(strategy))
     log.info("importing %d manifest rows from %s into %s (once)", legacy.num_rows, where, location)
     table = lake.import_rows(location, legacy, options, where)
-    return ManifestTable(location, options, strategy, table, f"imported {legacy.num_rows} rows from {where}")
+    moved = retire.retire(client, bucket, where)
+    return ManifestTable(
+        location, options, strategy, table, f"imported {legacy.num_rows} rows from {where} (moved to {moved})"
+    )
 
 
 def read(client, bucket: str, layout: Layout, strategy: str) -> pa.Table | None:

@@ -228,7 +228,8 @@ def reopen(
 def open_store(
     client, bucket: str, layout: Layout, strategy: str, state_dir: Path, patience_s: float
 ) -> StateStore:
-    """The strategy's state table, importing a seed-era SQLite state file the first time."""
+    """The strategy's state table, importing a seed-era SQLite state file the first time (the file then
+    moves to its `.imported` name: `legacy.retire`)."""
     options = lake.storage_options(client, patience_s)
     location = lake.uri(bucket, layout.state_table_key(strategy))
     table = lake.open_table(location, options)
@@ -239,9 +240,13 @@ def open_store(
         legacy, where = seed_state.rows_to_import(client, bucket, layout, strategy, state_dir)
         if legacy is None:
             return StateStore(location, options, None, "new state table")
+        from clipfarm_fusion.legacy import retire
+
         log.info("importing %d state rows from %s into %s (once)", legacy.num_rows, where, location)
         table = lake.import_rows(location, legacy, options, where)
-        source = f"imported {legacy.num_rows} rows from {where}"
+        source = (
+            f"imported {legacy.num_rows} rows from {where} (moved to {retire.retire(client, bucket, where)})"
+        )
     lake.add_columns(table, SCHEMA)
     store = StateStore(location, options, table, source, version=table.version())
     store.text_cursor = store.load_marks()["text_cursor"]
