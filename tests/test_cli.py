@@ -284,7 +284,8 @@ def test_migrate_schema_accepts_new_dims_and_keeps_old_rows_readable(client, see
     assert dry.returncode == 0 and "would change" in dry.stdout and "(768, 1024, 768)" in dry.stdout
     result = cli(*migrate)
     assert result.returncode == 0, result.stderr
-    assert "20 manifest rows were fused under the earlier lock" in result.stdout
+    assert "20 manifest rows are fused under an older lock" in result.stdout
+    assert "clipfarm-fusion refuse --strategy concat --all" in result.stdout
     lock = json.loads(
         client.get_object(Bucket=seeded.bucket, Key="clipfarm/fused/concat/schema.json")["Body"].read()
     )

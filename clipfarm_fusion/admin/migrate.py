@@ -128,9 +128,11 @@ def describe(migration: Migration, key: str, dry_run: bool) -> str:
     return (
         f"{key} {verb}: dims {old.dims} -> {new.dims}, {_options(old)} -> {_options(new)}, "
         f"fused_dim {old.fused_dim} -> {new.fused_dim}.\n"
-        f"{migration.manifest_rows_kept} manifest rows were fused under the earlier lock; they stay readable, "
-        "each with its own fused_dim (select rows by fused_dim, or by date against the history's "
-        "replaced_at, for a uniform matrix). The old lock is kept in the new one's history."
+        f"{migration.manifest_rows_kept} manifest rows are fused under an older lock (lock_id "
+        f"{old.lock_id}; the new one is {new.lock_id}); they stay readable with read_vectors(lock=...), and "
+        "a default read returns only the new lock's rows. The old lock is kept in the new one's history.\n"
+        f"To replace them: clipfarm-fusion refuse --strategy {old.fusion_strategy} --all"
+        + ("" if dry_run else " (fans out like a day; run it again to continue after a kill)")
     )
 
 

@@ -1,7 +1,7 @@
 """The command line `clipfarm-fusion`: one parser of every command, and `main`, which runs the chosen one
 and maps any error to its exit code (`exits`). The commands live beside it: `run_command`, `tools`
-(demo, dev, migrate-schema, make-projection) and `reading` (inspect, export, verify, gc, maintain,
-snapshot-manifest)."""
+(demo, dev, migrate-schema, make-projection), `reading` (inspect, export, verify, gc, maintain,
+snapshot-manifest) and `refusing` (detect-changes, refuse)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from clipfarm_fusion.cli import reading, tools
+from clipfarm_fusion.cli import reading, refusing, tools
 from clipfarm_fusion.cli.exits import exit_for
 from clipfarm_fusion.cli.run_command import add_run_command, config_from_args, run_and_report
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     tools.add_tool_commands(commands)
     reading.add_commands(commands)
+    refusing.add_commands(commands)
     return parser
 
 
@@ -56,6 +57,8 @@ def _run_command(args: argparse.Namespace) -> int:
             return tools.HANDLERS[args.command](args)
         if args.command in reading.COMMANDS:
             return reading.run(args)
+        if args.command in refusing.COMMANDS:
+            return refusing.run(args)
         return run_and_report(config_from_args(args), args.run_date, args.summary_json, args.workers)
     except Exception as exc:
         verdict = exit_for(exc)

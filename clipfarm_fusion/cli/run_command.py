@@ -54,11 +54,16 @@ def add_run_command(commands) -> None:
         "recorded against any item: retry later; 7 a published store (a seed-era state file or manifest to "
         "import, schema.json) cannot be read: repair it, nothing was written.",
     )
-    _inputs(run)
-    _batching(run)
-    _gating(run)
-    _options_and_output(run)
-    add_aliases(run, SEED_ALIASES)
+    add_run_arguments(run)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of `run`, in its four groups, and the seed's spellings: `refuse` runs like a day too."""
+    _inputs(parser)
+    _batching(parser)
+    _gating(parser)
+    _options_and_output(parser)
+    add_aliases(parser, SEED_ALIASES)
 
 
 def _inputs(run: argparse.ArgumentParser) -> None:

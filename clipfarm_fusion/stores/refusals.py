@@ -11,9 +11,9 @@ that was committed, and a request with nothing pending is removed by the next pl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,9 +65,22 @@ def write(
     table = pa.table({"video_id": unique}).replace_schema_metadata({_META: json.dumps(meta).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    key = f"{layout.refuse_prefix(strategy)}{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    key = f"{layout.refuse_prefix(strategy)}{now.strftime('%Y%m%dT%H%M%S')}-{digest(unique, reason)}.parquet"
     client.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
     return Request(key, unique, reason, state_version, meta["requested_at"])
+
+
+def digest(ids: pa.Array, reason: str) -> str:
+    """A short hash of a request's reason and (sorted, unique) ids: the same request made twice (a
+    re-fusion started again after a kill) is found and continued, not made anew, since a new request
+    would count the videos the first one already re-fused as pending again."""
+    return hashlib.sha256("\n".join([reason, *ids.to_pylist()]).encode()).hexdigest()[:12]
+
+
+def find(requests: Sequence[Request], ids: Sequence[str], reason: str) -> Request | None:
+    """The open request for exactly these ids and this reason, if there is one."""
+    wanted = digest(pa.array(sorted(set(ids)), pa.string()), reason)
+    return next((r for r in requests if r.key.endswith(f"-{wanted}.parquet")), None)
 
 
 def read_open(client, bucket: str, layout: Layout, strategy: str, patience_s: float) -> list[Request]:
