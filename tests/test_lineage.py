@@ -9,17 +9,21 @@ from datetime import date, timedelta
 import numpy as np
 import pyarrow as pa
 import pytest
+from dagster import materialize
 
 from clipfarm_fusion import read_manifest
 from clipfarm_fusion.admin import changes, maintenance, sweep
 from clipfarm_fusion.cli.main import main
 from clipfarm_fusion.core.kernels import FusionOptions
 from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.defs.assets import fuse_embeddings
+from clipfarm_fusion.defs.definitions import defs
+from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.read import verify
 from clipfarm_fusion.read.vectors import ALL_LOCKS, OlderLockWarning, read_vectors, under_lock
 from clipfarm_fusion.run import pipeline
-from clipfarm_fusion.stores import refusals, schema_lock, state
+from clipfarm_fusion.stores import refusals, s3io, schema_lock, state
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
 DAY = date(2026, 3, 1)
@@ -194,3 +198,54 @@ def test_gc_keeps_the_shards_a_snapshot_points_at_until_it_is_deleted(client, se
     client.delete_object(Bucket=seeded.bucket, Key=where.removeprefix(f"s3://{seeded.bucket}/"))
     swept = sweep.sweep(client, seeded.bucket, seeded.root, "concat", older_than=timedelta(0))
     assert {shard.key for shard in swept.orphans} == old_shards and set(swept.deleted) == old_shards
+
+
+def test_the_dagster_jobs_detect_request_and_the_next_materialisation_fuses(client, seed_day, monkeypatch):
+    """detect_changes (run config dry_run) and refuse (run config `ids`) as the launchpad runs them;
+    the strategy's next materialisation fuses the request and says so in its metadata."""
+    seeded = seed_day(videos=10, mix={"full": 1.0}, dim=8)
+    monkeypatch.setenv("CLIPFARM_BUCKET", seeded.bucket)
+    resources = {
+        "fusion": FusionResource(bucket=seeded.bucket, root=seeded.root, state_dir=str(seeded.state_dir))
+    }
+    assert materialize(
+        [fuse_embeddings], partition_key="2026-03-01", resources=resources, selection=["concat"]
+    ).success
+    swapped = sorted(seeded.day.cases)[0]
+    key = Layout(seeded.root).embedding_key("audio", swapped)
+    client.put_object(Bucket=seeded.bucket, Key=key, Body=synthetic.npy_bytes(np.full(8, 3.0, np.float32)))
+
+    detect = defs.get_job_def("detect_changes")
+    dry = detect.execute_in_process(
+        run_config={"ops": {"detect_changes_all_strategies": {"config": {"dry_run": True}}}}
+    )
+    assert dry.success
+    metadata = next(
+        e.event_specific_data.metadata for e in dry.all_node_events if e.event_type_value == "STEP_OUTPUT"
+    )
+    assert metadata["concat"].value["changed"] == 1 and metadata["concat"].value["request"] is None
+
+    refuse = defs.get_job_def("refuse")
+    ids = sorted(seeded.day.cases)[:4]
+    config = {"ops": {"request_refusal": {"config": {"strategy": "concat", "ids": ids}}}}
+    requested = refuse.execute_in_process(run_config=config)
+    assert requested.success and requested.output_for_node("request_refusal") == 4
+    again = refuse.execute_in_process(run_config=config)
+    assert (
+        again.success
+        and len(s3io.list_keys(client, seeded.bucket, Layout(seeded.root).refuse_prefix("concat"))) == 1
+    )
+    both = {"ops": {"request_refusal": {"config": {"strategy": "concat", "ids": ids, "all": True}}}}
+    assert not refuse.execute_in_process(run_config=both, raise_on_error=False).success
+
+    result = materialize(
+        [fuse_embeddings], partition_key="2026-03-01", resources=resources, selection=["concat"]
+    )
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    shown = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert (
+        shown["requested/refuse"] == 4
+        and shown["requests_pending"] == 4
+        and shown["status/success_full"] == 4
+    )

@@ -35,6 +35,15 @@ def ids_from_file(path: Path) -> list[str]:
     return ids
 
 
+def parse_dates(value: str) -> tuple[date, date]:
+    """`A..B` (inclusive ISO dates), or one date for a single day; ConfigError otherwise."""
+    first, _, last = value.partition("..")
+    try:
+        return date.fromisoformat(first), date.fromisoformat(last or first)
+    except ValueError:
+        raise ConfigError(f"dates {value!r} is not a date range A..B (YYYY-MM-DD..YYYY-MM-DD)") from None
+
+
 def published_ids(
     client, bucket: str, root: str, strategy: str, dates: tuple[date, date] | None
 ) -> list[str]:

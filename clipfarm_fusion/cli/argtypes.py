@@ -46,14 +46,3 @@ def weights(value: str) -> tuple[float, float, float]:
     if len(parsed) != 3:
         raise argparse.ArgumentTypeError(f"not three comma-separated numbers: {value!r} (use e.g. 1,1,0.5)")
     return parsed
-
-
-def date_range(value: str) -> tuple[date, date]:
-    """`A..B` (inclusive ISO dates), or a single date for one day."""
-    first, _, last = value.partition("..")
-    try:
-        return iso_date(first), iso_date(last or first)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a date range A..B (YYYY-MM-DD..YYYY-MM-DD)"
-        ) from None

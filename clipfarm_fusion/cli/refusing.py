@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from clipfarm_fusion.admin import changes, refusal
-from clipfarm_fusion.cli.argtypes import date_range, positive
+from clipfarm_fusion.cli.argtypes import positive
 from clipfarm_fusion.cli.exits import EXIT_OK
 from clipfarm_fusion.cli.run_command import add_run_arguments, config_from_args, run_and_report
 from clipfarm_fusion.config import STRATEGY_NAMES, resolve_bucket
@@ -18,6 +18,14 @@ from clipfarm_fusion.stores import refusals, s3io
 
 COMMANDS = ("detect-changes", "refuse")
 log = logging.getLogger(__name__)
+
+
+def date_range(value: str):
+    """`--dates A..B` (or one date) as an argparse type."""
+    try:
+        return refusal.parse_dates(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

@@ -10,6 +10,12 @@
 
 - `maintain_tables`: `maintenance.maintain` compacts, checkpoints and vacuums each strategy's manifest
   and state tables (Delta Lake), so daily commits never pile up small files. In the fusion pool too.
+- `detect_changes`: `changes.detect` compares every strategy's recorded input ETags with a LIST of the
+  embeddings and requests the changed videos again (reason `changed_upstream`).
+- `refuse`: a re-fusion request for one strategy, chosen in the run config as the CLI's `refuse` does
+  (`ids`, `dates`, `all` or `changed`). The next materialisation of the strategy (today's partition,
+  from the launchpad or the schedule) fuses what it names, fanned out like any day; the CLI's `refuse`
+  makes the request and runs the day in one go.
 
 A strategy with nothing published yet (no manifest) is skipped. The schedules are in `schedules.py`:
 maintenance runs daily by default, verify and gc are stopped until turned on.
@@ -20,12 +26,13 @@ No `from __future__ import annotations` here: Dagster reads the ops' `Config` an
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from clipfarm_fusion.admin import maintenance, sweep
+from clipfarm_fusion.admin import changes, maintenance, refusal, sweep
 from clipfarm_fusion.defs.ops import FUSION_POOL
 from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.read import verify
 from clipfarm_fusion.read.vectors import parse_run_date
+from clipfarm_fusion.stores import refusals
 
 
 class VerifyConfig(Config):
@@ -50,6 +57,20 @@ class GcConfig(Config):
         "all). Must exceed the longest fusion run.",
     )
     dry_run: bool = Field(default=False, description="List what would be deleted; delete nothing.")
+
+
+class DetectChangesConfig(Config):
+    dry_run: bool = Field(default=False, description="Report what changed; request nothing.")
+
+
+class RefuseConfig(Config):
+    strategy: str = Field(description="The strategy to fuse again (one of the assets).")
+    ids: list[str] = Field(default=[], description="These video ids.")
+    dates: str | None = Field(
+        default=None, description="Videos fused on these run dates: A..B (YYYY-MM-DD..YYYY-MM-DD)."
+    )
+    all: bool = Field(default=False, description="Every video with a published vector.")
+    changed: bool = Field(default=False, description="What a change detection finds now.")
 
 
 def _published_or_none(context: OpExecutionContext, strategy: str, work):
@@ -199,3 +220,103 @@ def verify_published_job():
 )
 def gc_orphan_shards_job():
     sweep_orphan_shards()
+
+
+@op(description="Find fused videos whose inputs changed under the same key and request them again.")
+def detect_changes_all_strategies(
+    context: OpExecutionContext, config: DetectChangesConfig, fusion: FusionResource
+):
+    client = fusion.client()
+    metadata: dict[str, MetadataValue] = {}
+    for strategy in ASSET_STRATEGIES:
+        found = _published_or_none(
+            context,
+            strategy,
+            lambda strategy=strategy: changes.detect(
+                client, fusion.bucket, fusion.root, strategy, request=not config.dry_run
+            ),
+        )
+        if found is None:
+            metadata[f"{strategy}/skipped"] = MetadataValue.text("no manifest")
+            continue
+        context.log.info("\n".join(found.lines()))
+        metadata[strategy] = MetadataValue.json(
+            {
+                "videos": found.videos,
+                "changed": len(found.changed),
+                "by_modality": found.by_modality,
+                "unrecorded": found.unrecorded,
+                "keys_listed": found.keys_listed,
+                "list_requests": found.list_requests,
+                "seconds": round(found.seconds, 2),
+                "request": found.request_key,
+            }
+        )
+    return Output(len(metadata), metadata=metadata)
+
+
+@op(description="Request a re-fusion of one strategy's videos, chosen in the run config.")
+def request_refusal(context: OpExecutionContext, config: RefuseConfig, fusion: FusionResource):
+    if config.strategy not in ASSET_STRATEGIES:
+        raise Failure(
+            description=f"strategy {config.strategy!r} is not an asset here: {', '.join(ASSET_STRATEGIES)}"
+        )
+    chosen = [bool(config.ids), config.dates is not None, config.all, config.changed]
+    if sum(chosen) != 1:
+        raise Failure(description="choose exactly one of ids, dates, all or changed", allow_retries=False)
+    client = fusion.client()
+    try:
+        if config.changed:
+            found = changes.detect(client, fusion.bucket, fusion.root, config.strategy, request=False)
+            ids, reason = found.changed, refusals.CHANGED_UPSTREAM
+        else:
+            dates = refusal.parse_dates(config.dates) if config.dates else None
+            ids = config.ids or refusal.published_ids(
+                client, fusion.bucket, fusion.root, config.strategy, dates
+            )
+            reason = refusals.REFUSE
+        if not ids:
+            return Output(0, metadata={"videos": MetadataValue.int(0)})
+        request, continued = refusal.make_request(
+            client, fusion.bucket, fusion.root, config.strategy, ids, reason
+        )
+        done = refusal.progress(client, fusion.bucket, fusion.root, config.strategy, request)
+    except ConfigError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    context.log.info(
+        "%s re-fusion of %d %s videos (%s): %d done; the next materialisation of %s fuses the rest",
+        "continuing" if continued else "requested",
+        done.total,
+        config.strategy,
+        request.key,
+        done.done,
+        config.strategy,
+    )
+    return Output(
+        done.total,
+        metadata={
+            "videos": MetadataValue.int(done.total),
+            "done": MetadataValue.int(done.done),
+            "pending": MetadataValue.int(done.pending),
+            "reason": MetadataValue.text(reason),
+            "request": MetadataValue.path(f"s3://{fusion.bucket}/{request.key}"),
+        },
+    )
+
+
+@job(
+    name="detect_changes",
+    description="Compare every strategy's recorded input ETags with a LIST of the embeddings (one request "
+    "per 1000 keys) and request the videos whose inputs changed under the same key (`dry_run`: report only).",
+)
+def detect_changes_job():
+    detect_changes_all_strategies()
+
+
+@job(
+    name="refuse",
+    description="Request a re-fusion of one strategy (run config: `ids`, `dates` A..B, `all` or `changed`); "
+    "the strategy's next materialisation fuses it, fanned out like a day, and shows its progress.",
+)
+def refuse_job():
+    request_refusal()

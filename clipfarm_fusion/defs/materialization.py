@@ -37,6 +37,9 @@ def strategy_metadata(summary: RunSummary, name: str) -> dict[str, MetadataValue
             "run_date": MetadataValue.text(summary.run_date),
             "delta": MetadataValue.int(strategy.delta),
             "deferred": MetadataValue.int(strategy.deferred),
+            # re-fusion (`refuse`, `detect-changes`): this day's share of the open requests, and all they name
+            **{f"requested/{reason}": MetadataValue.int(n) for reason, n in strategy.requested.items()},
+            "requests_pending": MetadataValue.int(strategy.requests_pending),
             "unparseable_dates": MetadataValue.int(summary.unparseable_dates),
             "fused": MetadataValue.int(strategy.fused),
             "manifest_rows_added": MetadataValue.int(strategy.manifest_added),

@@ -7,6 +7,8 @@
 - `text_recheck_weekly`: Sundays 06:00 UTC, yesterday's partition again with a full text recheck: every
   placeholder whose text file exists is upgraded, whatever the text stage's rows say (one LIST of the
   text prefix). For text the stage never announced; stopped by default.
+- `detect_changes_weekly`: Saturdays 04:00 UTC, compare every strategy's recorded input ETags with the
+  bucket and request the changed videos again; stopped by default (it LISTs every embedding).
 - `maintain_tables_daily`: 03:30 UTC, compact and vacuum the lake tables. RUNNING by default: table
   upkeep is not a chore anyone should have to remember.
 
@@ -29,7 +31,12 @@ from dagster import (
 )
 
 from clipfarm_fusion.defs.assets import fuse_embeddings
-from clipfarm_fusion.defs.jobs import gc_orphan_shards_job, maintain_tables_job, verify_published_job
+from clipfarm_fusion.defs.jobs import (
+    detect_changes_job,
+    gc_orphan_shards_job,
+    maintain_tables_job,
+    verify_published_job,
+)
 from clipfarm_fusion.defs.ops import RECHECK_TEXT_TAG
 
 fuse_daily_job = define_asset_job(
@@ -62,6 +69,15 @@ gc_orphan_shards_schedule = ScheduleDefinition(
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.STOPPED,
     description="Every Sunday at 05:00 UTC: delete orphan shards older than the grace period (1d).",
+)
+detect_changes_schedule = ScheduleDefinition(
+    name="detect_changes_weekly",
+    job=detect_changes_job,
+    cron_schedule="0 4 * * 6",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Every Saturday at 04:00 UTC: find videos whose inputs changed under the same key and "
+    "request them again; the next daily run fuses them.",
 )
 maintain_tables_schedule = ScheduleDefinition(
     name="maintain_tables_daily",

@@ -119,6 +119,12 @@ class RunSummary:
                 ("behind_newest_run", [self.strategies[n].behind or "-" for n in names]),
                 ("left_to_later_run", [str(self.strategies[n].left_to_later) for n in names]),
             ]
+        if any(self.strategies[n].requests_pending for n in names):
+            rows += [
+                (f"requested_{reason}", [str(self.strategies[n].requested.get(reason, 0)) for n in names])
+                for reason in sorted({r for n in names for r in self.strategies[n].requested})
+            ]
+            rows.append(("requests_pending", [str(self.strategies[n].requests_pending) for n in names]))
         rows += [
             ("fused_dim", [str(self.strategies[n].fused_dim or "-") for n in names]),
             ("shards_written", [str(len(self.strategies[n].shards_written)) for n in names]),
