@@ -1,18 +1,22 @@
-"""The naive baseline: today's sequential script, kept as the reference for speed AND for results.
+"""The naive baseline: the original sequential script, kept as the reference for speed AND for results.
 
 Per video, in order: HEAD each of its three objects, `download_file` the ones that exist to a temp
 file (boto3 does its own HEAD before the GET), `np.load` them, look its text-stage row up with one
-SQL query, judge it with the gating table of the gating table (docs/contract.md) as written, fuse one row with plain numpy
-(the fusion rules (docs/contract.md)), and commit one SQLite row per item (plus its vector). It shares nothing with the
-pipeline but `metadata.scan` (the horizon parser), the status names and the synthetic layout's key scheme, so
-when its statuses and vectors equal the pipeline's, both agree with the contract and not merely
-with each other.
+SQL query, judge it with the gating table ("The gating policy" in docs/contract.md) as written, fuse
+one row with plain numpy (the fusion rules, "Strategies and options" in docs/contract.md), and commit
+one SQLite row per item (plus its vector). It shares nothing with the pipeline but the horizon parser
+(`clipfarm_fusion.core.metadata.scan`, which reads the file through `clipfarm_fusion.core.horizon_file`),
+the status names (`clipfarm_fusion.core.policy`), the default terminal text statuses
+(`clipfarm_fusion.config`) and the synthetic layout's key scheme, so when its statuses and vectors
+equal the pipeline's, both agree with the contract and not merely with each other.
 
 Outputs go to a local directory: `naive_<strategy>.sqlite` with tables `processed_items` (the
 state schema) and `vectors(video_id, vector BLOB float32)`; the state file is then uploaded under
 `<root>/naive/`, as the script did.
 
-CLI: `python bench/naive.py --endpoint URL --bucket B [--root clipfarm] --out DIR [--strategies concat]`.
+CLI (after `pip install -e '.[dev]'` in the repo root):
+`python bench/naive.py --endpoint URL --bucket B [--root clipfarm] [--run-date 2026-03-01] --out DIR
+[--strategies concat]`.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ def unsafe(video_id: str) -> bool:
 
 
 def gate(has: dict[str, bool], text_row: tuple | None, source_hash: str, text_state: bool) -> str:
-    """the gating table (docs/contract.md), one item at a time, in the table's own order."""
+    """The gating table ("The gating policy" in docs/contract.md), one item at a time, in the table's
+    own order."""
     if not has["video"] or not has["audio"]:
         return policy.MISSING_REQUIRED
     if has["text"]:
@@ -96,7 +101,8 @@ def gate(has: dict[str, bool], text_row: tuple | None, source_hash: str, text_st
 
 
 def fuse_row(strategy: str, v: np.ndarray, a: np.ndarray, t: np.ndarray, mask: float) -> np.ndarray:
-    """the fusion rules (docs/contract.md) for one row: concat, or zero-pad to the widest and add / max in video, audio, text order."""
+    """The fusion rules ("Strategies and options" in docs/contract.md) for one row: concat, or zero-pad
+    to the widest and add / max in video, audio, text order."""
     if strategy == "concat":
         return np.concatenate([v, a, t, [mask]]).astype(np.float32)
     width = max(len(v), len(a), len(t))
