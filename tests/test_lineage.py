@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from dagster import materialize
 
-from clipfarm_fusion import read_manifest
+from clipfarm_fusion import read_manifest, read_state
 from clipfarm_fusion.admin import changes, maintenance, sweep
 from clipfarm_fusion.cli.main import main
 from clipfarm_fusion.core.kernels import FusionOptions
@@ -22,7 +22,7 @@ from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.read import verify
 from clipfarm_fusion.read.vectors import ALL_LOCKS, OlderLockWarning, read_vectors, under_lock
-from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.run import commit, pipeline
 from clipfarm_fusion.stores import refusals, s3io, schema_lock, state
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
@@ -249,3 +249,31 @@ def test_the_dagster_jobs_detect_request_and_the_next_materialisation_fuses(clie
         and shown["requests_pending"] == 4
         and shown["status/success_full"] == 4
     )
+
+
+def test_a_large_day_publishes_in_slices_and_a_kill_between_them_converges(client, seed_day, monkeypatch):
+    """A corpus-sized day (a new strategy, a re-fusion) is published in bounded slices, manifest then
+    state each; killed after the first slice's state, the rerun fuses only the videos not yet done."""
+    monkeypatch.setattr(commit, "COMMIT_SLICE", 5)
+    seeded = seed_day(videos=12, mix={"full": 1.0}, dim=8)
+    config = seeded.config(strategies=("concat",))
+    calls = {"n": 0}
+    real = state.StateStore.commit
+
+    def dies_on_the_second_slice(self, rows, cursors):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed between slices")
+        return real(self, rows, cursors)
+
+    monkeypatch.setattr(state.StateStore, "commit", dies_on_the_second_slice)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, DAY, client=client)
+    monkeypatch.setattr(state.StateStore, "commit", real)
+    done = read_state("concat", bucket=seeded.bucket, root=seeded.root, client=client)
+    assert len(done) == 5, "the first slice is published, manifest and state"
+    rerun = pipeline.run(config, DAY, client=client).strategies["concat"]
+    assert rerun.delta == 7 and rerun.counts == {"success_full": 7}
+    assert len(read_state("concat", bucket=seeded.bucket, root=seeded.root, client=client)) == 12
+    assert verify.verify_strategy(client, seeded.bucket, seeded.root, "concat").ok
+    assert pipeline.run(config, DAY, client=client).strategies["concat"].delta == 0

@@ -444,7 +444,7 @@ def test_a_small_delta_over_a_big_prefix_gets_instead_of_listing(client, seed_da
     )
     pipeline.run(seeded.config(strategies=("concat",)), DAY, client=client)
     assert "/embeddings/" not in " ".join(calls), f"expected no embedding LIST for a small delta, got {calls}"
-    assert len(calls) == 2, calls  # the stale staged objects, the day's shards
+    assert len(calls) == 3, calls  # the stale staged objects, the open re-fusion requests, the day's shards
 
 
 def test_new_strategies_record_their_options_and_refuse_other_ones(client, seed_day):

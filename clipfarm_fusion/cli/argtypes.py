@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 
 def iso_date(value: str) -> date:
@@ -29,6 +31,11 @@ def positive(value: str) -> int:
 
 def non_negative(value: str) -> int:
     return _whole(value, 0)
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """The whole-number type of a flag whose setting declares its lower bound (`Flag.minimum`)."""
+    return partial(_whole, least=least)
 
 
 def comma_list(value: str) -> tuple[str, ...]:

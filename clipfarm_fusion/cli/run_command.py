@@ -1,48 +1,41 @@
-"""The `run` command: its flags (the run's settings as the command line spells them), the FusionConfig
-they make, and running one day with its summary printed."""
+"""The `run` command: its flags, the FusionConfig they make, and running one day with its summary printed.
+
+A flag per setting is generated from `FusionConfig`'s declarations (`setting()` in config.py: the
+default, the help, and a `Flag` where the command line spells it otherwise); only the flags that are not
+settings of the run (the day, the local processes, the summary file) are written out here."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
-from clipfarm_fusion.cli.argtypes import comma_list, iso_date, non_negative, positive, weights
+from clipfarm_fusion.cli.argtypes import at_least, comma_list, iso_date, positive, weights
 from clipfarm_fusion.cli.exits import EXIT_CONFLICT, EXIT_DRIFT, EXIT_OK
-from clipfarm_fusion.config import (
-    DEFAULT_TEXT_TERMINAL_STATUSES,
-    STRATEGY_NAMES,
-    FusionConfig,
-    parse_strategies,
-    resolve_bucket,
-)
+from clipfarm_fusion.config import FIELD_DEFAULT, REQUIRED, FusionConfig, Setting, settings_of
 from clipfarm_fusion.run import pipeline
 
-# The seed script's flag spellings, accepted (not shown in --help) so a workflow that called it can
-# switch by changing only the command. Each maps to the flag it means.
-SEED_ALIASES = {
-    "--run_date": "--run-date",
-    "--fusion_strategy": "--strategy",
-    "--s3_bucket": "--bucket",
-    "--metadata_csv": "--metadata",
-    "--max_items": "--max-items",
-    "--shard_size": "--shard-size",
-    "--text_dim": "--text-dim",
-    "--max_fail_retries": "--max-fail-retries",
-    "--include_captured_at_in_hash": "--include-captured-at-in-hash",
-    "--no-append_text_presence_mask": "--no-text-mask",
-    "--no_append_text_presence_mask": "--no-text-mask",
-    "--state_dir": "--state-dir",
-    "--text_state": "--text-state",
-    "--summary_json": "--summary-json",
-    "--terminal_text_statuses": "--terminal-text-statuses",
-    "--sample_size": "--sample-size",
+# The seed script's spellings of the flags that are not settings, accepted (not shown in --help) so a
+# workflow that called it can switch by changing only the command; a setting's are its `Flag.aliases`.
+SEED_ALIASES = {"--run_date": "--run-date", "--summary_json": "--summary-json"}
+# The value parser of a flag by its field's type (None, str: the string as given; ints with a bound:
+# `Flag.minimum`).
+VALUE_TYPES: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    Path: Path,
+    tuple[str, ...]: comma_list,
+    tuple[float, float, float]: weights,
 }
 
 
 def add_run_command(commands) -> None:
-    """The `run` subcommand, its flags in four groups (in --help order), and the seed's spellings."""
+    """The `run` subcommand, its flags (in --help order), and the seed's spellings."""
     run = commands.add_parser(
         "run",
         help="fuse one day's delta and publish shards, manifest, schema lock and state",
@@ -58,167 +51,134 @@ def add_run_command(commands) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every flag of `run`, in its four groups, and the seed's spellings: `refuse` runs like a day too."""
-    _inputs(parser)
-    _batching(parser)
-    _gating(parser)
-    _options_and_output(parser)
-    add_aliases(parser, SEED_ALIASES)
-
-
-def _inputs(run: argparse.ArgumentParser) -> None:
-    """Which day, which strategies, and where the inputs and the outputs are."""
-    run.add_argument(
+    """Every flag of `run`: the day, a flag per setting of `FusionConfig` (in the order it declares them),
+    then how this command runs and reports; `refuse` runs like a day too."""
+    parser.add_argument(
         "--run-date",
         type=iso_date,
         default=None,
         help="the day to fuse (YYYY-MM-DD; default: today, UTC); shards land in date=<it>. A date after "
         "today is refused",
     )
-    run.add_argument(
-        "--strategy",
-        default="all",
-        help="all (concat, sum_pool, max_pool; the default), or one or more of "
-        f"{', '.join(STRATEGY_NAMES)} separated by commas; every object is read once whatever the number",
-    )
-    run.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
-    run.add_argument("--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)")
-    run.add_argument(
-        "--metadata",
-        default=None,
-        metavar="PATH|s3://B/KEY",
-        help="metadata horizon CSV or Parquet (default: s3://<bucket>/<root>/metadata/shorts_metadata_horizon.csv)",
-    )
-    run.add_argument(
-        "--text-state",
-        default=None,
-        metavar="PATH|s3://B/KEY",
-        help="text stage SQLite (default: s3://<bucket>/<root>/state/text_downloader.sqlite)",
-    )
-    run.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path("state"),
-        help="a local cache: the text stage's snapshot, revalidated each run with one conditional GET. The "
-        "state itself is a table in the bucket, so any machine and any --state-dir continue where the bucket "
-        "says. A seed-era fusion_<s>.sqlite found here is imported once when the bucket has no state "
-        "(default: ./state)",
-    )
-
-
-def _batching(run: argparse.ArgumentParser) -> None:
-    """How much of the day, cut how, retried how often."""
-    run.add_argument(
-        "--max-items",
-        type=non_negative,
-        default=None,
-        help="read the embeddings of at most N videos this run, in video_id order (videos still waiting "
-        "for their text cost nothing against the cap); the rest is reported as deferred (default and 0: no cap)",
-    )
-    run.add_argument(
-        "--shard-size",
-        type=positive,
-        default=2048,
-        help="vectors per shard, also the batch size that bounds memory (default: 2048)",
-    )
-    run.add_argument(
-        "--chunk-size",
-        type=positive,
-        default=FusionConfig.chunk_size,
-        help="videos per chunk: the day's delta is fused a chunk at a time, each chunk by one worker, and "
-        f"published in one commit (default: {FusionConfig.chunk_size}; with --max-items the day is one chunk)",
-    )
-    run.add_argument(
+    add_setting_flags(parser, FusionConfig)
+    parser.add_argument(
         "--workers",
         type=positive,
         default=1,
         help="fuse the chunks in N local processes; the plan and the commit stay in this one. Worth it for "
         "a day of several chunks (a backfill, a re-fusion); on Dagster, CLIPFARM_EXECUTOR does this (default: 1)",
     )
-    run.add_argument(
-        "--max-fail-retries",
-        type=int,
-        default=3,
-        help="failures before an item becomes fail_terminal (default: 3)",
-    )
-
-
-def _gating(run: argparse.ArgumentParser) -> None:
-    """Text dims and the mask, identity, the gating policy, dates and the text recheck."""
-    run.add_argument(
-        "--text-dim",
-        type=positive,
-        default=768,
-        help="text dim for placeholders before a schema lock exists (default: 768)",
-    )
-    run.add_argument(
-        "--include-captured-at-in-hash", action="store_true", help="source_hash = sha256(url|captured_at)"
-    )
-    run.add_argument("--no-text-mask", action="store_true", help="do not append the text-presence mask")
-    run.add_argument(  # the seed's spelling of the default; --no-append_text_presence_mask is an alias
-        "--append_text_presence_mask", dest="no_text_mask", action="store_false", help=argparse.SUPPRESS
-    )
-    run.add_argument(
-        "--terminal-text-statuses",
-        type=comma_list,
-        default=DEFAULT_TEXT_TERMINAL_STATUSES,
-        metavar="A,B",
-        help="text stage statuses that mean no text will ever come, so the video is fused with a zero "
-        f"text vector (default: {','.join(DEFAULT_TEXT_TERMINAL_STATUSES)})",
-    )
-    run.add_argument(
-        "--strict-dates",
-        action="store_true",
-        help="refuse (exit 2) a metadata file whose captured_at values are not ISO 8601; by default they "
-        "count as undated and the summary reports how many",
-    )
-    run.add_argument(
-        "--recheck-text",
-        action="store_true",
-        help="also upgrade placeholders whose text .npy exists though the text stage never said so: one "
-        "LIST of the text prefix (a request per 1,000 files) and a GET per such placeholder; the weekly "
-        "Dagster job text_recheck_job does the same",
-    )
-
-
-def _options_and_output(run: argparse.ArgumentParser) -> None:
-    """Patience, the summary, and the options that are locked in schema.json."""
-    run.add_argument(
-        "--s3-patience",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long to ride out an S3 outage (connection errors, 5xx, SlowDown) before stopping with exit "
-        "6; an outage never counts as an item failure (default: 60)",
-    )
-    run.add_argument(
-        "--sample-size",
-        type=positive,
-        default=10,
-        help="sample video_ids (with their errors) kept per status in the summary (default: 10)",
-    )
-    run.add_argument(
-        "--l2-normalize",
-        action="store_true",
-        help="scale each modality to unit L2 norm before fusing (recorded in schema.json; zero stays zero)",
-    )
-    run.add_argument(
-        "--projection",
-        default=None,
-        metavar="PATH|s3://B/KEY",
-        help="the .npz artifact of strategy projection (see make-projection); its sha256 is locked in schema.json",
-    )
-    run.add_argument(
-        "--weights",
-        type=weights,
-        default=(1.0, 1.0, 1.0),
-        metavar="V,A,T",
-        help="weighted_pool's video,audio,text weights, renormalised over the modalities present "
-        "(recorded in schema.json; default 1,1,1)",
-    )
-    run.add_argument(
+    parser.add_argument(
         "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
     )
+    add_aliases(parser, SEED_ALIASES)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """A flag for each setting of `config_class` that is on the command line, in declaration order."""
+    for each in settings_of(config_class):
+        if each.cli is not None:
+            add_setting_flag(parser, each)
+
+
+def add_setting_flag(parser: argparse.ArgumentParser, each: Setting) -> None:
+    """The setting's flag as its `Flag` spells it (the rest derived from the field), with its seed
+    spellings: a bool is a switch away from its default, anything else takes a value."""
+    flag = each.cli
+    if each.type is bool:
+        action = parser.add_argument(
+            flag_name(each), dest=flag_dest(each), action="store_true", help=_escaped(flag_help(each))
+        )
+        if flag.opposite:
+            parser.add_argument(flag.opposite, dest=action.dest, action="store_false", help=argparse.SUPPRESS)
+    else:
+        action = parser.add_argument(
+            flag_name(each),
+            dest=flag_dest(each),
+            type=value_type(each),
+            default=flag_default(each),
+            metavar=flag.metavar,
+            help=_escaped(flag_help(each)),
+        )
+    for alias in flag.aliases:
+        parser._option_string_actions[alias] = action  # hidden, as in `add_aliases`
+
+
+def flag_name(each: Setting) -> str:
+    """`--field-name`, `--no-field-name` for a switch that turns a setting off, or as `Flag.name` says."""
+    if each.cli.name:
+        return each.cli.name
+    dashed = each.name.replace("_", "-")
+    return f"--no-{dashed}" if turns_off(each) else f"--{dashed}"
+
+
+def flag_dest(each: Setting) -> str:
+    return flag_name(each).removeprefix("--").replace("-", "_")
+
+
+def turns_off(each: Setting) -> bool:
+    """A bool setting that defaults to True: its flag is the switch that turns it off."""
+    return each.type is bool and each.default is True
+
+
+def flag_default(each: Setting) -> Any:
+    """The flag's default: the field's, or None for a required setting (`to_config` resolves it)."""
+    if each.cli.default is not FIELD_DEFAULT:
+        return each.cli.default
+    return None if each.default is REQUIRED else each.default
+
+
+def value_type(each: Setting) -> Callable[[str], Any] | None:
+    """How argparse parses the flag's string: not at all when `to_config` does, else by the field's type
+    (an optional field by the type it holds when set)."""
+    if each.cli.to_config is not None:
+        return None
+    kind = held_type(each.type)
+    if each.cli.minimum is not None:
+        return at_least(each.cli.minimum)
+    if kind is str:
+        return None
+    if kind not in VALUE_TYPES:
+        raise TypeError(
+            f"setting {each.name}: no command-line value type for {kind}; give Flag(to_config=...)"
+        )
+    return VALUE_TYPES[kind]
+
+
+def held_type(annotation: Any) -> Any:
+    """The type an optional field holds when it is set: int for `int | None`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def flag_help(each: Setting) -> str:
+    """The setting's help as the command line says it: "do not ..." for a switch that turns it off, and a
+    value's default at the end, as `shown_default` writes it."""
+    if each.type is bool:
+        if each.cli.help or not turns_off(each):
+            return each.cli.help or each.help
+        return f"do not {each.help}"
+    shown = each.cli.shows or shown_default(flag_default(each))
+    text = each.cli.help or each.help
+    return f"{text} (default: {shown})" if shown else text
+
+
+def shown_default(value: Any) -> str | None:
+    """A default as --help writes it: 1,1,1 for a tuple, 60 for 60.0, ./state for a relative path."""
+    if value is None:
+        return None
+    if isinstance(value, tuple | list):
+        return ",".join(str(shown_default(part)) for part in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"./{value}"
+    return str(value)
+
+
+def _escaped(help_text: str) -> str:
+    return help_text.replace("%", "%%")  # argparse %-formats help texts
 
 
 def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
@@ -228,31 +188,24 @@ def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> Non
         parser._option_string_actions[alias] = parser._option_string_actions[option]
 
 
+def setting_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """The config arguments the command line holds: each setting's flag value as its field takes it."""
+    values: dict[str, Any] = {}
+    for each in settings_of(config_class):
+        if each.cli is None:
+            continue
+        value = getattr(args, flag_dest(each))
+        if turns_off(each):
+            value = not value
+        elif each.cli.to_config is not None:
+            value = each.cli.to_config(value)
+        values[each.name] = value
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> FusionConfig:
-    return FusionConfig(
-        bucket=resolve_bucket(args.bucket),
-        root=args.root,
-        strategies=parse_strategies(args.strategy),
-        metadata_uri=args.metadata,
-        text_state_uri=args.text_state,
-        state_dir=args.state_dir,
-        max_items=args.max_items,
-        text_terminal_statuses=args.terminal_text_statuses,
-        sample_size=args.sample_size,
-        strict_dates=args.strict_dates,
-        s3_patience_seconds=args.s3_patience,
-        shard_size=args.shard_size,
-        chunk_size=args.chunk_size,
-        max_fail_retries=args.max_fail_retries,
-        text_dim=args.text_dim,
-        include_captured_at_in_hash=args.include_captured_at_in_hash,
-        append_text_presence_mask=not args.no_text_mask,
-        l2_normalize=args.l2_normalize,
-        weights=args.weights,
-        projection_uri=args.projection,
-        recheck_text_files=args.recheck_text,
-        progress=sys.stderr.isatty(),
-    )
+    """The run's config from its flags; a progress bar only on an interactive terminal."""
+    return FusionConfig(**setting_values(args, FusionConfig), progress=sys.stderr.isatty())
 
 
 def progress_bar(enabled: bool):

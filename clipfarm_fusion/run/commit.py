@@ -136,12 +136,23 @@ def _commit_strategy(
             )
         store.load_marks()  # as of the commits that landed since the plan (contested read them)
         marks = _marks(plan, strategy, store, parts)
-        if manifest_rows:
-            _publish_manifest(
-                client, config, layout, strategy, summary, dims, pa.concat_tables(manifest_rows)
-            )
-        if changed.num_rows or store.marks_move(marks):
-            store.commit(changed, marks)
+        held = _held_marks(plan, store)
+        published = pa.concat_tables(manifest_rows) if manifest_rows else None
+        slices = _slices(published, changed, COMMIT_SLICE)
+        for number, (manifest_slice, state_slice) in enumerate(slices, start=1):
+            last = number == len(slices)
+            if manifest_slice is not None and manifest_slice.num_rows:
+                _publish_manifest(client, config, layout, strategy, summary, dims, manifest_slice)
+            if state_slice.num_rows or (last and store.marks_move(marks)):
+                store.commit(state_slice, marks if last else held)
+            if len(slices) > 1:
+                log.info(
+                    "%s: published slice %d of %d (%d videos)",
+                    name,
+                    number,
+                    len(slices),
+                    state_slice.num_rows,
+                )
     log.info(
         "%s: %d shards, manifest +%d/~%d rows, %d state rows written",
         name,
@@ -201,7 +212,62 @@ def _publish_manifest(
     table = manifest.open_table(
         client, config.bucket, layout, strategy.name, config.s3_patience_seconds, import_seed_era=False
     )
-    summary.manifest_added, summary.manifest_updated = table.commit(rows)
+    added, updated = table.commit(rows)
+    summary.manifest_added += added
+    summary.manifest_updated += updated
+
+
+COMMIT_SLICE = 1_000_000  # videos per publish (a manifest upsert, then a state upsert): bounds each MERGE
+
+
+def _slices(
+    manifest_rows: pa.Table | None, state_rows: pa.Table, size: int
+) -> list[tuple[pa.Table | None, pa.Table]]:
+    """The run's rows cut into slices of at most `size` videos by video_id range, manifest and state
+    rows of the same videos together. Each slice is published manifest first, then state, so after a
+    kill between slices the state says exactly which videos are done, and a rerun fuses only the rest;
+    each upsert is idempotent. One slice (the whole run) for any day below `size` videos."""
+    ids = pc.unique(
+        pa.concat_arrays(
+            [state_rows["video_id"].combine_chunks()]
+            + ([manifest_rows["video_id"].combine_chunks()] if manifest_rows is not None else [])
+        )
+    )
+    if len(ids) <= size:
+        return [(manifest_rows, state_rows)]
+    bounds = pc.sort_indices(ids)
+    ordered = ids.take(bounds)
+    starts = [ordered[i].as_py() for i in range(size, len(ordered), size)]
+    edges = [None, *starts, None]
+    return [
+        (
+            None if manifest_rows is None else manifest_rows.filter(_within(manifest_rows, low, high)),
+            state_rows.filter(_within(state_rows, low, high)),
+        )
+        for low, high in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def _within(rows: pa.Table, low: str | None, high: str | None) -> pa.Array:
+    """Rows whose video_id is in [low, high) (None: unbounded)."""
+    keep = pa.array([True] * rows.num_rows)
+    if low is not None:
+        keep = pc.and_(keep, pc.greater_equal(rows["video_id"], low))
+    if high is not None:
+        keep = pc.and_(keep, pc.less(rows["video_id"], high))
+    return keep
+
+
+def _held_marks(plan: Plan, store: state.StateStore) -> dict[str, str]:
+    """The marks a slice before the last records: the run's id (its rows are its own) and the marks the
+    table already holds, so a run killed between slices leaves the text cursor, the newest run date and
+    the due list where they were, and its uncommitted videos are planned again as before."""
+    held = {"run_id": plan.run_id, "text_due": json.dumps(store.text_due or {})}
+    if store.newest_run_date:
+        held["newest_run_date"] = store.newest_run_date
+    if store.text_cursor is not None:
+        held["text_cursor"] = store.text_cursor
+    return held
 
 
 def _written_by(run_id: str, rows: pa.Table) -> pa.Table:
