@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from common import BENCH_DIR, machine, moto_process, use_endpoint  # noqa: E402
 from proxy import METHODS, start_proxy  # noqa: E402
 from seed import RUN_DATE, make, seed_day  # noqa: E402
 
+from clipfarm_fusion import read_state  # noqa: E402
 from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES as STRATEGY_NAMES  # noqa: E402 - what "all" runs
 from clipfarm_fusion.stores import (
     s3io,  # noqa: E402
@@ -95,10 +95,9 @@ class Bench:
         return {**result, "bucket": seeded.bucket, "out": str(out)}
 
     def ours_outputs(self, bucket: str, state_dir: str, strategy: str):
-        """(status per video_id from the state DB, vector per video_id from the shards on S3)."""
-        db = sqlite3.connect(Path(state_dir) / f"fusion_{strategy}.sqlite")
-        statuses = dict(db.execute("SELECT video_id, status FROM processed_items"))
-        db.close()
+        """(status per video_id from the state table, vector per video_id from the shards on S3)."""
+        items = read_state(strategy, bucket=bucket, client=self.client)
+        statuses = dict(zip(items["video_id"], items["status"], strict=True))
         vectors = {}
         for key in s3io.list_keys(self.client, bucket, f"clipfarm/fused/{strategy}/shards/"):
             shard = shards.decode(s3io.get_object(self.client, bucket, key).body)
