@@ -6,6 +6,11 @@ import argparse
 from collections.abc import Callable
 from datetime import date
 from functools import partial
+from typing import TypeVar
+
+from clipfarm_fusion.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def iso_date(value: str) -> date:
@@ -53,3 +58,18 @@ def weights(value: str) -> tuple[float, float, float]:
     if len(parsed) != 3:
         raise argparse.ArgumentTypeError(f"not three comma-separated numbers: {value!r} (use e.g. 1,1,0.5)")
     return parsed
+
+
+def parsed_by(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from one of our parsers, whose ConfigError becomes argparse's usage error
+    (exit 2 with the parser's own message), so a value means the same on the command line and in
+    Dagster run config."""
+
+    def argtype(value: str) -> T:
+        try:
+            return parse(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    argtype.__name__ = parse.__name__  # argparse names the type in "invalid <name> value"
+    return argtype

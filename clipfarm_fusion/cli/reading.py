@@ -15,7 +15,7 @@ from pathlib import Path
 
 from clipfarm_fusion.admin import maintenance, sweep
 from clipfarm_fusion.cli import inspection
-from clipfarm_fusion.cli.argtypes import iso_date, positive
+from clipfarm_fusion.cli.argtypes import iso_date, parsed_by, positive
 from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import ConfigError
@@ -54,13 +54,6 @@ def _common_arguments(parser: argparse.ArgumentParser, date_help: str) -> None:
         help="read what `clipfarm-fusion demo --out DIR` made (served on a private embedded S3 while this "
         "command runs; needs the demo extra); replaces --bucket",
     )
-
-
-def _age(value: str):
-    try:
-        return sweep.parse_age(value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -163,7 +156,7 @@ def _add_gc(subparsers: argparse._SubParsersAction) -> None:
     location_arguments(collect, "sweep")
     collect.add_argument(
         "--older-than",
-        type=_age,
+        type=parsed_by(sweep.parse_age),
         default=sweep.DEFAULT_GRACE,
         metavar="AGE",
         help="grace period: only shards last modified longer ago than this go, e.g. 30m, 12h, 1d, 7d "
@@ -187,7 +180,7 @@ def _add_maintain(subparsers: argparse._SubParsersAction) -> None:
     location_arguments(upkeep, "maintain")
     upkeep.add_argument(
         "--retention",
-        type=_age,
+        type=parsed_by(sweep.parse_age),
         default=maintenance.DEFAULT_RETENTION,
         metavar="AGE",
         help="keep files any version younger than this needs, e.g. 7d, 30d (default: 7d)",

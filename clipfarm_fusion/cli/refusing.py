@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from clipfarm_fusion.admin import changes, refusal
-from clipfarm_fusion.cli.argtypes import positive
+from clipfarm_fusion.cli.argtypes import parsed_by, positive
 from clipfarm_fusion.cli.exits import EXIT_OK
+from clipfarm_fusion.cli.reading import location_arguments
 from clipfarm_fusion.cli.run_command import add_run_arguments, config_from_args, run_and_report
 from clipfarm_fusion.config import STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.errors import ConfigError
@@ -18,14 +19,6 @@ from clipfarm_fusion.stores import refusals, s3io
 
 COMMANDS = ("detect-changes", "refuse")
 log = logging.getLogger(__name__)
-
-
-def date_range(value: str):
-    """`--dates A..B` (or one date) as an argparse type."""
-    try:
-        return refusal.parse_dates(value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -45,9 +38,7 @@ def _add_detect_changes(commands: argparse._SubParsersAction) -> None:
         "lineage was recorded cannot be compared and are counted. Exit codes: 0 done (also when nothing "
         "changed); 2 bad usage, no bucket or nothing published; 6 S3 unavailable.",
     )
-    detect.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="the strategy to check")
-    detect.add_argument("--bucket", default=None, help="S3 bucket (default: $CLIPFARM_BUCKET)")
-    detect.add_argument("--root", default="clipfarm", help="key prefix inside the bucket (default: clipfarm)")
+    location_arguments(detect, "check")
     detect.add_argument("--threads", type=positive, default=8, help="key ranges listed at once (default: 8)")
     detect.add_argument("--dry-run", action="store_true", help="report what changed; request nothing")
 
@@ -65,7 +56,12 @@ def _add_refuse(commands: argparse._SubParsersAction) -> None:
     )
     choice = refuse.add_argument_group("which videos (one of)").add_mutually_exclusive_group(required=True)
     choice.add_argument("--ids", type=Path, metavar="FILE", help="a file of video ids, one per line")
-    choice.add_argument("--dates", type=date_range, metavar="A..B", help="videos fused on run dates A to B")
+    choice.add_argument(
+        "--dates",
+        type=parsed_by(refusal.parse_dates),
+        metavar="A..B",
+        help="videos fused on run dates A to B",
+    )
     choice.add_argument("--all", action="store_true", help="every video with a published vector")
     choice.add_argument(
         "--changed", action="store_true", help="what detect-changes finds now (it runs first)"

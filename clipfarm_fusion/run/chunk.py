@@ -227,29 +227,6 @@ def _judge(config: FusionConfig, strategy: _Strategy, batch: fetch.Batch, reason
     return _Outcome(index, statuses, errors, fused_index, vectors, upgrade_checked)
 
 
-def _skip_reason(status: str, batch: fetch.Batch, i: int, text_problem: str | None) -> str | None:
-    """The error text stored for a skipped item: what is missing and why it waits."""
-    text_status = batch.text_status[i]
-    if status == policy.MISSING_REQUIRED:
-        missing = [m for m in ("video", "audio") if not batch.present[m][i]]
-        return f"{' and '.join(missing)} embedding missing"
-    if status == policy.MISSING_TEXT_UNAVAILABLE:
-        return f"text embedding missing and {text_problem}"
-    if status == policy.MISSING_TEXT_PENDING:
-        if not text_status:
-            return "text embedding missing; no text stage row yet"
-        if policy.text_hash_mismatch(batch.text_hash[i : i + 1], batch.rows["source_hash"].iloc[i : i + 1])[
-            0
-        ]:
-            return (
-                f"text embedding missing; the text stage's row (status {text_status!r}) is for another "
-                f"source_hash ({batch.text_hash[i][:12]}…, this URL hashes to "
-                f"{batch.rows.at[i, 'source_hash'][:12]}…): waiting for the text stage to process the current URL"
-            )
-        return f"text embedding missing; text stage status {text_status!r} is not terminal yet"
-    return None
-
-
 def _publish(
     config: FusionConfig,
     layout: Layout,
@@ -295,11 +272,7 @@ def _publish(
                 key,
                 retry_base[fused],
                 strategy.options,
-                manifest.Lineage(
-                    {m: batch.etags[m][fused] for m in MODALITIES},
-                    {m: batch.version_ids[m][fused] for m in MODALITIES},
-                    SchemaLock.build(strategy.name, strategy.dims, strategy.options).lock_id,
-                ),
+                _lineage(strategy, batch, fused),
             )
         )
         strategy.summary.shards_written.append(key)
@@ -309,7 +282,7 @@ def _publish(
     errors_by_id: dict[str, str] = {}  # failures, and why skipped items wait: shown for the samples
     for position, i in enumerate(outcome.index.tolist()):
         status = str(statuses[position])
-        error = outcome.errors.get(i) or _skip_reason(status, batch, i, text_problem)
+        error = outcome.errors.get(i) or fetch.skip_reason(status, batch, i, text_problem)
         if error:
             errors_by_id[ids[i]] = error
         artifact, vector_id = (
@@ -332,6 +305,15 @@ def _publish(
     strategy.summary.upgrade_checked += outcome.upgrade_checked
     strategy.summary.record(
         [str(s) for s in statuses], [ids[i] for i in outcome.index], errors_by_id, config.sample_size
+    )
+
+
+def _lineage(strategy: _Strategy, batch: fetch.Batch, fused: np.ndarray) -> manifest.Lineage:
+    """What the fused rows were made from: each input as read, and the lock these dims and options make."""
+    return manifest.Lineage(
+        {m: batch.etags[m][fused] for m in MODALITIES},
+        {m: batch.version_ids[m][fused] for m in MODALITIES},
+        SchemaLock.build(strategy.name, strategy.dims, strategy.options).lock_id,
     )
 
 

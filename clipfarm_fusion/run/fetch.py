@@ -189,3 +189,26 @@ def fetch_batch(
         etags={m: lineage[m][0] for m in MODALITIES},
         version_ids={m: lineage[m][1] for m in MODALITIES},
     )
+
+
+def skip_reason(status: str, batch: Batch, i: int, text_problem: str | None) -> str | None:
+    """The error text stored for a skipped item: what is missing and why it waits."""
+    text_status = batch.text_status[i]
+    if status == policy.MISSING_REQUIRED:
+        missing = [m for m in ("video", "audio") if not batch.present[m][i]]
+        return f"{' and '.join(missing)} embedding missing"
+    if status == policy.MISSING_TEXT_UNAVAILABLE:
+        return f"text embedding missing and {text_problem}"
+    if status == policy.MISSING_TEXT_PENDING:
+        if not text_status:
+            return "text embedding missing; no text stage row yet"
+        if policy.text_hash_mismatch(batch.text_hash[i : i + 1], batch.rows["source_hash"].iloc[i : i + 1])[
+            0
+        ]:
+            return (
+                f"text embedding missing; the text stage's row (status {text_status!r}) is for another "
+                f"source_hash ({batch.text_hash[i][:12]}…, this URL hashes to "
+                f"{batch.rows.at[i, 'source_hash'][:12]}…): waiting for the text stage to process the current URL"
+            )
+        return f"text embedding missing; text stage status {text_status!r} is not terminal yet"
+    return None
