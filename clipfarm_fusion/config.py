@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES, STRATEGIES, FusionOptions
 from clipfarm_fusion.errors import ConfigError
@@ -101,7 +100,7 @@ def setting(
 def settings_of(config_class: type) -> tuple[Setting, ...]:
     """Every field of `config_class` as declared by `setting()`, in declaration order (the order of the
     flags in --help); a field declared otherwise is a TypeError, so none can miss its surfaces."""
-    hints = typing.get_type_hints(config_class)
+    hints = get_type_hints(config_class)
     declared = []
     for each in fields(config_class):
         if SETTING not in each.metadata:

@@ -23,8 +23,8 @@ from clipfarm_fusion.run import pipeline
 # The seed script's spellings of the flags that are not settings, accepted (not shown in --help) so a
 # workflow that called it can switch by changing only the command; a setting's are its `Flag.aliases`.
 SEED_ALIASES = {"--run_date": "--run-date", "--summary_json": "--summary-json"}
-# The value parser of a flag by its field's type (None, str: the string as given; ints with a bound:
-# `Flag.minimum`).
+# How a flag's string becomes its field's value, by the field's type (a str is taken as given, a whole
+# number with a lower bound is `Flag.minimum`'s).
 VALUE_TYPES: dict[Any, Callable[[str], Any]] = {
     int: int,
     float: float,
@@ -85,9 +85,10 @@ def add_setting_flag(parser: argparse.ArgumentParser, each: Setting) -> None:
     """The setting's flag as its `Flag` spells it (the rest derived from the field), with its seed
     spellings: a bool is a switch away from its default, anything else takes a value."""
     flag = each.cli
+    help_text = flag_help(each).replace("%", "%%")  # argparse %-formats help texts
     if each.type is bool:
         action = parser.add_argument(
-            flag_name(each), dest=flag_dest(each), action="store_true", help=_escaped(flag_help(each))
+            flag_name(each), dest=flag_dest(each), action="store_true", help=help_text
         )
         if flag.opposite:
             parser.add_argument(flag.opposite, dest=action.dest, action="store_false", help=argparse.SUPPRESS)
@@ -98,7 +99,7 @@ def add_setting_flag(parser: argparse.ArgumentParser, each: Setting) -> None:
             type=value_type(each),
             default=flag_default(each),
             metavar=flag.metavar,
-            help=_escaped(flag_help(each)),
+            help=help_text,
         )
     for alias in flag.aliases:
         parser._option_string_actions[alias] = action  # hidden, as in `add_aliases`
@@ -133,9 +134,9 @@ def value_type(each: Setting) -> Callable[[str], Any] | None:
     (an optional field by the type it holds when set)."""
     if each.cli.to_config is not None:
         return None
-    kind = held_type(each.type)
     if each.cli.minimum is not None:
         return at_least(each.cli.minimum)
+    kind = held_type(each.type)
     if kind is str:
         return None
     if kind not in VALUE_TYPES:
@@ -155,12 +156,10 @@ def held_type(annotation: Any) -> Any:
 def flag_help(each: Setting) -> str:
     """The setting's help as the command line says it: "do not ..." for a switch that turns it off, and a
     value's default at the end, as `shown_default` writes it."""
-    if each.type is bool:
-        if each.cli.help or not turns_off(each):
-            return each.cli.help or each.help
-        return f"do not {each.help}"
-    shown = each.cli.shows or shown_default(flag_default(each))
     text = each.cli.help or each.help
+    if each.type is bool:
+        return f"do not {text}" if turns_off(each) and not each.cli.help else text
+    shown = each.cli.shows or shown_default(flag_default(each))
     return f"{text} (default: {shown})" if shown else text
 
 
@@ -175,10 +174,6 @@ def shown_default(value: Any) -> str | None:
     if isinstance(value, Path) and not value.is_absolute():
         return f"./{value}"
     return str(value)
-
-
-def _escaped(help_text: str) -> str:
-    return help_text.replace("%", "%%")  # argparse %-formats help texts
 
 
 def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
