@@ -30,13 +30,14 @@ import pandas as pd
 import pytest
 
 from clipfarm_fusion import read_manifest, read_state
-from clipfarm_fusion.admin import maintenance, sweep
+from clipfarm_fusion.admin import changes, maintenance, sweep
 from clipfarm_fusion.config import FusionConfig
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.read import verify
 from clipfarm_fusion.run import chunk, commit, pipeline, plan
+from clipfarm_fusion.stores import refusals, state
 
 LOG = logging.getLogger("histories")
 ROOT = "clipfarm"
@@ -162,8 +163,20 @@ class History:
         video_id = rng.choice(videos)
         day = rng.choice(DAYS)
         kind = rng.choices(
-            ["run", "text_file", "text_row", "url", "npy", "interleave", "abort", "gc", "maintain"],
-            weights=[5, 2, 2, 1, 1, 2, 1, 1, 1],
+            [
+                "run",
+                "text_file",
+                "text_row",
+                "url",
+                "npy",
+                "interleave",
+                "abort",
+                "gc",
+                "maintain",
+                "refuse",
+                "detect",
+            ],
+            weights=[5, 2, 2, 1, 1, 2, 1, 1, 1, 1, 1],
         )[0]
         if kind == "run":
             self.log(f"run {day}")
@@ -200,7 +213,26 @@ class History:
             for strategy in self.config.strategies:
                 maintenance.maintain(self.client, self.bucket, ROOT, strategy)
             return True
+        elif kind == "refuse":
+            chosen = rng.sample(videos, rng.randint(1, len(videos)))
+            self.log(f"refuse {len(chosen)} videos, then run {day}")
+            self.request(chosen, refusals.REFUSE)
+            pipeline.run(self.config, day, client=self.client)
+            return True
+        elif kind == "detect":
+            self.log("detect-changes")
+            self.detect()
         return False
+
+    def request(self, ids: list[str], reason: str) -> None:
+        for strategy in self.config.strategies:
+            store = state.open_store(self.client, self.bucket, LAYOUT, strategy, self.config.state_dir, 5.0)
+            refusals.write(self.client, self.bucket, LAYOUT, strategy, ids, reason, store.version)
+
+    def detect(self) -> None:
+        for strategy in self.config.strategies:
+            with unpublished_skipped():
+                changes.detect(self.client, self.bucket, ROOT, strategy)
 
     def interleave(self, first: date, second: date, video_id: str) -> None:
         """Two runs stage by stage in a random order that keeps each run's own order, with text news,
@@ -327,6 +359,10 @@ def test_any_history_keeps_the_invariants_and_converges_to_the_reference(seed, c
     history.log(f"quiet run {newest} --recheck-text")
     pipeline.run(replace(history.config, recheck_text_files=True), newest, client=client)
     history.check("after the quiet run")
+    history.log("detect-changes, then a quiet run")
+    history.detect()
+    pipeline.run(history.config, newest, client=client)
+    history.check("after detect-changes and a run")
     want_state, want_latest = expected(history.inputs)
     for strategy in history.config.strategies:
         state = read_state(strategy, bucket=bucket, root=ROOT, client=client)
@@ -336,18 +372,42 @@ def test_any_history_keeps_the_invariants_and_converges_to_the_reference(seed, c
         assert got_state.equals(want_state), history.failure(
             f"{strategy} state", f"got\n{got_state}\nwant\n{want_state}"
         )
-        latest = latest_rows(read_manifest(strategy, bucket=bucket, root=ROOT, client=client))
+        manifest = read_manifest(strategy, bucket=bucket, root=ROOT, client=client)
+        latest = latest_rows(manifest)
         assert latest.equals(want_latest), history.failure(
             f"{strategy} manifest", f"got\n{latest}\nwant\n{want_latest}"
         )
+        assert not made_from_stale_inputs(client, bucket, manifest), history.failure(
+            f"{strategy} lineage",
+            f"vectors made from inputs that changed since: {made_from_stale_inputs(client, bucket, manifest)}",
+        )
 
 
-def latest_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+def made_from_stale_inputs(client, bucket: str, manifest: pd.DataFrame) -> list[str]:
+    """I5: after change detection and a run, every video's latest vector was made from its inputs as
+    they are now (the ETag its row recorded is the object's current one)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{ROOT}/embeddings/")
+    now = {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
+    stale = []
+    for row in served(manifest).itertuples():
+        for modality in ("video", "audio", "text"):
+            recorded = getattr(row, f"{modality}_etag")
+            if isinstance(recorded, str) and now.get(getattr(row, f"{modality}_emb_key")) != recorded:
+                stale.append(f"{row.video_id}/{modality}")
+    return stale
+
+
+def served(manifest: pd.DataFrame) -> pd.DataFrame:
     """The newest manifest row per video by (captured_at, fused_at): what a reader is served."""
     ordered = manifest.assign(at=pd.to_datetime(manifest["captured_at"], utc=True)).sort_values(
         ["video_id", "at", "fused_at"]
     )
-    latest = ordered.groupby("video_id").tail(1)
+    return ordered.groupby("video_id").tail(1)
+
+
+def latest_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """`served` in the reference's columns."""
+    latest = served(manifest)
     columns = ["video_id", "source_hash", "fusion_status", "text_present"]
     out = latest[columns].sort_values("video_id").reset_index(drop=True)
     return out.astype({"text_present": "int64"})
