@@ -74,6 +74,7 @@ def _lock(**options) -> SchemaLock:
     return SchemaLock.build("concat", (4, 4, 4), FusionOptions(**options))
 
 
+@pytest.mark.fast
 def test_the_lock_id_names_the_dims_and_every_option_but_not_the_time():
     assert _lock().lock_id == _lock().lock_id
     assert _lock().lock_id != _lock(l2_normalize=True).lock_id, "a same-dims option change is a new lock"
@@ -81,6 +82,7 @@ def test_the_lock_id_names_the_dims_and_every_option_but_not_the_time():
     assert _lock().lock_id != _lock(mask=False).lock_id
 
 
+@pytest.mark.fast
 def test_rows_are_kept_by_lock_and_untagged_rows_by_width_and_age():
     old, new = _lock(), _lock(l2_normalize=True)
     migrated = SchemaLock(**{**new.__dict__, "history": ({"replaced_at": "2026-03-05T00:00:00+00:00"},)})
@@ -147,6 +149,7 @@ def test_a_request_refuses_its_videos_once_and_is_then_removed(client, seed_day)
     assert verify.verify_strategy(client, seeded.bucket, seeded.root, "concat").ok
 
 
+@pytest.mark.fast
 def test_key_ranges_cover_the_prefix_once():
     keys = [f"p/{i:03d}.npy" for i in range(7)]
     assert changes.ranges(keys, per_range=3) == [(None, keys[2]), (keys[2], keys[5]), (keys[5], None)]
