@@ -10,17 +10,16 @@ fuses under its own reason in the summary.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from clipfarm_fusion.admin import refusal
 from clipfarm_fusion.core.layout import MODALITIES, Layout
 from clipfarm_fusion.read.vectors import latest_per_video, load_manifest
-from clipfarm_fusion.stores import refusals, s3_faults, s3io, state
+from clipfarm_fusion.stores import refusals, s3_faults, s3io
 
 RANGE_KEYS = 50_000  # manifest videos per listed key range: a range is about 50 LIST requests
 
@@ -95,11 +94,8 @@ def detect(client, bucket: str, root: str, strategy: str, threads: int = 8, requ
     found.gone = int(np.count_nonzero(gone & ~changed))
     found.unrecorded = int(np.count_nonzero(~recorded_any))
     if request and found.changed:
-        store = state.open_store(
-            client, bucket, layout, strategy, Path(tempfile.gettempdir()), s3io.DEFAULT_PATIENCE_S
-        )
-        made = refusals.write(
-            client, bucket, layout, strategy, found.changed, refusals.CHANGED_UPSTREAM, store.version
+        made, _ = refusal.make_request(
+            client, bucket, root, strategy, found.changed, refusals.CHANGED_UPSTREAM
         )
         found.request_key = made.key
     found.seconds = time.monotonic() - started
