@@ -256,10 +256,11 @@ def test_the_dagster_jobs_detect_request_and_the_next_materialisation_fuses(clie
 
 def test_a_large_day_publishes_in_slices_and_a_kill_between_them_converges(client, seed_day, monkeypatch):
     """A corpus-sized day (a new strategy, a re-fusion) is published in bounded slices, manifest then
-    state each; killed after the first slice's state, the rerun fuses only the videos not yet done."""
+    state each, a run of consecutive chunks at a time, each chunk read again when its slice is published;
+    killed after the first slice's state, the rerun fuses only the videos not yet done."""
     monkeypatch.setattr(commit, "COMMIT_SLICE", 5)
     seeded = seed_day(videos=12, mix={"full": 1.0}, dim=8)
-    config = seeded.config(strategies=("concat",))
+    config = seeded.config(strategies=("concat",), chunk_size=5)
     calls = {"n": 0}
     real = state.StateStore.commit
 

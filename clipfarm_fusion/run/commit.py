@@ -13,6 +13,11 @@ A strategy commits under its commit lease (`lease`): it first asks the state whi
 another run committed after this run's plan (`StateStore.contested`). If any, that strategy publishes
 nothing (its shards are withdrawn) and is named in `summary.conflicts` (exit 4), and the other strategies
 go on; runs whose videos are disjoint (two different days) both commit.
+
+A day larger than COMMIT_SLICE videos (a new strategy, a re-fusion of a corpus) is published in slices,
+runs of consecutive chunks (`staged_parts`), manifest then state each, so the commit holds one slice's
+rows at a time; a slice before the last leaves the table's marks as they were, so a kill between slices
+leaves the state saying exactly which videos are done, and the rerun fuses the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +37,7 @@ from clipfarm_fusion.core.layout import MODALITIES, Layout
 from clipfarm_fusion.errors import ConcurrentWriteError, SchemaDriftError
 from clipfarm_fusion.run import fusion_options, staging
 from clipfarm_fusion.run.plan import Plan, StrategyPlan
+from clipfarm_fusion.run.staged_parts import Part, StagedParts
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
 from clipfarm_fusion.stores import lake, lease, manifest, s3io, schema_lock, state, state_schema
 from clipfarm_fusion.stores.schema_lock import SchemaLock
@@ -46,12 +52,9 @@ def commit(
     client = client or s3io.make_client(config.fetch_threads)
     layout = Layout(config.root)
     summary = _summary(plan.summary)
-    staged = [
-        staging.get(client, config.bucket, result.key, config.s3_patience_seconds)
-        for result in sorted(results, key=lambda r: r.index)
-    ]
-    if len(staged) != plan.chunks:
-        raise ValueError(f"commit of run {plan.run_id} got {len(staged)} of its {plan.chunks} chunks")
+    staged = StagedParts(client, config, results, COMMIT_SLICE, plan.work)
+    if len(staged.parts) != plan.chunks:
+        raise ValueError(f"commit of run {plan.run_id} got {len(staged.parts)} of its {plan.chunks} chunks")
     plan_tables: dict[str, pa.Table] = {}
     if plan.refreshing:
         plan_tables, _ = staging.get(
@@ -93,26 +96,20 @@ def _commit_strategy(
     plan: Plan,
     strategy: StrategyPlan,
     summary: StrategySummary,
-    staged: list[tuple[dict[str, pa.Table], dict]],
+    staged: StagedParts,
     plan_tables: dict[str, pa.Table],
 ) -> None:
     name = strategy.name
-    parts, dims = _agreeing_parts(client, config, strategy, summary, [(t, meta[name]) for t, meta in staged])
-    looked_at = 0
-    for _, meta in parts:
-        summary.merge(StrategySummary(**meta["summary"]), config.sample_size)
-        looked_at += meta["looked_at"]
-    summary.deferred = strategy.delta - looked_at
-    manifest_rows = [t[f"manifest/{name}"] for t, _ in parts if t[f"manifest/{name}"].num_rows]
+    judged, dims = _agreeing_parts(client, config, strategy, summary, staged)
+    for verdict in judged:
+        summary.merge(StrategySummary(**verdict.meta["summary"]), config.sample_size)
+    summary.deferred = strategy.delta - sum(verdict.meta["looked_at"] for verdict in judged)
     summary.fused_dim = strategy.fused_dim
-    rows = [t[f"state/{name}"] for t, _ in parts]
-    rows += [plan_tables[f"refreshed/{name}"]] if f"refreshed/{name}" in plan_tables else []
-    changed = _written_by(
-        plan.run_id,
-        pa.concat_tables(
-            [lake.conform(r, state_schema.SCHEMA) for r in rows] or [state_schema.SCHEMA.empty_table()]
-        ),
-    )
+    refreshed = plan_tables.get(f"refreshed/{name}")
+    refreshed = None if refreshed is None else lake.conform(refreshed, state_schema.SCHEMA)
+    changed_ids = staged.changed_ids(name)
+    if refreshed is not None:
+        changed_ids = pa.concat_arrays([changed_ids, refreshed["video_id"].combine_chunks()])
     store = state.reopen(
         client,
         config.bucket,
@@ -122,11 +119,12 @@ def _commit_strategy(
         strategy.state_version,
         (strategy.text_cursor, strategy.newest_run_date, strategy.text_due),
     )
-    marks = _marks(plan, strategy, store, parts)  # against the marks the plan read: nothing new to say?
-    if not (changed.num_rows or manifest_rows or store.marks_move(marks)):
+    metas = [verdict.meta for verdict in judged]
+    marks = _marks(plan, strategy, store, metas)  # against the marks the plan read: nothing new to say?
+    if not (len(changed_ids) or store.marks_move(marks)):
         return  # nothing to publish: no lease, no request
     with lease.held(client, config.bucket, layout.commit_lease_key(name), plan.run_id, name):
-        contested = store.contested(pc.unique(changed["video_id"]))
+        contested = store.contested(pc.unique(changed_ids))
         if contested:
             _withdraw(client, config.bucket, summary.shards_written)
             raise ConcurrentWriteError(
@@ -135,23 +133,28 @@ def _commit_strategy(
                 "Rerun the day: it plans again from what that run published"
             )
         store.load_marks()  # as of the commits that landed since the plan (contested read them)
-        marks = _marks(plan, strategy, store, parts)
+        marks = _marks(plan, strategy, store, metas)
         held = _held_marks(plan, store)
-        published = pa.concat_tables(manifest_rows) if manifest_rows else None
-        slices = _slices(published, changed, COMMIT_SLICE)
-        for number, (manifest_slice, state_slice) in enumerate(slices, start=1):
+        refused = {verdict.part.index: verdict for verdict in judged if verdict.refused}
+        slices = staged.slices(name)
+        for number, piece in enumerate(slices, start=1):
             last = number == len(slices)
-            if manifest_slice is not None and manifest_slice.num_rows:
-                _publish_manifest(client, config, layout, strategy, summary, dims, manifest_slice)
-            if state_slice.num_rows or (last and store.marks_move(marks)):
-                store.commit(state_slice, marks if last else held)
+            tables = [
+                _tables(config, staged, name, dims, part, refused.get(part.index)) for part in piece.parts
+            ]
+            manifest_rows = [t[f"manifest/{name}"] for t in tables if t[f"manifest/{name}"].num_rows]
+            rows = [lake.conform(t[f"state/{name}"], state_schema.SCHEMA) for t in tables]
+            rows += [piece.holding(refreshed)] if refreshed is not None else []
+            changed = _written_by(plan.run_id, pa.concat_tables(rows or [state_schema.SCHEMA.empty_table()]))
+            if manifest_rows:
+                _publish_manifest(
+                    client, config, layout, strategy, summary, dims, pa.concat_tables(manifest_rows)
+                )
+            if changed.num_rows or (last and store.marks_move(marks)):
+                store.commit(changed, marks if last else held)
             if len(slices) > 1:
                 log.info(
-                    "%s: published slice %d of %d (%d videos)",
-                    name,
-                    number,
-                    len(slices),
-                    state_slice.num_rows,
+                    "%s: published slice %d of %d (%d videos)", name, number, len(slices), changed.num_rows
                 )
     log.info(
         "%s: %d shards, manifest +%d/~%d rows, %d state rows written",
@@ -159,35 +162,65 @@ def _commit_strategy(
         len(summary.shards_written),
         summary.manifest_added,
         summary.manifest_updated,
-        changed.num_rows,
+        len(changed_ids),
     )
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """A chunk's share of one strategy as the commit judged it: `refused` when it fused with other dims
+    than the day locks (its `meta` then already counts its fused items as failed)."""
+
+    part: Part
+    meta: dict
+    refused: bool = False
+
+
+def _tables(
+    config: FusionConfig,
+    staged: StagedParts,
+    name: str,
+    dims: tuple[int, int, int] | None,
+    part: Part,
+    refused: _Verdict | None,
+) -> dict[str, pa.Table]:
+    """A chunk's tables as the commit publishes them: as staged, or with a refused chunk's fused items
+    failed (`_refusal`, a pure function of the staged rows, so it is the same on every read)."""
+    tables = staged.tables(part)
+    return tables if refused is None else _refusal(config, name, dims, tables, part.meta[name])[0]
+
+
 def _agreeing_parts(
-    client, config: FusionConfig, strategy: StrategyPlan, summary: StrategySummary, parts: list
-) -> tuple[list, tuple[int, int, int] | None]:
-    """The chunks' parts that agree on the modality dims, and those dims.
+    client, config: FusionConfig, strategy: StrategyPlan, summary: StrategySummary, staged: StagedParts
+) -> tuple[list[_Verdict], tuple[int, int, int] | None]:
+    """The chunks' verdicts on the modality dims, and the dims the day publishes.
 
     Under a lock, any drift fails the strategy (its shards withdrawn): the lock is the contract. With
     no lock yet, the first chunk that saw dims sets the day's, and a chunk that fused with others has
-    its items failed (`_refused`), as one pass fails every batch that disagrees with its first.
+    its items failed (`_refusal`), as one pass fails every batch that disagrees with its first.
     """
     name = strategy.name
     if strategy.locked:
+        metas = [part.meta[name] for part in staged.parts]
         try:
-            drift.check(strategy.dims, drift.merge([m["fresh"] for _, m in parts]), summary.schema_key, name)
+            drift.check(strategy.dims, drift.merge([m["fresh"] for m in metas]), summary.schema_key, name)
         except SchemaDriftError:
-            _withdraw(client, config.bucket, [k for _, m in parts for k in m["summary"]["shards_written"]])
+            _withdraw(client, config.bucket, [k for m in metas for k in m["summary"]["shards_written"]])
             raise
-        return parts, strategy.dims
-    dims = next((tuple(m["dims"]) for _, m in parts if m["dims"]), None)
-    agreeing = [
-        (tables, meta)
-        if meta["dims"] is None or tuple(meta["dims"]) == dims
-        else _refused(client, config, name, dims, tables, meta)
-        for tables, meta in parts
-    ]
-    return agreeing, dims
+        return [_Verdict(part, part.meta[name]) for part in staged.parts], strategy.dims
+    dims = next((tuple(p.meta[name]["dims"]) for p in staged.parts if p.meta[name]["dims"]), None)
+    verdicts = []
+    for part in staged.parts:
+        meta = part.meta[name]
+        if meta["dims"] is None or tuple(meta["dims"]) == dims:
+            verdicts.append(_Verdict(part, meta))
+            continue
+        log.warning(
+            "%s: a chunk fused with dims %s, the day locks %s: its fused items fail", name, meta["dims"], dims
+        )
+        _withdraw(client, config.bucket, meta["summary"]["shards_written"])
+        verdicts.append(_Verdict(part, _refusal(config, name, dims, staged.tables(part), meta)[1], True))
+    return verdicts, dims
 
 
 def _publish_manifest(
@@ -220,44 +253,6 @@ def _publish_manifest(
 COMMIT_SLICE = 1_000_000  # videos per publish (a manifest upsert, then a state upsert): bounds each MERGE
 
 
-def _slices(
-    manifest_rows: pa.Table | None, state_rows: pa.Table, size: int
-) -> list[tuple[pa.Table | None, pa.Table]]:
-    """The run's rows cut into slices of at most `size` videos by video_id range, manifest and state
-    rows of the same videos together. Each slice is published manifest first, then state, so after a
-    kill between slices the state says exactly which videos are done, and a rerun fuses only the rest;
-    each upsert is idempotent. One slice (the whole run) for any day below `size` videos."""
-    ids = pc.unique(
-        pa.concat_arrays(
-            [state_rows["video_id"].combine_chunks()]
-            + ([manifest_rows["video_id"].combine_chunks()] if manifest_rows is not None else [])
-        )
-    )
-    if len(ids) <= size:
-        return [(manifest_rows, state_rows)]
-    bounds = pc.sort_indices(ids)
-    ordered = ids.take(bounds)
-    starts = [ordered[i].as_py() for i in range(size, len(ordered), size)]
-    edges = [None, *starts, None]
-    return [
-        (
-            None if manifest_rows is None else manifest_rows.filter(_within(manifest_rows, low, high)),
-            state_rows.filter(_within(state_rows, low, high)),
-        )
-        for low, high in zip(edges[:-1], edges[1:], strict=True)
-    ]
-
-
-def _within(rows: pa.Table, low: str | None, high: str | None) -> pa.Array:
-    """Rows whose video_id is in [low, high) (None: unbounded)."""
-    keep = pa.array([True] * rows.num_rows)
-    if low is not None:
-        keep = pc.and_(keep, pc.greater_equal(rows["video_id"], low))
-    if high is not None:
-        keep = pc.and_(keep, pc.less(rows["video_id"], high))
-    return keep
-
-
 def _held_marks(plan: Plan, store: state.StateStore) -> dict[str, str]:
     """The marks a slice before the last records: the run's id (its rows are its own) and the marks the
     table already holds, so a run killed between slices leaves the text cursor, the newest run date and
@@ -276,8 +271,7 @@ def _written_by(run_id: str, rows: pa.Table) -> pa.Table:
     return rows.set_column(index, state_schema.WRITER_COLUMN, pa.array([run_id] * rows.num_rows, pa.string()))
 
 
-def _refused(
-    client,
+def _refusal(
     config: FusionConfig,
     name: str,
     dims: tuple[int, int, int],
@@ -286,12 +280,8 @@ def _refused(
 ) -> tuple[dict[str, pa.Table], dict]:
     """A chunk of a first run that fused with other dims than the day locks (a day of mixed upstream
     models): its fused items fail against the day's dims, as one pass fails every batch after the first
-    that disagrees with it; its shards are withdrawn and its manifest rows dropped."""
+    that disagrees with it, and its manifest rows are dropped (the caller withdraws its shards)."""
     chunk_dims = tuple(meta["dims"])
-    log.warning(
-        "%s: a chunk fused with dims %s, the day locks %s: its fused items fail", name, chunk_dims, dims
-    )
-    _withdraw(client, config.bucket, meta["summary"]["shards_written"])
     modality, found, expected = next(
         (m, f, e) for m, f, e in zip(MODALITIES, chunk_dims, dims, strict=True) if f != e
     )
@@ -324,7 +314,7 @@ def _refused(
     return refused, {**meta, "summary": asdict(summary), "dims": None}
 
 
-def _marks(plan: Plan, strategy: StrategyPlan, store: state.StateStore, parts: list) -> dict[str, str]:
+def _marks(plan: Plan, strategy: StrategyPlan, store: state.StateStore, metas: list[dict]) -> dict[str, str]:
     """The commit metadata this strategy's commit records: the text cursor (the text stage's latest
     processed_at, or the old cursor when the text stage could not be read), this run's id, the newest
     run_date committed so far, and the late-text placeholders still due for a recheck."""
@@ -335,8 +325,8 @@ def _marks(plan: Plan, strategy: StrategyPlan, store: state.StateStore, parts: l
         "text_due": json.dumps(
             text_due.carried(
                 store.text_due or {},
-                [v for _, meta in parts for v in meta["text_late"]],
-                [v for _, meta in parts for v in meta["text_checked"]],
+                [v for meta in metas for v in meta["text_late"]],
+                [v for meta in metas for v in meta["text_checked"]],
             )
         ),
     }
