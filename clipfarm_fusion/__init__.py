@@ -1,5 +1,5 @@
 """clipfarm-fusion: daily embedding fusion on S3. `read_manifest` and `read_state` read what runs
-published; `read_vectors` reads the fused vectors back.
+published, `read_failures` a day's failed and waiting items; `read_vectors` reads the fused vectors back.
 
 The export is resolved lazily (PEP 562) so that importing a pure module such as
 `clipfarm_fusion.core.kernels` does not pull boto3 and pandas in with the package.
@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .read.tables import read_manifest, read_state
+    from .read.tables import read_failures, read_manifest, read_state
     from .read.vectors import MissingVectorsWarning, read_vectors
 
-__all__ = ["MissingVectorsWarning", "read_manifest", "read_state", "read_vectors"]
+__all__ = ["MissingVectorsWarning", "read_failures", "read_manifest", "read_state", "read_vectors"]
 _HOMES = {"MissingVectorsWarning": "read.vectors", "read_vectors": "read.vectors"}
 
 

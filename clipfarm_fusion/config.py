@@ -70,6 +70,9 @@ class ResourceField:
     help: str | None = None  # the launchpad's description instead of the setting's help
     type: Any = None
     default: Any = FIELD_DEFAULT
+    # The field's default is this environment variable, read when a run starts (Dagster's EnvVar), so
+    # run config that sets any other field of the resource still finds it.
+    env: str | None = None
 
 
 ON_THE_CLI = Flag()  # on the command line, spelled as derived
@@ -163,7 +166,10 @@ class FusionConfig:
         REQUIRED,
         "S3 bucket",
         cli=Flag(shows="$CLIPFARM_BUCKET", to_config=resolve_bucket, aliases=("--s3_bucket",)),
-        dagster=ResourceField(help="S3 bucket; definitions.py reads it from CLIPFARM_BUCKET at launch."),
+        dagster=ResourceField(
+            env=BUCKET_ENV[0],
+            help="S3 bucket (default: the environment variable CLIPFARM_BUCKET, read when the run starts).",
+        ),
     )
     root: str = setting(DEFAULT_ROOT, "key prefix inside the bucket")
     metadata_uri: str | None = setting(

@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import pytest
 
 from clipfarm_fusion import read_manifest, read_state
 from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.core.policy import FUSED_STATUSES as FUSED
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.read.tables import manifest_table
 from clipfarm_fusion.stores import lake, s3io
@@ -28,6 +29,7 @@ def cli(*args, env=None, cwd=None):
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
 
 
+@pytest.mark.s3_backends
 def test_run_prints_table_and_writes_matching_json(seed_day, tmp_path):
     seeded = seed_day(videos=50)
     out = tmp_path / "summary.json"
@@ -207,11 +209,23 @@ def test_help_explains_the_commands():
         assert flag in result.stdout
 
 
-def test_demo_runs_with_no_aws_setup(tmp_path):
+def test_demo_days_2_adds_and_fuses_both_days_with_no_aws_setup(tmp_path):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     out = tmp_path / "demo.json"
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     result = subprocess.run(
-        [CLI, "demo", "--videos", "40", "--summary-json", str(out), "--out", str(tmp_path / "demo")],
+        [
+            CLI,
+            "demo",
+            "--days",
+            "2",
+            "--videos",
+            "40",
+            "--summary-json",
+            str(out),
+            "--out",
+            str(tmp_path / "demo"),
+        ],
         capture_output=True,
         text=True,
         env=environment,
@@ -219,16 +233,23 @@ def test_demo_runs_with_no_aws_setup(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads(out.read_text())
-    assert set(summary["strategies"]) == {"concat", "sum_pool", "max_pool"}
-    assert summary["strategies"]["concat"]["counts"]["success_full"] > 0
-    assert "clipfarm-demo" in result.stdout
+    first, second = json.loads(out.read_text())  # one run summary per day, oldest first
+    assert [first["run_date"], second["run_date"]] == [str(yesterday - timedelta(days=1)), str(yesterday)]
+    for summary in (first, second):
+        assert set(summary["strategies"]) == {"concat", "sum_pool", "max_pool"}
+        assert summary["strategies"]["concat"]["counts"]["success_full"] > 0
+        assert f"run_date={summary['run_date']} bucket=clipfarm-demo" in result.stdout
+    # the second day retried what the first left open, and upstream had sent it meanwhile
+    opened = sum(n for s, n in first["strategies"]["concat"]["counts"].items() if s not in FUSED)
+    assert second["strategies"]["concat"]["delta"] >= 40 + opened
+    assert second["strategies"]["concat"]["manifest_updated"] > 0  # placeholders that got their text
+    assert f"{second['run_date']} fail rate" in result.stdout and "clipfarm-demo" in result.stdout
     # the copy holds each strategy's manifest and state tables, and reads back as a bucket
     copied = tmp_path / "demo" / "s3" / "clipfarm-demo" / "clipfarm"
     for strategy in ("concat", "sum_pool", "max_pool"):
         assert list((copied / "fused" / strategy / "manifest" / "_delta_log").glob("*.json")), strategy
         assert list((copied / "state" / f"fusion_{strategy}" / "_delta_log").glob("*.json")), strategy
-    video_id = summary["strategies"]["concat"]["samples"]["success_full"][0]
+    video_id = second["strategies"]["concat"]["samples"]["success_full"][0]
     shown = subprocess.run(
         [
             CLI,
@@ -247,11 +268,13 @@ def test_demo_runs_with_no_aws_setup(tmp_path):
         timeout=300,
     )
     assert shown.returncode == 0, shown.stderr
-    fused = summary["strategies"]["concat"]["manifest_added"]
+    rows = sum(summary["strategies"]["concat"]["manifest_added"] for summary in (first, second))
     assert (
-        f"{fused} rows, {fused} videos" in shown.stdout
+        f"{rows} rows, {rows} videos" in shown.stdout
         and f"{video_id}  clipfarm/fused/concat/" in shown.stdout
     )
+    for summary in (first, second):
+        assert f"    {summary['run_date']}  " in shown.stdout  # both days' shards
 
 
 def test_migrate_schema_accepts_new_dims_and_keeps_old_rows_readable(client, seed_day):
@@ -385,6 +408,7 @@ def upkeep_lines(stdout: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in stdout.splitlines() if line.strip())
 
 
+@pytest.mark.s3_backends
 def test_maintain_compacts_keeps_every_row_and_vacuums_the_replaced_files(client, seed_day):
     bucket = two_days_of_concat(client, seed_day)
     layout = Layout("clipfarm")

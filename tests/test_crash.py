@@ -93,6 +93,7 @@ CASES = [(*point, False) for point in CRASH_POINTS] + [
 ]
 
 
+@pytest.mark.s3_backends
 @pytest.mark.parametrize(
     ("point", "match", "nth", "fresh_state_dir"),
     CASES,

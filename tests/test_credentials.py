@@ -117,6 +117,7 @@ def test_refused_credentials_are_exit_2_naming_them_for_every_command(
         assert "Traceback" not in result.stderr, name
 
 
+@pytest.mark.s3_backends
 def test_a_missing_bucket_is_exit_2_for_every_command(s3_endpoint, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CLIPFARM_BUCKET"}
     for name, args in every_command("no-such-bucket-here", tmp_path / "state", tmp_path).items():

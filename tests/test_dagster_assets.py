@@ -19,6 +19,7 @@ from dagster import (
     TimeWindowPartitionMapping,
     build_schedule_context,
     materialize,
+    validate_run_config,
 )
 
 import clipfarm_fusion
@@ -34,6 +35,7 @@ from clipfarm_fusion.defs.schedules import fuse_daily_schedule
 from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.read import tables
+from clipfarm_fusion.read.failures import FAILED_OR_WAITING
 from clipfarm_fusion.stores import s3io, schema_lock, shards
 
 LAYOUT = Layout("clipfarm")
@@ -71,6 +73,7 @@ def shard_ids(client, bucket: str, strategy: str, day: date) -> list[str]:
     ]
 
 
+@pytest.mark.s3_backends
 def test_partition_materialises_all_strategies_with_metadata(seed_day, client):
     seeded = seed_day(videos=60)
     result = materialize(
@@ -88,6 +91,11 @@ def test_partition_materialises_all_strategies_with_metadata(seed_day, client):
         assert values["manifest_rows_added"] == fused and values["manifest_rows_updated"] == 0
         assert values["shards_written"] == len(values["shard_keys"]) > 1
         assert values["manifest"] == f"s3://{seeded.bucket}/{LAYOUT.manifest_table_key(strategy)}"
+        assert values["state_table"] == f"s3://{seeded.bucket}/{LAYOUT.state_table_key(strategy)}"
+        waiting = sum(n for status, n in expected.items() if status in FAILED_OR_WAITING)
+        command = f"inspect --strategy {strategy} --bucket {seeded.bucket} --root clipfarm --date 2026-03-01"
+        assert f"{waiting} items of this day failed or wait" in values["failed_or_waiting"]
+        assert f"`clipfarm-fusion {command} --failed`" in values["failed_or_waiting"]
         assert "| fail |" in values["status_chart"] and "█" in values["status_chart"]
         assert "truncated" in values["samples"] and values["items_per_second"] > 0
 
@@ -118,7 +126,9 @@ def test_single_strategy_materialises_only_that_strategy(seed_day, client):
     assert tables.manifest_table(client, seeded.bucket, "clipfarm", "concat") is None
 
 
-def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
+def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client, postgres_dagster_home):
+    """A backfill of two days, day by day, on the deployment's instance (infra/dagster.yaml, Postgres),
+    which then knows both partitions of every strategy as materialised."""
     first, second = date(2026, 3, 1), date(2026, 3, 2)
     seeded = seed_day(videos=20, run_date=first, prefix="a", mix={"full": 1.0})
     later, objects = synthetic.make_day(20, run_date=second, prefix="b", mix={"full": 1.0})
@@ -130,10 +140,16 @@ def test_days_run_in_order_each_see_only_their_own_horizon(seed_day, client):
     horizon = pd.concat(rows).to_csv(index=False).encode()
     client.put_object(Bucket=seeded.bucket, Key=LAYOUT.metadata_key(), Body=horizon)
 
-    results = [
-        materialize([fuse_embeddings], partition_key=day.isoformat(), resources=fusion(seeded))
-        for day in (first, second)
-    ]
+    with DagsterInstance.get() as instance:
+        results = [
+            materialize(
+                [fuse_embeddings], partition_key=day.isoformat(), resources=fusion(seeded), instance=instance
+            )
+            for day in (first, second)
+        ]
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        for strategy in STRATEGY_NAMES:
+            assert instance.get_materialized_partitions(AssetKey(strategy)) == {"2026-03-01", "2026-03-02"}
 
     for result, day, prefix in zip(results, (first, second), ("a", "b"), strict=True):
         assert result.success
@@ -249,6 +265,32 @@ def fresh_bucket(client):
     name = f"dagster-recreated-{uuid.uuid4().hex[:12]}"
     yield name
     shutil.rmtree(Path(tempfile.gettempdir(), "clipfarm_fusion", name), ignore_errors=True)
+
+
+def test_run_config_setting_one_field_keeps_the_bucket_from_the_environment(
+    client, fresh_bucket, monkeypatch
+):
+    """The launchpad's case: run config that sets chunk_size alone, on the code location's own resource;
+    the bucket is still CLIPFARM_BUCKET, read when the run starts."""
+    day, objects = synthetic.make_day(12, mix={"full": 1.0})
+    synthetic.seed(client, fresh_bucket, "clipfarm", day, objects, threads=8)
+    monkeypatch.setenv("CLIPFARM_BUCKET", fresh_bucket)
+    run_config = {"resources": {"fusion": {"config": {"chunk_size": 4}}}}
+    job = defs.resolve_job_def("fuse_daily")
+    resolved = validate_run_config(job, run_config)["resources"]["fusion"]["config"]
+    assert resolved["bucket"] == fresh_bucket and resolved["chunk_size"] == 4
+
+    result = materialize(
+        [fuse_embeddings],
+        partition_key="2026-03-01",
+        resources=defs.resources,
+        run_config=run_config,
+        selection=["concat"],
+    )
+    assert result.success
+    chunks = {e.step_key for e in result.get_step_success_events() if "fuse_chunk" in e.step_key}
+    assert len(chunks) == 3  # 12 videos in chunks of 4: the one field took effect
+    assert tables.manifest_table(client, fresh_bucket, "clipfarm", "concat").num_rows == 12
 
 
 def test_a_recreated_bucket_fuses_again_with_the_default_state_dir(client, fresh_bucket):

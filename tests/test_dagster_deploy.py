@@ -1,16 +1,18 @@
 """What a deployment loads: the code location, the instance config, the compose file and `clipfarm-fusion dev`'s helpers."""
 
+import io
 import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from dagster import DagsterInstance
 
 from clipfarm_fusion.core.layout import Layout
-from clipfarm_fusion.devtools import dev, package_data, synthetic
+from clipfarm_fusion.devtools import demo_days, dev, package_data
 from clipfarm_fusion.stores import s3io
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,9 +65,10 @@ def test_compose_runs_minio_postgres_and_dagster():
     assert workspace["load_from"][0]["grpc_server"]["host"] == "code"
 
 
-def test_compose_runs_the_steps_on_celery_workers_that_share_the_step_outputs():
-    """The run in `code` queues its steps in Redis; the workers run them against the same instance and
-    the same step-output directory, with the broker the executor names."""
+def test_compose_runs_the_steps_on_celery_workers_that_share_no_volume():
+    """The run in `code` queues its steps in Redis; the workers run them against the same instance
+    (Postgres, port included) with the broker the executor names, and share no directory: the step
+    outputs are in the bucket."""
     compose = yaml.safe_load((REPO / "infra" / "docker-compose.yaml").read_text())
     services = compose["services"]
     assert {"redis", "worker"} <= set(services)
@@ -76,32 +79,35 @@ def test_compose_runs_the_steps_on_celery_workers_that_share_the_step_outputs():
     assert env is services["code"]["environment"] and env["CLIPFARM_EXECUTOR"].endswith(":-celery}")
     celery = yaml.safe_load((REPO / "infra" / "celery.yaml").read_text())["execution"]["config"]
     assert celery["broker"] == env["CLIPFARM_CELERY_BROKER"] == "redis://redis:6379/0"
-    storage = "step-outputs:/opt/dagster/home/storage"  # $DAGSTER_HOME/storage of the image
-    assert storage in worker["volumes"] and storage in services["code"]["volumes"]
+    assert env["DAGSTER_POSTGRES_PORT"] == "5432"
+    assert "volumes" not in worker and "step-outputs" not in compose["volumes"]
     assert "celery.yaml" in (REPO / "infra" / "Dockerfile").read_text()
 
 
-def test_helm_values_run_each_step_in_a_pod_sharing_the_step_outputs():
+def test_helm_values_run_each_step_in_a_pod_of_its_own_with_no_shared_volume():
     values = yaml.safe_load((REPO / "infra" / "k8s-values.yaml").read_text())
     [deployment] = values["dagster-user-deployments"]["deployments"]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "clipfarm_fusion.defs.definitions"]
     env = {item["name"]: item["value"] for item in deployment["env"]}
     assert env["CLIPFARM_EXECUTOR"] == "k8s" and int(env["CLIPFARM_MAX_CONCURRENT"]) > 1
-    [mount] = deployment["volumeMounts"]
-    assert mount["mountPath"] == "/opt/dagster/dagster_home/storage"  # the chart's $DAGSTER_HOME
+    assert "volumes" not in deployment and "volumeMounts" not in deployment
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
 
 
-def test_dev_seeds_an_empty_bucket_once(client, bucket):
-    assert dev.seed_if_empty(client, bucket, "clipfarm", videos=5) == synthetic.make_day(5)[0].run_date
+def test_dev_seeds_the_demo_days_into_an_empty_bucket_once(client, bucket):
+    seeded = dev.seed_if_empty(client, bucket, "clipfarm", videos=5)
+    assert seeded == demo_days.demo_dates(demo_days.DEFAULT_DAYS)  # consecutive, ending yesterday
     metadata = Layout("clipfarm").metadata_key()
+    horizon = pd.read_csv(io.BytesIO(s3io.get_object(client, bucket, metadata).body))
+    captured = set(pd.to_datetime(horizon["captured_at"], utc=True).dt.date)
+    assert set(seeded) <= captured  # one horizon holding every day's rows
     client.put_object(Bucket=bucket, Key=metadata, Body=b"video_id,url,captured_at\n")
-    assert dev.seed_if_empty(client, bucket, "clipfarm", videos=5) is None
+    assert dev.seed_if_empty(client, bucket, "clipfarm", videos=5) == []
     assert s3io.get_object(client, bucket, metadata).body == b"video_id,url,captured_at\n"
 
 
 def test_dev_seeds_a_bucket_that_does_not_exist_yet(client):
-    assert dev.seed_if_empty(client, "clipfarm-dev-fresh", "clipfarm", videos=5) is not None
+    assert dev.seed_if_empty(client, "clipfarm-dev-fresh", "clipfarm", videos=5, days=1)
     assert s3io.list_keys(client, "clipfarm-dev-fresh", "clipfarm/embeddings/video/")
 
 

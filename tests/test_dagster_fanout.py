@@ -8,6 +8,7 @@ exactly what the synthetic day says, as a run without chunks would.
 
 import contextlib
 import importlib
+import json
 import math
 import multiprocessing
 import os
@@ -37,16 +38,18 @@ from dagster import (
 
 from clipfarm_fusion import read_manifest, read_state
 from clipfarm_fusion.core.kernels import DEFAULT_STRATEGIES
+from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.core.policy import INVALID_VIDEO_ID, SUCCESS_FULL, SUCCESS_PLACEHOLDER
-from clipfarm_fusion.defs import definitions, executors
+from clipfarm_fusion.defs import definitions, executors, step_outputs
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.devtools.embedded_s3 import free_port
 from clipfarm_fusion.errors import ConfigError, S3UnavailableError
 from clipfarm_fusion.run import chunk, pipeline
+from clipfarm_fusion.stores import s3io
 
-from .conftest import Seeded
+from .conftest import Seeded, infra_dagster_home
 from .test_stages import assert_same, published
 
 REPO = Path(__file__).resolve().parent.parent
@@ -331,9 +334,11 @@ WORKERS = ("w1", "w2")
 
 
 @pytest.fixture
-def celery_workers(redis_url, dagster_home, tmp_path) -> tuple[str, ...]:
-    """Two real workers (`dagster-celery worker start`, one task at a time each) on the tmp instance;
-    stopped with `worker terminate --all`, and their process groups killed if that was not enough."""
+def celery_workers(redis_url, postgres_dagster_home, tmp_path) -> dict[str, Path]:
+    """Two real workers (`dagster-celery worker start`, one task at a time each) on the deployment's
+    instance (infra/dagster.yaml, Postgres), each with a DAGSTER_HOME of its own, as on two machines:
+    {name: its home}. Stopped with `worker terminate --all`, and their process groups killed if that
+    was not enough."""
     config = tmp_path / "celery.yaml"
     config.write_text(yaml.safe_dump({"execution": {"config": {"broker": redis_url, "backend": redis_url}}}))
     env = os.environ | {
@@ -344,6 +349,7 @@ def celery_workers(redis_url, dagster_home, tmp_path) -> tuple[str, ...]:
     }
     dagster_celery = str(BIN / "dagster-celery")
     logs = {name: tmp_path / f"{name}.log" for name in WORKERS}
+    homes = {name: infra_dagster_home(tmp_path / f"{name}_home") for name in WORKERS}
     processes = []
     try:
         for name in WORKERS:
@@ -353,7 +359,7 @@ def celery_workers(redis_url, dagster_home, tmp_path) -> tuple[str, ...]:
                     subprocess.Popen(
                         [*command, "-n", name, "--", "--concurrency=1"],
                         cwd=REPO,
-                        env=env,
+                        env=env | {"DAGSTER_HOME": str(homes[name])},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
@@ -365,7 +371,7 @@ def celery_workers(redis_url, dagster_home, tmp_path) -> tuple[str, ...]:
                 assert process.poll() is None, f"worker {name} exited:\n{logs[name].read_text()}"
             assert time.monotonic() < deadline, f"workers not ready after {STARTUP_SECONDS}s"
             time.sleep(0.2)
-        yield WORKERS
+        yield homes
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(
@@ -384,9 +390,17 @@ def celery_workers(redis_url, dagster_home, tmp_path) -> tuple[str, ...]:
 
 # dagster_celery registers its one task again for every step it submits (the same function each time).
 @pytest.mark.filterwarnings("ignore:Task name 'execute_plan' is already registered")
-def test_a_day_fans_out_onto_celery_workers(seed_day, client, celery_workers, redis_url, load_with):
+def test_a_day_fans_out_onto_celery_workers(
+    seed_day, client, celery_workers, redis_url, load_with, postgres_dagster_home
+):
+    """The deployment's shape: the run and two workers with DAGSTER_HOMEs of their own share the
+    instance of infra/dagster.yaml (Postgres) and nothing on disk; the steps' outputs are JSON objects
+    in the bucket."""
     load_with(CLIPFARM_EXECUTOR="celery", CLIPFARM_CELERY_BROKER=redis_url)
     assert definitions.defs.executor.name == "celery"
+    with DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     seeded, chunk_size = day_with_chunks(seed_day)
 
     success, records = run_day(fuse_daily_job, seeded, chunk_size)
@@ -403,7 +417,41 @@ def test_a_day_fans_out_onto_celery_workers(seed_day, client, celery_workers, re
     }
     assert set(ran_on) == set(step_keys(records, DagsterEventType.STEP_SUCCESS))
     assert {worker.split("@")[0] for worker in ran_on.values()} <= set(celery_workers)
+    assert_step_outputs_in_the_bucket(
+        client, seeded, records, [postgres_dagster_home, *celery_workers.values()]
+    )
     assert_published_as_expected(client, seeded)
+
+
+def assert_step_outputs_in_the_bucket(client, seeded, records, homes: list[Path]) -> None:
+    """Every output of plan, fan_out and fuse_chunk went through the `step_outputs` IO manager to one
+    JSON object under the run's staging folder, and no DAGSTER_HOME holds a step output (only the
+    steps' captured stdout and stderr: compute logs)."""
+    handled = [
+        r.dagster_event.event_specific_data
+        for r in records
+        if r.dagster_event and r.dagster_event.event_type == DagsterEventType.HANDLED_OUTPUT
+    ]
+    assert {data.manager_key for data in handled} == {step_outputs.STEP_OUTPUTS}
+    assert steps(records, DagsterEventType.HANDLED_OUTPUT) == Counter(
+        {"plan": 1, "fan_out": CHUNKS, "fuse_chunk": CHUNKS}
+    )
+    prefix = f"{Layout(seeded.root).staging_prefix()}{records[0].run_id}/outputs/"
+    keys = s3io.list_keys(client, seeded.bucket, prefix)
+    assert len(keys) == 1 + 2 * CHUNKS
+    documents = [json.loads(s3io.get_object(client, seeded.bucket, key).body) for key in keys]
+    assert Counter(document["type"] for document in documents) == {
+        "Plan": 1,
+        "int": CHUNKS,
+        "ChunkResult": CHUNKS,
+    }
+    on_disk = [
+        path
+        for home in homes
+        for path in (home / "storage").rglob("*")
+        if path.is_file() and "compute_logs" not in path.parts
+    ]
+    assert on_disk == []
 
 
 def executor_config(env: dict[str, str]) -> dict:

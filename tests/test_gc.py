@@ -48,6 +48,7 @@ def add_orphans(client, bucket: str, strategy: str = "concat") -> list[str]:
     return orphans
 
 
+@pytest.mark.s3_backends
 def test_dry_run_lists_orphans_and_gc_deletes_only_them(fused, client):
     bucket = fused.bucket
     orphans = add_orphans(client, bucket)
@@ -95,6 +96,7 @@ def test_young_orphans_are_kept_with_the_default_grace(fused, client):
     assert shard_keys(client, bucket, "concat") == before - set(orphans)
 
 
+@pytest.mark.s3_backends
 def test_gc_deletes_in_batches(fused, client, monkeypatch):
     bucket = fused.bucket
     body = client.get_object(Bucket=bucket, Key=sorted(referenced(bucket, "concat"))[0])["Body"].read()

@@ -11,6 +11,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from clipfarm_fusion import read_manifest, read_state
 from clipfarm_fusion.admin import sweep
@@ -119,6 +120,7 @@ def test_same_capture_rows_are_ordered_by_commit_not_by_part_numbers_as_text():
     assert latest_per_video(table)["fused_key"].to_pylist() == ["x/date=2026-03-01/part-10000.npz"]
 
 
+@pytest.mark.s3_backends
 def test_overlapping_days_the_later_commit_of_stale_placeholders_yields(client, bucket, tmp_path):
     """Case 2: D+1 plans placeholders before the text arrives, D plans full vectors after, D commits
     first. D+1 used to replace D's full rows and then fail its state commit; now D+1 publishes nothing
@@ -142,6 +144,7 @@ def test_overlapping_days_the_later_commit_of_stale_placeholders_yields(client, 
     assert rerun.strategies["concat"].delta == 0
 
 
+@pytest.mark.s3_backends
 def test_the_cli_exits_4_naming_the_strategy_that_yielded(client, bucket, tmp_path, capsys):
     day, placeholders = _seed(client, bucket)
     config = _config(bucket, tmp_path)

@@ -156,6 +156,7 @@ def test_rerun_with_nothing_new_writes_no_shard_and_keeps_manifest_rows(client, 
         )
 
 
+@pytest.mark.s3_backends
 def test_rerun_of_a_settled_day_writes_nothing_at_all(client, seed_day):
     mix = {"full": 0.6, "placeholder": 0.2, "pending_status": 0.1, "missing_audio": 0.1}
     seeded = seed_day(videos=30, mix=mix)
@@ -216,6 +217,7 @@ def text_stage_processes(client, bucket, video_id, status="success", processed_a
     connection.close()
 
 
+@pytest.mark.s3_backends
 def test_placeholder_is_upgraded_when_text_appears(client, seed_day):
     seeded = seed_day(videos=40)
     pipeline.run(seeded.config(), DAY)
@@ -259,6 +261,7 @@ def test_placeholders_without_text_stage_news_cost_no_request(client, seed_day):
     assert summary.strategies["concat"].upgrade_checked == 0
 
 
+@pytest.mark.s3_backends
 def test_failures_turn_terminal_after_retries_and_reset_on_hash_change(client, seed_day):
     seeded = seed_day(videos=40)
     broken = next(v for v, c in seeded.day.cases.items() if c == "corrupt_nan")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from datetime import date
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -21,6 +24,7 @@ from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.read import tables
+from clipfarm_fusion.read.failures import FAILED_OR_WAITING
 from clipfarm_fusion.read.vectors import (
     BrokenPointerError,
     MissingVectorsWarning,
@@ -340,6 +344,68 @@ def test_export_npy_of_one_date_loads_without_pickle_and_matches(client, two_day
     assert records["fused_key"].tolist() == rows["fused_key"].to_pylist()
     assert records["text_emb_key"].tolist() == [key or "" for key in rows["text_emb_key"].to_pylist()]
     assert not list(tmp_path.glob("*.partial"))
+
+
+FAILING_MIX = {"full": 0.2, "corrupt_nan": 0.35, "pending_status": 0.3, "missing_audio": 0.15}
+
+
+def failed_listing(bucket: str, day: date | None, capsys, *flags: str) -> str:
+    argv = ["inspect", "--strategy", STRATEGY, "--bucket", bucket, "--failed", *flags]
+    assert main.main(argv + (["--date", str(day)] if day else [])) == 0
+    return capsys.readouterr().out
+
+
+def test_inspect_failed_lists_every_failed_and_waiting_item_of_a_day_with_its_error(
+    client, bucket, tmp_path, capsys
+):
+    """More than the summary's 10 samples per status: every item, as a table and as CSV. While a day is
+    the newest fused, its list is exactly what its summary counts, the items still waiting since the
+    day before included; a failure retried later is the later day's."""
+    config = FusionConfig(bucket=bucket, strategies=(STRATEGY,), state_dir=tmp_path, fetch_threads=8)
+    first, first_objects = synthetic.make_day(40, run_date=DAY1, mix=FAILING_MIX)
+    synthetic.add_day(client, bucket, ROOT, first, first_objects, threads=8)
+    day_one = pipeline.run(config, DAY1, client=client).strategies[STRATEGY]
+    second, second_objects = synthetic.make_day(
+        10, run_date=DAY2, prefix="b", older_captures=False, mix={"full": 0.5, "corrupt_2d": 0.5}
+    )
+    synthetic.add_day(client, bucket, ROOT, second, second_objects, threads=8)
+    day_two = pipeline.run(config, DAY2, client=client).strategies[STRATEGY]
+
+    waiting = {s: n for s, n in day_two.counts.items() if s in FAILED_OR_WAITING}
+    assert waiting["fail"] > 10 and waiting["missing_text_pending"] > 10  # beyond the summary's samples
+    listed = pd.read_csv(io.StringIO(failed_listing(bucket, DAY2, capsys, "--csv")), keep_default_na=False)
+    assert list(listed.columns) == ["video_id", "status", "error", "retry_count", "run_date", "processed_at"]
+    assert listed["status"].value_counts().to_dict() == waiting
+    assert listed["video_id"].is_unique and all(listed["error"].str.len() > 0)
+    expected = {
+        video_id: status
+        for day in (first, second)
+        for video_id, status in day.expected_status().items()
+        if status in FAILED_OR_WAITING
+    }
+    assert dict(zip(listed["video_id"], listed["status"], strict=True)) == expected
+    retried = listed[listed["video_id"].str.startswith("vid") & (listed["status"] == "fail")]
+    assert set(retried["retry_count"]) == {2} and set(retried["run_date"]) == {str(DAY2)}
+    assert "non-finite values" in retried["error"].iloc[0]
+
+    table = failed_listing(bucket, DAY2, capsys)
+    assert f"failed or waiting {STRATEGY} items of date={DAY2}, from the state s3://{bucket}/" in table
+    for row in listed.itertuples():
+        assert re.search(
+            rf"^  {re.escape(row.video_id)} +{row.status} +{row.retry_count} +{row.run_date}  "
+            rf"{re.escape(row.error)}$",
+            table,
+            re.M,
+        ), row.video_id
+    assert ", ".join(f"{s} {n}" for s, n in listed["status"].value_counts(sort=False).items()) in table
+    # Day one now: its items still waiting; its failures were retried on day two, so they are day two's.
+    older = pd.read_csv(io.StringIO(failed_listing(bucket, DAY1, capsys, "--csv")), keep_default_na=False)
+    pending = {v for v, case in first.cases.items() if case in ("pending_status", "missing_audio")}
+    assert set(older["video_id"]) == pending and day_one.counts["fail"] == waiting["fail"] - 5
+    everything = pd.read_csv(
+        io.StringIO(failed_listing(bucket, None, capsys, "--csv")), keep_default_na=False
+    )
+    assert everything.equals(listed)
 
 
 def test_export_to_another_suffix_exits_2_and_writes_nothing(tmp_path, capsys):

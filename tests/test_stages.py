@@ -143,6 +143,7 @@ def test_a_failed_chunk_fused_again_converges(client, seed_day, monkeypatch, cap
     assert staged_objects(client, seeded) == []
 
 
+@pytest.mark.s3_backends
 def test_two_plans_of_one_day_cannot_both_commit_and_a_conflict_stops_only_its_strategy(client, seed_day):
     """The second plan's concat videos were committed by the first run after it planned: concat yields
     (named in `conflicts`, its shards withdrawn, nothing of it published), while its sum_pool, which the

@@ -16,6 +16,7 @@ from clipfarm_fusion.stores import manifest, schema_lock, shards
 DAY = date(2026, 3, 1)
 
 
+@pytest.mark.s3_backends
 def test_shard_parts_continue_after_existing_and_never_overwrite(client, bucket):
     layout = Layout("clipfarm")
     squatter = layout.shard_key("concat", DAY, 1)
@@ -133,6 +134,7 @@ def test_manifest_commit_merges_on_the_fresh_table_after_a_lost_race(client, buc
     assert (rows[("x", "h")]["fused_key"], rows[("b", "h")]["fused_key"]) == ("k2", "k1")
 
 
+@pytest.mark.s3_backends
 def test_manifest_commits_of_two_writers_racing_to_create_the_table_both_land(client, bucket):
     first, second = open_manifest(client, bucket), open_manifest(client, bucket)
     assert first.table is None and second.table is None

@@ -214,6 +214,7 @@ def fused_day(seed_day, client):
     return seeded, keys
 
 
+@pytest.mark.s3_backends
 def test_verify_command_exit_0_on_a_good_bucket(fused_day):
     seeded, keys = fused_day
     result = cli("verify", "--strategy", "concat", "--bucket", seeded.bucket, "--progress-every", "5")
@@ -236,6 +237,7 @@ def test_verify_command_exit_0_on_a_good_bucket(fused_day):
     assert empty_day.returncode == 0 and "0 rows" in empty_day.stdout
 
 
+@pytest.mark.s3_backends
 def test_verify_command_exit_5_naming_a_deleted_shard(fused_day, client):
     seeded, keys = fused_day
     gone = keys[len(keys) // 2]

@@ -1,11 +1,13 @@
 """What `clipfarm-fusion inspect` prints: the schema lock, the manifest's totals (by status, lock and
-date), and per requested id its pointer, vector stats and lineage."""
+date), per requested id its pointer, vector stats and lineage, and with --failed the failed or waiting
+items with their errors."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -94,3 +96,31 @@ def _lineage(row: dict) -> str:
         for m in ("video", "audio", "text")
     )
     return f"  lock {row['lock_id']}  etags {inputs}"
+
+
+FAILURE_HEADINGS = {
+    "video_id": "video_id",
+    "status": "status",
+    "retry_count": "retries",
+    "run_date": "run_date",
+}
+
+
+def failures_table(rows: pd.DataFrame) -> list[str]:
+    """The items of `read_failures`, one line each: the short columns aligned, then the whole error
+    text (on one line); then how many there are per status."""
+    if rows.empty:
+        return ["  no item in a failed or waiting status"]
+    cells = {
+        column: [heading, *rows[column].fillna("").astype(str)]
+        for column, heading in FAILURE_HEADINGS.items()
+    }
+    widths = {column: max(map(len, values)) for column, values in cells.items()}
+    errors = ["error", *(" ".join(str(e).split()) if isinstance(e, str) else "" for e in rows["error"])]
+    lines = [
+        "  " + "  ".join(cells[c][i].ljust(widths[c]) for c in FAILURE_HEADINGS) + "  " + errors[i]
+        for i in range(len(errors))
+    ]
+    counts = rows["status"].value_counts(sort=False)
+    lines.append("  " + ", ".join(f"{status} {count}" for status, count in counts.items()))
+    return lines

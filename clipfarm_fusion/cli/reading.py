@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from clipfarm_fusion.admin import maintenance, sweep
@@ -19,7 +20,7 @@ from clipfarm_fusion.cli.argtypes import iso_date, parsed_by, positive
 from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import ConfigError
-from clipfarm_fusion.read import verify
+from clipfarm_fusion.read import tables, verify
 from clipfarm_fusion.read.export import WRITERS
 from clipfarm_fusion.read.vectors import (
     common_dim,
@@ -69,12 +70,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser(
         "inspect",
-        help="show a strategy's schema lock, manifest totals and, for given ids, their pointers and vectors",
+        help="show a strategy's schema lock, manifest totals and, for given ids, their pointers and vectors; "
+        "or (--failed) every failed or waiting item with its error",
         description="Prints the schema lock (with how many earlier locks migrate-schema kept), manifest totals "
         "by fusion_status and by shard date, and for each --video-id its pointer (fused_key#shard_idx), "
         "status, source_hash and vector stats (dim, L2 norm, min, max, mean), read with one GET per shard. "
         "A video with several manifest rows shows its latest. Exit codes: 0 done (unknown ids are printed "
-        "as 'not in manifest'); 2 bad usage, no bucket or no manifest; 5 a pointer does not resolve.",
+        "as 'not in manifest'); 2 bad usage, no bucket or no manifest; 5 a pointer does not resolve. "
+        "With --failed it lists the day's failed and waiting items from the state instead, every one with "
+        "its error (the run summary keeps 10 per status).",
     )
     _common_arguments(inspect, "only rows whose shard is under date=<D>/ (totals and ids)")
     inspect.add_argument(
@@ -85,6 +89,17 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="ID",
         help="video ids to look up (repeatable)",
+    )
+    inspect.add_argument(
+        "--failed",
+        action="store_true",
+        help="list every item in a failed or waiting status (fail, fail_terminal, missing_required_modality, "
+        "missing_text_*) with its error, read from the state, instead of the manifest; with --date, that "
+        "day's items: while it is the newest day fused, exactly those its summary counts (invalid video ids "
+        "never reach the state)",
+    )
+    inspect.add_argument(
+        "--csv", action="store_true", help="with --failed: print CSV (header, one row per item), not a table"
     )
 
 
@@ -236,6 +251,10 @@ def inspect_strategy(args: argparse.Namespace) -> int:
     bucket = resolve_bucket(args.bucket)
     layout = Layout(args.root.strip("/"))
     client = s3io.make_client(8)
+    if args.csv and not args.failed:
+        raise ConfigError("--csv lists the failed items: give --failed too")
+    if args.failed:
+        return _inspect_failures(args, bucket, client)
     table = load_manifest(client, bucket, args.root, args.strategy)
     table = filter_rows(table, args.date)
     print(f"strategy {args.strategy}: s3://{bucket}/{layout.strategy_prefix(args.strategy)}")
@@ -246,6 +265,19 @@ def inspect_strategy(args: argparse.Namespace) -> int:
     if args.video_ids:
         print("video_ids:")
         print("\n".join(inspection.describe_ids(client, bucket, table, args.video_ids)))
+    return EXIT_OK
+
+
+def _inspect_failures(args: argparse.Namespace, bucket: str, client) -> int:
+    """`inspect --failed`: the failed or waiting items (of --date), as a table or, with --csv, as CSV."""
+    rows = tables.read_failures(args.strategy, args.date, bucket=bucket, root=args.root, client=client)
+    if args.csv:
+        rows.to_csv(sys.stdout, index=False)
+        return EXIT_OK
+    scope = f" of date={args.date}" if args.date else ""
+    where = Layout(args.root.strip("/")).state_table_key(args.strategy)
+    print(f"failed or waiting {args.strategy} items{scope}, from the state s3://{bucket}/{where}:")
+    print("\n".join(inspection.failures_table(rows)))
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from clipfarm_fusion.cli.argtypes import positive, weights
 from clipfarm_fusion.cli.exits import EXIT_OK
 from clipfarm_fusion.config import STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.core.layout import Layout
+from clipfarm_fusion.devtools.demo_days import DEFAULT_DAYS, DEFAULT_VIDEOS
 from clipfarm_fusion.stores import s3io
 
 
@@ -21,18 +22,39 @@ def add_tool_commands(commands) -> None:
     _add_make_projection(commands)
 
 
+def _days_arguments(parser, what: str) -> None:
+    """`--days` and `--videos`: the demo days that `demo` and `dev` seed (`devtools.demo_days`)."""
+    parser.add_argument(
+        "--days",
+        type=positive,
+        default=DEFAULT_DAYS,
+        help=f"consecutive days ending yesterday (UTC) to {what} (default: {DEFAULT_DAYS}); the first covers "
+        "every gating case, each later one brings what upstream owed the day before, and the newest of two "
+        "or more has a batch of broken files that fails the fail-rate check",
+    )
+    parser.add_argument(
+        "--videos",
+        type=positive,
+        default=DEFAULT_VIDEOS,
+        help=f"new videos per day (default: {DEFAULT_VIDEOS})",
+    )
+
+
 def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo",
-        help="seed a synthetic day on an embedded S3 server and fuse it with all three strategies",
-        description="Starts a moto S3 server on loopback (no AWS setup, no network), seeds a day that covers "
-        "every gating case, runs all strategies and prints the summary.",
+        help="seed synthetic days on an embedded S3 server and fuse each with all three strategies",
+        description="Starts a moto S3 server on loopback (no AWS setup, no network), adds the demo days one "
+        "at a time, the first covering every gating case, fuses each with all strategies as it arrives and "
+        "prints each day's summary and fail rate.",
     )
+    _days_arguments(demo, "add and fuse")
     demo.add_argument(
-        "--videos", type=positive, default=500, help="videos in the synthetic day (default: 500)"
-    )
-    demo.add_argument(
-        "--summary-json", type=Path, default=None, help="also write the run summary as JSON here"
+        "--summary-json",
+        type=Path,
+        default=None,
+        help="also write the days' run summaries here: a JSON array, oldest day first, of the object "
+        "`run --summary-json` writes",
     )
     demo.add_argument(
         "--out",
@@ -45,23 +67,21 @@ def _add_demo(commands) -> None:
 def _add_dev(commands) -> None:
     dev = commands.add_parser(
         "dev",
-        help="open the Dagster UI on a demo day: embedded S3, seeded bucket, `dg dev`",
-        description="Starts an embedded S3 server (moto, loopback), seeds the synthetic demo day into "
+        help="open the Dagster UI on the demo days: embedded S3, seeded bucket, `dg dev`",
+        description="Starts an embedded S3 server (moto, loopback), seeds the demo days into "
         "$CLIPFARM_BUCKET (default clipfarm-demo) if that bucket is empty, and runs `dg dev` on "
-        "clipfarm_fusion.defs.definitions until Ctrl-C (needs the dev extra). DAGSTER_HOME defaults to a "
-        "temporary one with the package's dagster.yaml (the embedded S3 is temporary too); set DAGSTER_HOME "
-        "to keep the run history.",
+        "clipfarm_fusion.defs.definitions until Ctrl-C (needs the dev extra); materialise the days as a "
+        "backfill. DAGSTER_HOME defaults to a temporary one with the package's dagster.yaml (the embedded "
+        "S3 is temporary too); set DAGSTER_HOME to keep the run history.",
     )
     dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: 127.0.0.1)")
     dev.add_argument("--port", type=positive, default=3000, help="port of the UI (default: 3000)")
-    dev.add_argument(
-        "--videos", type=positive, default=500, help="videos in the seeded demo day (default: 500)"
-    )
+    _days_arguments(dev, "seed")
     dev.add_argument(
         "--external-s3",
         action="store_true",
         help="use the S3 of your AWS configuration (e.g. AWS_ENDPOINT_URL of infra/'s MinIO) instead of an "
-        "embedded one; the demo day is still seeded only into an empty bucket",
+        "embedded one; the demo days are still seeded only into an empty bucket",
     )
 
 
@@ -192,13 +212,13 @@ def migrate_schema(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from clipfarm_fusion.devtools.demo import run_demo
 
-    return run_demo(args.videos, args.summary_json, args.out)
+    return run_demo(args.videos, args.days, args.summary_json, args.out)
 
 
 def dev(args: argparse.Namespace) -> int:
     from clipfarm_fusion.devtools.dev import run_dev
 
-    return run_dev(args.host, args.port, args.videos, args.external_s3)
+    return run_dev(args.host, args.port, args.videos, args.days, args.external_s3)
 
 
 HANDLERS = {

@@ -119,6 +119,12 @@ class Layout:
     def plan_key(self, run_id: str) -> str:
         return f"{self.staging_prefix()}{run_id}/plan.parquet"
 
+    def step_output_key(self, run_id: str, step_key: str, output: str, mapping_key: str | None = None) -> str:
+        """A Dagster step's output (a plan or chunk descriptor, as JSON), under the Dagster run's own
+        staging folder: the commit leaves it, and the staging sweep removes it a day after the run."""
+        name = f"{output}/{mapping_key}" if mapping_key else output
+        return f"{self.staging_prefix()}{run_id}/outputs/{step_key}/{name}.json"
+
     @staticmethod
     def state_path(state_dir: Path, strategy: str) -> Path:
         """A seed-era working copy of the state file under --state-dir."""

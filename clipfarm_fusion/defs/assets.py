@@ -24,10 +24,13 @@ stops alone: the others publish and materialise, then `commit` fails naming the 
 
 from __future__ import annotations
 
+import warnings
+
 from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     GraphIn,
     GraphOut,
     TimeWindowPartitionMapping,
@@ -46,6 +49,7 @@ from clipfarm_fusion.defs.ops import (
 )
 from clipfarm_fusion.defs.partitions import daily_partitions
 from clipfarm_fusion.defs.resources import ASSET_STRATEGIES
+from clipfarm_fusion.defs.step_outputs import STEP_OUTPUTS, bucket_json_io_manager
 
 DESCRIPTIONS = {
     "concat": "Fused vectors [video | audio | text | mask], fused_dim = Dv+Da+Dt+1.",
@@ -73,21 +77,27 @@ def fuse_embeddings_graph(**dependencies):
     return {name: getattr(published, name) for name in GRAPH_OUTPUTS}
 
 
-fuse_embeddings = AssetsDefinition.from_graph(
-    fuse_embeddings_graph,
-    keys_by_input_name={
-        **{previous_day_input(name): AssetKey(name) for name in ASSET_STRATEGIES},
-        **UPSTREAM_INPUTS,
-    },
-    keys_by_output_name={name: AssetKey(name) for name in ASSET_STRATEGIES},
-    internal_asset_deps={name: {AssetKey(name), *UPSTREAM_INPUTS.values()} for name in ASSET_STRATEGIES},
-    partition_mappings={previous_day_input(name): PREVIOUS_DAY for name in ASSET_STRATEGIES},
-    partitions_def=daily_partitions,
-    backfill_policy=BackfillPolicy.multi_run(1),
-    can_subset=True,
-    check_specs=[checks.fail_rate_spec(name) for name in ASSET_STRATEGIES],
-    group_names_by_output_name={name: "fused_embeddings" for name in ASSET_STRATEGIES},
-    descriptions_by_output_name={
-        name: DESCRIPTIONS.get(name, f"Fused vectors of strategy {name}.") for name in ASSET_STRATEGIES
-    },
-).map_asset_specs(lambda spec: spec.merge_attributes(kinds={"s3", "parquet"}))
+# The IO manager travels with the asset, so every materialisation of it (a code location, a test's
+# `materialize`) hands the descriptors over as JSON in the bucket. `resource_defs` is a beta parameter
+# of `from_graph` (its warning would be printed by every process that loads the code location).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", BetaWarning)
+    fuse_embeddings = AssetsDefinition.from_graph(
+        fuse_embeddings_graph,
+        keys_by_input_name={
+            **{previous_day_input(name): AssetKey(name) for name in ASSET_STRATEGIES},
+            **UPSTREAM_INPUTS,
+        },
+        keys_by_output_name={name: AssetKey(name) for name in ASSET_STRATEGIES},
+        internal_asset_deps={name: {AssetKey(name), *UPSTREAM_INPUTS.values()} for name in ASSET_STRATEGIES},
+        partition_mappings={previous_day_input(name): PREVIOUS_DAY for name in ASSET_STRATEGIES},
+        partitions_def=daily_partitions,
+        backfill_policy=BackfillPolicy.multi_run(1),
+        can_subset=True,
+        resource_defs={STEP_OUTPUTS: bucket_json_io_manager},
+        check_specs=[checks.fail_rate_spec(name) for name in ASSET_STRATEGIES],
+        group_names_by_output_name={name: "fused_embeddings" for name in ASSET_STRATEGIES},
+        descriptions_by_output_name={
+            name: DESCRIPTIONS.get(name, f"Fused vectors of strategy {name}.") for name in ASSET_STRATEGIES
+        },
+    ).map_asset_specs(lambda spec: spec.merge_attributes(kinds={"s3", "parquet"}))

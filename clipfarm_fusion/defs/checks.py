@@ -12,7 +12,10 @@ manifest references for that day (a sample can miss the one shard a day lost), p
 rows; the whole store is checked by the `verify_published` job (`jobs.py`).
 """
 
+from collections.abc import Iterable, Iterator
+
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
@@ -107,25 +110,59 @@ def published_outputs(context: AssetCheckExecutionContext, fusion: FusionResourc
     partition = run_partition(context)
     for strategy in ASSET_STRATEGIES:
         names = [name for name in OUTPUT_CHECKS if AssetCheckKey(AssetKey(strategy), name) in selected]
-        if not names:
-            continue
-        try:
-            published = read_checks.load_published(client, fusion.bucket, fusion.root, strategy)
-        except StoreError as exc:  # an unreadable manifest fails every check of it, saying why
-            published, unreadable = None, read_checks.Verdict(False, {"problem": str(exc)})
-        for name in names:
-            passed, metadata = (
-                unreadable if published is None else _verdict(name, client, published, fusion, partition)
-            )
-            text = "passed" if passed else f"failed: {_finding(metadata)}"
-            yield AssetCheckResult(
-                asset_key=strategy,
-                check_name=name,
-                passed=passed,
-                severity=AssetCheckSeverity.ERROR,
-                metadata=_with_partition(metadata, partition),
-                description=_described(f"{strategy} {name} {text}", partition),
-            )
+        if names:
+            yield from output_results(client, fusion, strategy, names, partition)
+
+
+def output_results(
+    client, fusion: FusionResource, strategy: str, names: Iterable[str], partition: str | None
+) -> Iterator[AssetCheckResult]:
+    """The output checks `names` of one strategy, its manifest and lock read once."""
+    try:
+        published = read_checks.load_published(client, fusion.bucket, fusion.root, strategy)
+    except StoreError as exc:  # an unreadable manifest fails every check of it, saying why
+        published, unreadable = None, read_checks.Verdict(False, {"problem": str(exc)})
+    for name in names:
+        passed, metadata = (
+            unreadable if published is None else _verdict(name, client, published, fusion, partition)
+        )
+        text = "passed" if passed else f"failed: {_finding(metadata)}"
+        yield AssetCheckResult(
+            asset_key=strategy,
+            check_name=name,
+            passed=passed,
+            severity=AssetCheckSeverity.ERROR,
+            metadata=_with_partition(metadata, partition),
+            description=_described(f"{strategy} {name} {text}", partition),
+        )
+
+
+def gate(
+    fusion: FusionResource, strategies: Iterable[str], partition: str
+) -> dict[str, list[AssetCheckResult]]:
+    """Every output check of each of `strategies`, as `commit` runs them on the day it has just
+    published and before it materialises it: a day is materialised only once its blocking checks pass,
+    so a backfill (which starts day N+1 as soon as day N is materialised, whatever happens later in day
+    N's run) never starts the day after a failed one."""
+    client = fusion.client()
+    return {
+        strategy: list(output_results(client, fusion, strategy, OUTPUT_CHECKS, partition))
+        for strategy in strategies
+    }
+
+
+def as_evaluation(result: AssetCheckResult) -> AssetCheckEvaluation:
+    """`result` as the evaluation `published_outputs` records, for the step that ran the check in its
+    place (`commit`, when it fails and the `published_outputs` step downstream of it is skipped)."""
+    return AssetCheckEvaluation(
+        asset_key=result.asset_key,
+        check_name=result.check_name,
+        passed=result.passed,
+        metadata=result.metadata,
+        severity=result.severity,
+        description=result.description,
+        blocking=True,
+    )
 
 
 def _finding(metadata: dict[str, object]) -> str:

@@ -10,7 +10,7 @@ by default: compaction and vacuum of the lake tables), `verify_published` and `g
 
 from __future__ import annotations
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions
 
 from clipfarm_fusion.defs.assets import fuse_embeddings
 from clipfarm_fusion.defs.checks import published_outputs
@@ -55,6 +55,6 @@ defs = Definitions(
         text_recheck_schedule,
         detect_changes_schedule,
     ],
-    resources={"fusion": FusionResource(bucket=EnvVar("CLIPFARM_BUCKET"))},
+    resources={"fusion": FusionResource()},  # the bucket: CLIPFARM_BUCKET, read when a run starts
     executor=executor_from_env(),
 )

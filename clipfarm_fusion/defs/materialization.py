@@ -8,6 +8,7 @@ from __future__ import annotations
 from dagster import MetadataValue
 
 from clipfarm_fusion.core import policy
+from clipfarm_fusion.read.failures import FAILED_OR_WAITING
 from clipfarm_fusion.run.summary import RunSummary, StrategySummary
 
 STATUSES: tuple[str, ...] = (
@@ -52,9 +53,10 @@ def strategy_metadata(summary: RunSummary, name: str) -> dict[str, MetadataValue
             ),
             "status_chart": MetadataValue.md(status_chart(strategy)),
             "samples": MetadataValue.md(samples_table(strategy)),
+            "failed_or_waiting": MetadataValue.md(failures_note(summary, name)),
             "manifest": MetadataValue.path(uri + strategy.manifest_key),
             "schema_lock": MetadataValue.path(uri + strategy.schema_key),
-            "state_db": MetadataValue.path(uri + strategy.state_key),
+            "state_table": MetadataValue.path(uri + strategy.state_key),
             "state_source": MetadataValue.text(strategy.state_source),
             "text_state": MetadataValue.text(summary.text_state),
         }
@@ -88,6 +90,27 @@ def samples_table(strategy: StrategySummary) -> str:
             error = strategy.errors.get(video_id, "")
             lines.append(f"| {status} | `{_cell(video_id)}` | {_cell(error)} |")
     return "\n".join(lines) if len(lines) > 2 else "no items in this day's delta"
+
+
+def failures_note(summary: RunSummary, name: str) -> str:
+    """How many of the day's items failed or wait, and where every one of them is listed with its
+    error: the samples above keep `sample_size` per status, the state table keeps them all."""
+    strategy = summary.strategies[name]
+    counts = {status: strategy.counts.get(status, 0) for status in FAILED_OR_WAITING}
+    total = sum(counts.values())
+    if not total:
+        return "No item of this day failed or waits."
+    listed = ", ".join(f"{status} {count}" for status, count in counts.items() if count)
+    command = (
+        f"clipfarm-fusion inspect --strategy {name} --bucket {summary.bucket} --root {summary.root} "
+        f"--date {summary.run_date} --failed"
+    )
+    return (
+        f"{total} items of this day failed or wait ({listed}). The state table "
+        f"`s3://{summary.bucket}/{strategy.state_key}` holds every one with its error; list them with\n\n"
+        f"`{command}` (add `--csv` for CSV)\n\nor in Python "
+        f"`read_failures({name!r}, {summary.run_date!r}, bucket={summary.bucket!r})`."
+    )
 
 
 def _cell(text: str) -> str:

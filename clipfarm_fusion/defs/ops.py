@@ -4,8 +4,9 @@ Each op is a thin wrapper over its stage module (`plan.plan`, `chunk.fuse_chunk`
 the graph in `assets.py` runs exactly what `pipeline.run()` runs, with Dagster's executor in place of the
 CLI's process pool. What passes between the steps is the small descriptors (a `Plan`, one `ChunkResult`
 per chunk, chunk indices), never rows or vectors: those are staged in the bucket by the stages
-themselves, so any IO manager can carry the step outputs and any process (a spawned child, a Celery
-worker, a pod) can run any step.
+themselves. The descriptors go to the bucket too, as JSON (the `step_outputs` IO manager,
+`step_outputs.py`), so any process (a spawned child, a Celery worker on another machine, a pod) can run
+any step with no filesystem in common.
 
 Every op names the strategies the run selected (`context.selected_asset_keys`), so they all build the
 same `FusionConfig`. Only `commit` is in the `clipfarm_fusion` pool: it is the single writer of the
@@ -38,6 +39,7 @@ from clipfarm_fusion.defs import checks
 from clipfarm_fusion.defs.materialization import strategy_metadata
 from clipfarm_fusion.defs.partitions import run_date
 from clipfarm_fusion.defs.resources import ASSET_STRATEGIES, FusionResource
+from clipfarm_fusion.defs.step_outputs import STEP_OUTPUTS
 from clipfarm_fusion.defs.upstream import UPSTREAM_SPECS
 from clipfarm_fusion.errors import ClipfarmError, ConcurrentWriteError, S3UnavailableError
 from clipfarm_fusion.run import chunk, commit, plan
@@ -90,17 +92,32 @@ def stage_failures(what: str) -> Iterator[None]:
         raise Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=transient) from exc
 
 
-def stopped_failure(stopped: dict[str, str], conflicts: dict[str, str] | None = None) -> Failure:
+def stopped_failure(
+    stopped: dict[str, str], conflicts: dict[str, str] | None = None, blocked: dict[str, str] | None = None
+) -> Failure:
     """The step fails after the other strategies have materialised: a strategy stopped on drift needs
     a person (`clipfarm-fusion migrate-schema`), one that yielded to a concurrent run needs the day
-    run again (a new run plans afresh), so no step retry either way."""
-    conflicts = conflicts or {}
-    lines = [f"{name}: {message}" for name, message in {**stopped, **conflicts}.items()]
+    run again (a new run plans afresh), one whose blocking checks failed (`blocked`) was published but
+    is not materialised, so nothing that waits for that day runs until a person has looked and the day
+    runs again. No step retry in any case."""
+    conflicts, blocked = conflicts or {}, blocked or {}
+    sections = []
+    if stopped or conflicts:
+        lines = [f"{name}: {message}" for name, message in {**stopped, **conflicts}.items()]
+        sections.append(
+            "Stopped (nothing of theirs published; the other strategies did):\n" + "\n".join(lines)
+        )
+    if blocked:
+        sections.append(
+            "Published but not materialised, a blocking check failed (the next day does not start):\n"
+            + "\n".join(blocked.values())
+        )
     return Failure(
-        description="Stopped (nothing of theirs published; the other strategies did):\n" + "\n".join(lines),
+        description="\n".join(sections),
         metadata={
             **{f"stopped/{name}": MetadataValue.text(message) for name, message in stopped.items()},
             **{f"conflict/{name}": MetadataValue.text(message) for name, message in conflicts.items()},
+            **{f"blocked/{name}": MetadataValue.text(message) for name, message in blocked.items()},
         },
         allow_retries=False,
     )
@@ -114,6 +131,7 @@ def stopped_failure(stopped: dict[str, str], conflicts: dict[str, str] | None = 
         **{previous_day_input(name): In(Nothing) for name in ASSET_STRATEGIES},
         **{name: In(Nothing) for name in UPSTREAM_INPUTS},
     },
+    out=Out(io_manager_key=STEP_OUTPUTS),
 )
 def plan_day(context: OpExecutionContext, fusion: FusionResource) -> plan.Plan:
     """Read the partition's horizon, state and text stage, decide the delta and stage its chunks; only
@@ -124,14 +142,14 @@ def plan_day(context: OpExecutionContext, fusion: FusionResource) -> plan.Plan:
         )
 
 
-@op(name="fan_out", out=DynamicOut(int))
+@op(name="fan_out", out=DynamicOut(int, io_manager_key=STEP_OUTPUTS))
 def fan_out(planned: plan.Plan) -> Iterator[DynamicOutput]:
     """One dynamic output per chunk of the plan, so each chunk is a step of its own (`chunk_0003`)."""
     for index in range(planned.chunks):
         yield DynamicOutput(index, mapping_key=f"chunk_{index:04d}")
 
 
-@op(name="fuse_chunk", retry_policy=CHUNK_RETRY)
+@op(name="fuse_chunk", retry_policy=CHUNK_RETRY, out=Out(io_manager_key=STEP_OUTPUTS))
 def fuse_one_chunk(
     context: OpExecutionContext, fusion: FusionResource, planned: plan.Plan, index: int
 ) -> chunk.ChunkResult:
@@ -153,16 +171,34 @@ def fuse_one_chunk(
 def commit_day(
     context: OpExecutionContext, fusion: FusionResource, planned: plan.Plan, results: list[chunk.ChunkResult]
 ) -> Iterator[Output | AssetCheckResult]:
-    """Publish the day: one materialization (and fail-rate check result) per strategy that published,
-    then fail naming the strategies that stopped."""
+    """Publish the day, run the blocking output checks on what it published, then yield one
+    materialization per strategy that published and passed them (and one fail-rate check result per
+    strategy that published); then fail naming the strategies that stopped or failed a check.
+
+    The checks come before the materializations because a backfill starts day N+1 as soon as day N is
+    materialised: a failed check in the `published_outputs` step, after the materialization, could not
+    stop it. That step still runs them once the day is materialised (and on its own from the UI); when
+    this step fails it is skipped, so this step records what the checks found in its place."""
     with stage_failures(f"committing {context.partition_key}"):
         summary = commit.commit(
             selected_config(context, fusion), planned, results, fusion.client(), context.log
         )
     context.log.info("run summary\n%s", summary.to_table())
+    with stage_failures(f"checking {context.partition_key}"):
+        gated = checks.gate(fusion, summary.strategies, context.partition_key)
+    blocked = {
+        name: "\n".join(result.description for result in found if not result.passed)
+        for name, found in gated.items()
+        if not all(result.passed for result in found)
+    }
+    if blocked or summary.stopped or summary.conflicts:
+        for found in gated.values():
+            for result in found:
+                context.log_event(checks.as_evaluation(result))
     for name, strategy in summary.strategies.items():
-        yield Output(None, output_name=name, metadata=strategy_metadata(summary, name))
+        if name not in blocked:
+            yield Output(None, output_name=name, metadata=strategy_metadata(summary, name))
         if checks.fail_rate_key(name) in context.selected_asset_check_keys:
             yield checks.fail_rate_result(name, strategy, fusion.fail_rate_threshold, context.partition_key)
-    if summary.stopped or summary.conflicts:
-        raise stopped_failure(summary.stopped, summary.conflicts)
+    if blocked or summary.stopped or summary.conflicts:
+        raise stopped_failure(summary.stopped, summary.conflicts, blocked)

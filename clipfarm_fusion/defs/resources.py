@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, create_model
 
 from clipfarm_fusion.config import (
@@ -28,6 +28,7 @@ from clipfarm_fusion.config import (
     parse_strategies,
     settings_of,
 )
+from clipfarm_fusion.read.checks import FAIL_RATE_THRESHOLD
 from clipfarm_fusion.stores import s3io
 
 STRATEGIES_ENV = "CLIPFARM_STRATEGIES"
@@ -51,7 +52,10 @@ def field_type(each: Setting) -> Any:
 
 
 def field_default(each: Setting) -> Any:
-    """The config's default (a list for a tuple), or the resource's own where it differs by design."""
+    """The config's default (a list for a tuple), or the resource's own where it differs by design; an
+    `EnvVar` where the setting names one, so the value is read when a run starts."""
+    if each.dagster.env is not None:
+        return EnvVar(each.dagster.env)
     if each.dagster.default is not FIELD_DEFAULT:
         return each.dagster.default
     return list(each.default) if isinstance(each.default, tuple) else each.default
@@ -113,7 +117,7 @@ class FusionResource(FusionSettings):
         description="AWS profile in ~/.aws/config (default: the standard AWS chain, AWS_PROFILE).",
     )
     fail_rate_threshold: float = Field(
-        default=0.05,
+        default=FAIL_RATE_THRESHOLD,
         description="The fail_rate check warns when fail + fail_terminal reach this share of the delta.",
     )
     pointer_sample_size: int = Field(

@@ -1,9 +1,11 @@
-"""`clipfarm-fusion demo`: a synthetic day on an embedded S3 server, fused with every strategy, and a
-way to read what it made afterwards without starting a server by hand (`demo_bucket`)."""
+"""`clipfarm-fusion demo`: synthetic days on an embedded S3 server (`demo_days`), each fused with every
+strategy as it arrives, and a way to read what they made afterwards without starting a server by hand
+(`demo_bucket`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -11,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clipfarm_fusion.config import DEFAULT_ROOT, FusionConfig
-from clipfarm_fusion.devtools import synthetic
-from clipfarm_fusion.devtools.embedded_s3 import embedded_s3
+from clipfarm_fusion.devtools import demo_days, synthetic
+from clipfarm_fusion.devtools.embedded_s3 import embedded_s3, moto_server_process
 from clipfarm_fusion.errors import ConfigError
+from clipfarm_fusion.read import checks as read_checks
 from clipfarm_fusion.run import pipeline
+from clipfarm_fusion.run.summary import RunSummary
 from clipfarm_fusion.stores import s3io
 
 log = logging.getLogger("clipfarm_fusion")
@@ -41,29 +45,42 @@ def copy_outputs(client, bucket: str, root: str, out: Path) -> int:
     return copied
 
 
-def run_demo(videos: int, summary_json: Path | None, out: Path) -> int:
-    """Seed, fuse, copy out. The --state-dir cache lives in a temporary directory: it caches a bucket
-    that vanishes with the embedded S3; the tables copied to `out` are the state."""
-    day, objects = synthetic.make_day(videos=videos)
-    with embedded_s3() as endpoint, tempfile.TemporaryDirectory(prefix="clipfarm-demo-state-") as state_dir:
+def run_demo(videos: int, days: int, summary_json: Path | None, out: Path) -> int:
+    """Add the demo days to the embedded S3 one at a time, fusing each as it arrives, then copy out.
+    The --state-dir cache lives in a temporary directory: it caches a bucket that vanishes with the
+    embedded S3; the tables copied to `out` are the state. `summary_json` gets a JSON array of the
+    days' run summaries, oldest first (each the object `run --summary-json` writes)."""
+    made = demo_days.demo_days(days, videos)
+    summaries: list[RunSummary] = []
+    # A server in a child process: one in this process could not answer while delta-rs holds the GIL
+    # (DeltaTable.history does), and the second day reads the state's commit history.
+    with (
+        moto_server_process() as endpoint,
+        tempfile.TemporaryDirectory(prefix="clipfarm-demo-state-") as state_dir,
+    ):
         client = s3io.make_client()
-        synthetic.seed(client, DEMO_BUCKET, DEFAULT_ROOT, day, objects)
-        print(
-            f"embedded S3 at {endpoint}: seeded {videos} videos for {day.run_date} in s3://{DEMO_BUCKET}/{DEFAULT_ROOT}/"
-        )
         config = FusionConfig(bucket=DEMO_BUCKET, state_dir=Path(state_dir))
-        summary = pipeline.run(config, day.run_date, client=client)
+        print(
+            f"embedded S3 at {endpoint}: {days} day(s) of {videos} new videos, {made[0][0].run_date} to "
+            f"{made[-1][0].run_date}, each added to s3://{DEMO_BUCKET}/{DEFAULT_ROOT}/ and fused in turn"
+        )
+        for day, objects in made:
+            synthetic.add_day(client, DEMO_BUCKET, DEFAULT_ROOT, day, objects)
+            summary = pipeline.run(config, day.run_date, client=client)
+            print(f"{summary.to_table()}\n{fail_rate_line(summary)}\n", flush=True)
+            summaries.append(summary)
         copied = copy_outputs(client, DEMO_BUCKET, DEFAULT_ROOT, out)
-    print(summary.to_table())
     if summary_json:
-        summary.write_json(summary_json)
-        print(f"summary written to {summary_json}")
+        summary_json.write_text(json.dumps([s.to_dict() for s in summaries], indent=2) + "\n")
+        print(f"summaries of the {days} day(s) written to {summary_json}")
+    newest = summaries[-1]
     print(
         f"\noutputs: {copied} objects copied from the embedded S3 to {_bucket_copy(out)}/ "
         "(shards, manifest and state tables, schema locks).\n"
         "Read them back (each command serves the copy on a private embedded S3 while it runs):\n"
         f"  clipfarm-fusion inspect --strategy concat --from-demo {out} --video-id "
-        f"{_first_fused(summary)}\n"
+        f"{_first_fused(newest)}\n"
+        f"  clipfarm-fusion inspect --strategy concat --from-demo {out} --date {newest.run_date} --failed\n"
         f"  clipfarm-fusion export --strategy concat --from-demo {out} --out concat.parquet\n"
         "  python -c 'from clipfarm_fusion import read_manifest, read_vectors; "
         "from clipfarm_fusion.devtools.demo import demo_bucket\n"
@@ -72,6 +89,21 @@ def run_demo(videos: int, summary_json: Path | None, out: Path) -> int:
         '    ids, vectors, rows = read_vectors("concat", bucket=bucket); print(vectors.shape)\''
     )
     return 0
+
+
+def fail_rate_line(summary: RunSummary) -> str:
+    """Each strategy's fail rate and what Dagster's `fail_rate_below_threshold` check would say of it."""
+    verdicts = {
+        name: read_checks.fail_rate(strategy.counts, strategy.delta, read_checks.FAIL_RATE_THRESHOLD)
+        for name, strategy in summary.strategies.items()
+    }
+    rates = ", ".join(f"{name} {verdict.metadata['fail_rate']:.1%}" for name, verdict in verdicts.items())
+    passed = all(verdict.passed for verdict in verdicts.values())
+    return (
+        f"{summary.run_date} fail rate (fail + fail_terminal of the delta): {rates}; the Dagster check "
+        f"fail_rate_below_threshold (under {read_checks.FAIL_RATE_THRESHOLD:.0%}) "
+        + ("passes" if passed else "FAILS: clipfarm-fusion inspect --failed lists every failed item")
+    )
 
 
 def _first_fused(summary) -> str:

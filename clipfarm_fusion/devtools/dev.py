@@ -1,4 +1,4 @@
-"""`clipfarm-fusion dev`: the Dagster UI over an S3 that already holds a demo day, with no setup.
+"""`clipfarm-fusion dev`: the Dagster UI over an S3 that already holds the demo days, with no setup.
 
 By default S3 is an embedded moto server (gone when dev stops), so Dagster's run history goes into a
 temporary DAGSTER_HOME too: a history that points at vanished data would mislead. Set DAGSTER_HOME to
@@ -31,8 +31,9 @@ from urllib.request import url2pathname
 import botocore.exceptions
 
 from clipfarm_fusion.config import bucket_from_env
-from clipfarm_fusion.devtools import package_data, synthetic
+from clipfarm_fusion.devtools import demo_days, package_data, synthetic
 from clipfarm_fusion.devtools.demo import DEMO_BUCKET
+from clipfarm_fusion.devtools.demo_days import DEFAULT_DAYS
 from clipfarm_fusion.devtools.embedded_s3 import embedded_s3
 from clipfarm_fusion.errors import ConfigError
 from clipfarm_fusion.stores import s3_faults, s3io
@@ -46,18 +47,20 @@ DG_MISSING = (
 SHUTDOWN_GRACE_SECONDS = 30
 
 
-def seed_if_empty(client, bucket: str, root: str, videos: int) -> date | None:
-    """Seed the synthetic day into `bucket` unless it already holds something, so demo data never mixes
-    with real objects. The seeded day's run_date, or None when the bucket was left alone."""
+def seed_if_empty(client, bucket: str, root: str, videos: int, days: int = DEFAULT_DAYS) -> list[date]:
+    """Seed the demo days (`demo_days`) into `bucket` unless it already holds something, so demo data
+    never mixes with real objects. The seeded days' run_dates, oldest first; empty when the bucket was
+    left alone. Every day is added before any is fused, so a backfill sees upstream as it is now."""
     try:
         if client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0):
-            return None
+            return []
     except botocore.exceptions.ClientError as exc:
         if s3_faults.error_code(exc) != "NoSuchBucket":
             raise
-    day, objects = synthetic.make_day(videos=videos)
-    synthetic.seed(client, bucket, root, day, objects)
-    return day.run_date
+    made = demo_days.demo_days(days, videos)
+    for day, objects in made:
+        synthetic.add_day(client, bucket, root, day, objects)
+    return [day.run_date for day, _ in made]
 
 
 @contextlib.contextmanager
@@ -121,18 +124,16 @@ def s3_endpoint(external: bool) -> Iterator[str]:
         yield endpoint
 
 
-def run_dev(host: str, port: int, videos: int, external_s3: bool) -> int:
-    """Start S3, seed the demo day if needed, then `dg dev` in the foreground until Ctrl-C."""
+def run_dev(host: str, port: int, videos: int, days: int, external_s3: bool) -> int:
+    """Start S3, seed the demo days if needed, then `dg dev` in the foreground until Ctrl-C."""
     bucket = bucket_from_env() or DEMO_BUCKET
     command = dg_dev_command(host, port)
     with s3_endpoint(external_s3) as endpoint, dagster_home() as home:
-        seeded = seed_if_empty(s3io.make_client(), bucket, "clipfarm", videos)
-        contents = (
-            f"seeded {videos} demo videos; materialise partition {seeded}"
-            if seeded
-            else "has data, not seeded"
+        seeded = seed_if_empty(s3io.make_client(), bucket, "clipfarm", videos, days)
+        print(
+            f"S3 at {endpoint}: s3://{bucket}/clipfarm/ {_seeded(seeded, videos)}\nDAGSTER_HOME={home}",
+            flush=True,
         )
-        print(f"S3 at {endpoint}: s3://{bucket}/clipfarm/ {contents}\nDAGSTER_HOME={home}", flush=True)
         print(f"Dagster UI: http://{host}:{port}", flush=True)
         env = {**os.environ, "CLIPFARM_BUCKET": bucket, "DAGSTER_HOME": str(home)}
         # Ctrl-C and SIGTERM both mean "stop": Python's own handler also un-ignores SIGINT for the child
@@ -146,6 +147,19 @@ def run_dev(host: str, port: int, videos: int, external_s3: bool) -> int:
             return process.wait()
         except KeyboardInterrupt:
             return _stop(process)
+
+
+def _seeded(dates: list[date], videos: int) -> str:
+    """What was seeded and what to materialise."""
+    if not dates:
+        return "has data, not seeded"
+    if len(dates) == 1:
+        return f"seeded {videos} demo videos; materialise partition {dates[0]}"
+    return (
+        f"seeded {len(dates)} days of {videos} new videos, {dates[0]} to {dates[-1]}; materialise them as "
+        f"one backfill (select the assets, Materialize, partitions {dates[0]}...{dates[-1]}); the newest, "
+        f"{dates[-1]}, shows fail_rate_below_threshold failing"
+    )
 
 
 def _stop(process: subprocess.Popen) -> int:

@@ -1,7 +1,9 @@
 """An S3 server on loopback for the demo, `dev`, the tests and the benchmark: moto's real HTTP server.
 
-Either in-process (`embedded_s3`, no extra process to manage: the demo) or as a child process
-(`moto_server_process`, so the server's CPU does not compete with ours for the GIL: tests, bench).
+Either in-process (`embedded_s3`, no extra process to manage: `dev`, `demo_bucket`) or as a child process
+(`moto_server_process`, so the server's CPU does not compete with ours for the GIL: the demo, tests,
+bench). An in-process server cannot answer while a call into delta-rs holds the GIL (`DeltaTable.history`
+does, and a run reads its state's history once the state exists): only one run goes through it.
 Both set the standard AWS variables for this process, so everything else talks to the server
 exactly as it would to real S3 or MinIO. moto is not a runtime dependency: it comes with the `demo`
 extra (and `dev`, which includes it); without it both raise ConfigError (CLI exit code 2) saying so.

@@ -2,6 +2,8 @@
 
 Each video is given one case; the generator writes its embeddings, its metadata row(s) and its text
 stage row accordingly, and returns the expected status per video so callers can check a run.
+`later_deliveries` is what upstream sends afterwards for a day's broken or waiting videos, and
+`add_day` puts a day into a bucket that already holds earlier ones, the way upstream grows it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from clipfarm_fusion.core.policy import (
     SUCCESS_FULL,
     SUCCESS_PLACEHOLDER,
 )
+from clipfarm_fusion.stores import s3io
 
 # case -> expected status after one run
 CASES: dict[str, str] = {
@@ -115,8 +118,12 @@ def make_day(
     seed: int = 0,
     mix: dict[str, float] | None = None,
     prefix: str = "vid",
+    older_captures: bool = True,
 ) -> tuple[SyntheticDay, dict[str, bytes]]:
-    """(day, objects): objects maps key suffix `embeddings/<m>/<id>.npy` to bytes."""
+    """(day, objects): objects maps key suffix `embeddings/<m>/<id>.npy` to bytes. With
+    `older_captures`, every tenth video also has an older horizon row (another URL, captured three
+    days before) that the scan must drop; a day added after others leaves them out, since such a row
+    would belong to an earlier day's horizon."""
     rng = np.random.default_rng(seed)
     cases = assign_cases(videos, mix or DEFAULT_MIX)
     day_start = datetime.combine(run_date, time(0), tzinfo=UTC)
@@ -124,7 +131,7 @@ def make_day(
     meta_rows, text_rows = [], []
     by_id: dict[str, str] = {}
     for n, case in enumerate(cases):
-        video_id = f"{prefix}{n:06d}" if case != "unsafe_id" else f"../evil{n}"
+        video_id = f"{prefix}{n:06d}" if case != "unsafe_id" else f"../evil-{prefix}{n:06d}"
         by_id[video_id] = case
         captured = (day_start + timedelta(seconds=17 * n % 86000)).isoformat()
         url = url_for(video_id)
@@ -137,7 +144,7 @@ def make_day(
                 "views": n,
             }
         )
-        if n % 10 == 0:  # an older duplicate row that dedupe must drop
+        if older_captures and n % 10 == 0:  # an older duplicate row that dedupe must drop
             older = (day_start - timedelta(days=3)).isoformat()
             meta_rows.append(
                 {"video_id": video_id, "url": url + "?old", "captured_at": older, "title": "old", "views": 0}
@@ -197,16 +204,115 @@ def text_state_db(rows: list[tuple]) -> bytes:
     return bytes(body)
 
 
+# case -> the modality upstream delivers afterwards: text that was owed (a text-stage row comes with
+# it), the missing video or audio, or a re-export of the file that was broken.
+LATER: dict[str, str] = {
+    "placeholder": "text",
+    "pending_no_row": "text",
+    "pending_status": "text",
+    "pending_hash": "text",
+    "missing_video": "video",
+    "missing_audio": "audio",
+    "corrupt_nan": "video",
+    "corrupt_2d": "audio",
+    "corrupt_truncated": "video",
+    "corrupt_object": "text",
+    "odd_dim": "audio",
+}
+
+
+def later_deliveries(
+    earlier: SyntheticDay, at: datetime, dim: int = 768, seed: int = 0, placeholders_every: int = 2
+) -> tuple[dict[str, bytes], bytes]:
+    """(objects, text DB) that upstream sends at `at` for `earlier`'s videos it left waiting or broken:
+    the text owed (and, for every `placeholders_every`-th placeholder, the text that finally came),
+    the missing video or audio, and good files in place of the broken ones. The text-stage rows say
+    `success` for the video's source_hash at `at`, so a run after `at` hears the news."""
+    rng = np.random.default_rng(seed)
+    objects: dict[str, bytes] = {}
+    text_rows = []
+    placeholders = [video_id for video_id, case in earlier.cases.items() if case == "placeholder"]
+    stay = set(placeholders) - set(placeholders[::placeholders_every])  # no text ever comes for these
+    for video_id, case in earlier.cases.items():
+        modality = LATER.get(case)
+        if modality is None or video_id in stay:
+            continue
+        objects[f"embeddings/{modality}/{video_id}.npy"] = npy_bytes(
+            rng.standard_normal(dim).astype(np.float32)
+        )
+        if modality == "text":
+            source_hash = hashlib.sha256(url_for(video_id).encode()).hexdigest()
+            text_rows.append((video_id, source_hash, at.isoformat(), "success", None))
+    return objects, text_state_db(text_rows)
+
+
+def merged_text_state(base: bytes, update: bytes) -> bytes:
+    """The text-stage DB `base` with every row of `update` added, a later row replacing the earlier
+    one of the same video: how the text stage's DB grows from one day to the next."""
+    connection = sqlite3.connect(":memory:")
+    connection.deserialize(base)
+    newer = sqlite3.connect(":memory:")
+    newer.deserialize(update)
+    connection.executemany(
+        "INSERT OR REPLACE INTO processed_items VALUES (?, ?, ?, ?, ?)",
+        newer.execute("SELECT video_id, source_hash, processed_at, status, error FROM processed_items"),
+    )
+    connection.commit()
+    body = bytes(connection.serialize())
+    connection.close()
+    newer.close()
+    return body
+
+
 def seed(
     client, bucket: str, root: str, day: SyntheticDay, objects: dict[str, bytes], threads: int = 32
 ) -> None:
-    """Create the bucket if needed and upload the day's embeddings, metadata and text state."""
+    """Create the bucket if needed and upload the day's embeddings, metadata and text state, replacing
+    any horizon and text DB already there (`add_day` keeps them)."""
+    layout = Layout(root)
+    _create_bucket(client, bucket)
+    files = {layout.metadata_key(): day.metadata_csv, layout.text_state_key(): day.text_state_sqlite}
+    _upload(client, bucket, root, objects, files, threads)
+
+
+def add_day(
+    client, bucket: str, root: str, day: SyntheticDay, objects: dict[str, bytes], threads: int = 32
+) -> None:
+    """Add a day to a bucket that may hold earlier ones, as upstream does: the day's embeddings are
+    uploaded (replacing a file it re-exports), its horizon rows are appended to the horizon and its
+    text-stage rows merged into the text DB (`merged_text_state`), so every earlier day stays. On an
+    empty bucket it is `seed`."""
+    layout = Layout(root)
+    _create_bucket(client, bucket)
+    horizon = s3io.get_object(client, bucket, layout.metadata_key()).body
+    text_state = s3io.get_object(client, bucket, layout.text_state_key()).body
+    files = {
+        layout.metadata_key(): day.metadata_csv if horizon is None else _appended(horizon, day.metadata_csv),
+        layout.text_state_key(): day.text_state_sqlite
+        if text_state is None
+        else merged_text_state(text_state, day.text_state_sqlite),
+    }
+    _upload(client, bucket, root, objects, files, threads)
+
+
+def _appended(horizon: bytes, day_csv: bytes) -> bytes:
+    """The horizon CSV with the day's rows after its own; both must have the same header."""
+    header, _, rows = day_csv.partition(b"\n")
+    if horizon.partition(b"\n")[0] != header:
+        raise ValueError(f"the horizon's header is not the day's {header!r}: cannot append the day")
+    return horizon.rstrip(b"\n") + b"\n" + rows
+
+
+def _create_bucket(client, bucket: str) -> None:
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=bucket)
-    layout = Layout(root)
-    uploads = {f"{root}/{suffix}": body for suffix, body in objects.items()}
-    uploads[layout.metadata_key()] = day.metadata_csv
-    uploads[layout.text_state_key()] = day.text_state_sqlite
+
+
+def _upload(
+    client, bucket: str, root: str, objects: dict[str, bytes], files: dict[str, bytes], threads: int
+) -> None:
+    """Put the embeddings (`objects`, keyed under `root`) and the `files` (full keys) side by side."""
+    uploads = {f"{root}/{suffix}": body for suffix, body in objects.items()} | files
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(
             pool.map(

@@ -36,6 +36,8 @@ from clipfarm_fusion.read.vectors import fetch_shard, latest_per_video, on_run_d
 from clipfarm_fusion.stores import manifest, schema_lock, state
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
+FAIL_RATE_THRESHOLD = 0.05  # the fail_rate check's default: the resource's fail_rate_threshold
+
 
 class Verdict(NamedTuple):
     """(passed, metadata): metadata holds only ints, floats, strings and lists/dicts of them."""

@@ -1,10 +1,12 @@
-"""The public readers of what runs published: `read_manifest` and `read_state`.
+"""The public readers of what runs published: `read_manifest`, `read_state` and `read_failures`.
 
 They are the stable interface to a strategy's manifest and state, whatever store holds them: the CLI,
-the checks, tests and users' scripts read through these two, so the storage can change under them.
+the checks, tests and users' scripts read through these, so the storage can change under them.
 """
 
 from __future__ import annotations
+
+from datetime import date
 
 import pandas as pd
 import pyarrow as pa
@@ -12,7 +14,9 @@ import pyarrow as pa
 from clipfarm_fusion.config import DEFAULT_ROOT, STRATEGY_NAMES, resolve_bucket
 from clipfarm_fusion.core.layout import Layout
 from clipfarm_fusion.errors import ConfigError
+from clipfarm_fusion.read import failures
 from clipfarm_fusion.stores import manifest, s3io, state
+from clipfarm_fusion.stores.state_schema import STATE_COLUMNS, WRITER_COLUMN
 
 
 def _check_strategy(strategy: str) -> None:
@@ -45,3 +49,25 @@ def read_state(
     _check_strategy(strategy)
     client = client or s3io.make_client(8)
     return state.read_rows(client, resolve_bucket(bucket), Layout(root.strip("/")), strategy)
+
+
+def read_failures(
+    strategy: str,
+    run_date: date | str | None = None,
+    *,
+    bucket: str | None = None,
+    root: str = DEFAULT_ROOT,
+    client=None,
+) -> pd.DataFrame:
+    """Every item the state holds in a failed or waiting status (`fail`, `fail_terminal`,
+    `missing_required_modality`, `missing_text_state_unavailable`, `missing_text_pending`), one row per
+    video_id with the error of its last attempt: `video_id, status, error, retry_count, run_date,
+    processed_at` (`run_date`: the day whose run wrote the row). With `run_date`, that day's items: while
+    it is the newest day fused, exactly those its summary counts under these statuses (`read.failures`
+    says why). Raises StoreError when the published state cannot be read."""
+    _check_strategy(strategy)
+    day = None if run_date is None else date.fromisoformat(str(run_date)).isoformat()
+    client = client or s3io.make_client(8)
+    columns = (*STATE_COLUMNS, WRITER_COLUMN)
+    rows = state.read_rows(client, resolve_bucket(bucket), Layout(root.strip("/")), strategy, columns)
+    return failures.failed_or_waiting(rows, day)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,6 @@ from clipfarm_fusion.stores import lake
 from clipfarm_fusion.stores.state_schema import (
     CURSOR_COLUMNS,
     KNOWN_COLUMNS,
-    PUBLIC_SCHEMA,
     SCHEMA,
     STATE_COLUMNS,
     TERMINAL,
@@ -253,17 +253,22 @@ def open_store(
     return store
 
 
-def read_rows(client, bucket: str, layout: Layout, strategy: str) -> pd.DataFrame:
-    """Every published state row (the table, or a seed-era mirror not imported yet), sorted by video_id."""
+def read_rows(
+    client, bucket: str, layout: Layout, strategy: str, columns: Sequence[str] = STATE_COLUMNS
+) -> pd.DataFrame:
+    """Every published state row (the table, or a seed-era mirror not imported yet), sorted by video_id:
+    the state columns, or `columns` of the table's (`run_id` says which run wrote a row; null for rows
+    the seed era wrote)."""
     table = lake.open_table(lake.uri(bucket, layout.state_table_key(strategy)), lake.storage_options(client))
     if table is not None:
-        frame = to_frame(lake.read_all(table).select(list(STATE_COLUMNS)).cast(PUBLIC_SCHEMA))
+        wanted = pa.schema([SCHEMA.field(column) for column in columns])
+        frame = to_frame(lake.conform(lake.read_all(table), wanted))
     else:
         from clipfarm_fusion.legacy import seed_state  # only when there is no table yet
 
         mirrored = seed_state.read_mirror(client, bucket, layout, strategy)
         frame = empty_frame() if mirrored is None else mirrored
-    return frame.reset_index()[list(STATE_COLUMNS)].sort_values("video_id", ignore_index=True)
+    return frame.reset_index().reindex(columns=list(columns)).sort_values("video_id", ignore_index=True)
 
 
 def row_cursors(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

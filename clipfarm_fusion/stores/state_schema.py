@@ -30,7 +30,6 @@ SCHEMA = pa.schema(
     + [(c, pa.int64()) for c in CURSOR_COLUMNS]
     + [(WRITER_COLUMN, pa.string())]
 )
-PUBLIC_SCHEMA = pa.schema([SCHEMA.field(c) for c in STATE_COLUMNS])
 KNOWN_COLUMNS = ("video_id", *CURSOR_COLUMNS)
 TERMINAL = (SUCCESS_FULL, SUCCESS_PLACEHOLDER, FAIL_TERMINAL)
 
