@@ -250,7 +250,7 @@ def _publish_manifest(
     summary.manifest_updated += updated
 
 
-COMMIT_SLICE = 1_000_000  # videos per publish (a manifest upsert, then a state upsert): bounds each MERGE
+COMMIT_SLICE = 500_000  # videos per publish (a manifest upsert, then a state upsert): bounds each MERGE
 
 
 def _held_marks(plan: Plan, store: state.StateStore) -> dict[str, str]:
