@@ -90,6 +90,12 @@ def test_pointer_check_in_a_partitioned_run_reads_every_shard_of_the_day(seed_da
         raise_on_error=False,
     )
     assert not result.success  # the blocking check failed
+    # ... in the commit step, before the materialization, which is never recorded: nothing waiting for
+    # the day (the next day of a backfill) starts. The commit step records the checks' evaluations.
+    assert not result.get_asset_materialization_events()
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "fuse_embeddings.commit"
+    assert set(failure.step_failure_data.user_failure_data.metadata) == {"blocked/concat"}
     evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}[pointers.name]
     assert not evaluation.passed and evaluation.blocking
     assert evaluation.metadata["partition"].value == "2026-03-01"

@@ -11,7 +11,8 @@ fail-rate check result) per selected strategy. The ops are in `ops.py`.
 Each strategy depends on its own previous day (a self-dependency) because it does: day D's delta is
 whatever day D-1 left in the state table. Dagster then backfills the days oldest first, one run per day
 (`BackfillPolicy.multi_run(1)`), and never starts a day before the one before it has materialised, so a
-backfill gives exactly what running the days one by one in order gives.
+backfill gives exactly what running the days one by one in order gives. `commit` materialises a day
+only once its blocking output checks have passed, so a backfill stops at the first day that fails one.
 
 The inputs are external assets (`upstream.py`); each fused asset depends on all of them. A graph-backed
 asset takes its dependencies as graph inputs, so each dependency is one `Nothing` input of `plan`, and

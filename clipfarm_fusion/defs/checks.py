@@ -10,6 +10,10 @@ Every result run inside a partitioned run names that partition (metadata `partit
 so the UI says which day a result follows. There, `manifest_pointers_resolve` reads every shard the
 manifest references for that day (a sample can miss the one shard a day lost), plus a sample of older
 rows; the whole store is checked by the `verify_published` job (`jobs.py`).
+
+A day's `commit` runs the same output checks (`gate`) before it materialises the day, since a backfill
+starts the next day as soon as a day is materialised; `published_outputs` runs them again after it, or
+on their own from the UI.
 """
 
 from collections.abc import Iterable, Iterator
