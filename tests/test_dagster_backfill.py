@@ -2,7 +2,7 @@
 
 Days 1 and 2 were fused before (from the CLI), then one of day 2's shards was lost. A backfill of days
 1..3 of `concat`, launched as the UI launches one (the `launchPartitionBackfill` mutation, on a real
-`dagster-webserver`), runs day 1, fails day 2 on `manifest_pointers_resolve` and never starts day 3.
+`dagster-webserver`) on the deployment's instance (infra/dagster.yaml, in the tests' Postgres), runs day 1, fails day 2 on `manifest_pointers_resolve` and never starts day 3.
 The pointer sample is 0, so each day's check reads only its own day's shards: day 1 cannot see day 2's
 loss. The daemon's backfill loop ticks every 30 s, and day 3 could only start on the third tick, so the
 test takes a minute and a half.
@@ -16,6 +16,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from clipfarm_fusion.core.layout import Layout
@@ -23,7 +24,7 @@ from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.run import pipeline
 from clipfarm_fusion.stores import s3io
 
-from .test_dagster_webserver import graphql, wait_until_up, webserver  # noqa: F401
+from .test_dagster_webserver import graphql, running_webserver, wait_until_up
 
 DAYS = ("2026-03-01", "2026-03-02", "2026-03-03")
 BACKFILL_SECONDS = 300
@@ -54,8 +55,15 @@ def partition_of(tags: dict[str, str]) -> str:
     return tags.get("dagster/partition") or tags["dagster/asset_partition_range_start"]
 
 
-def test_a_backfill_stops_at_the_day_whose_blocking_check_fails(webserver, seed_day, client):  # noqa: F811
-    url, home, process = webserver
+@pytest.fixture
+def production_webserver(s3_endpoint, postgres_dagster_home):
+    """The webserver on the deployment's instance: infra/dagster.yaml, runs and events in Postgres."""
+    with running_webserver(postgres_dagster_home) as served:
+        yield served
+
+
+def test_a_backfill_stops_at_the_day_whose_blocking_check_fails(production_webserver, seed_day, client):
+    url, home, process = production_webserver
     seeded = seed_day(videos=8, run_date=date.fromisoformat(DAYS[0]), mix={"full": 1.0})
     for prefix, day in zip("bc", DAYS[1:], strict=True):
         made = synthetic.make_day(

@@ -2,6 +2,7 @@
 three assets downstream of the external upstream inputs, and the metadata of a partition materialised
 into that instance."""
 
+import contextlib
 import json
 import os
 import signal
@@ -31,13 +32,20 @@ def free_port() -> int:
 
 @pytest.fixture
 def webserver(s3_endpoint, tmp_path):
-    """(url, DAGSTER_HOME) of a running webserver; its whole process group is killed at teardown."""
+    """(url, DAGSTER_HOME, process) of a running webserver on the dev instance (SQLite)."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
     # Create the SQLite storages before the server does: two processes migrating a fresh DB at once can
     # both stamp its alembic version, and the code location then fails to load ("more than one head").
     DagsterInstance.from_config(str(home)).dispose()
+    with running_webserver(home) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def running_webserver(home: Path):
+    """A webserver on `home`'s instance (created already); its whole process group is killed on exit."""
     port = free_port()
     process = subprocess.Popen(
         [
