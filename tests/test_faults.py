@@ -76,18 +76,10 @@ def test_conditional_put_whose_first_attempt_landed_is_a_success(client, bucket)
 
 
 @pytest.mark.s3_backends
-def test_replacing_an_object_deleted_since_it_was_read_writes_it_afresh(client, bucket, request):
+def test_replacing_an_object_deleted_since_it_was_read_writes_it_afresh(client, bucket):
     """`If-Match` on a key that is gone: AWS and moto answer 404, SeaweedFS 412. Either way nobody
     else's version is there to lose, so the write lands (no exit 4), and a second writer holding the
     same stale ETag then meets the new version and is refused."""
-    if request.config.getoption("--s3") == "seaweedfs":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=ConcurrentWriteError,
-                reason="s3io.put_replacing reads only a 404 as 'deleted since read'; SeaweedFS answers 412",
-            )
-        )
     key = "clipfarm/fused/concat/schema.json"
     read = s3io.put_replacing(client, bucket, key, b"version 1", None)
     client.delete_object(Bucket=bucket, Key=key)

@@ -177,6 +177,11 @@ def _our_earlier_attempt(client, bucket: str, key: str, body: bytes) -> str | No
     return fetched.etag if fetched.body is not None and fetched.etag == ours else None
 
 
+def _absent(client, bucket: str, key: str) -> bool:
+    """Whether `key` is gone: a 412 on `If-Match` does not say (SeaweedFS answers it for a missing key)."""
+    return get_object(client, bucket, key).body is None
+
+
 def put_if_absent(client, bucket: str, key: str, body: bytes) -> str | None:
     """PUT with `If-None-Match: *`; the new ETag, or None when the key already exists."""
     try:
@@ -196,14 +201,16 @@ def put_replacing(client, bucket: str, key: str, body: bytes, expected_etag: str
     try:
         return client.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"]
     except botocore.exceptions.ClientError as exc:
-        if is_precondition_failed(exc) and (etag := _our_earlier_attempt(client, bucket, key, body)):
+        refused = is_precondition_failed(exc)
+        if refused and (etag := _our_earlier_attempt(client, bucket, key, body)):
             return etag
-        if expected_etag and is_missing(exc):
+        # If-Match on a key that is gone: AWS (and moto) answer 404, SeaweedFS 412.
+        if expected_etag and (is_missing(exc) or (refused and _absent(client, bucket, key))):
             # Deleted since we read it: nobody else's version is there to lose, so this is no
             # concurrent write (exit 4 is for those); create it afresh, still never over another's.
             log.warning("s3://%s/%s was deleted while this run worked; writing it afresh", bucket, key)
             return put_replacing(client, bucket, key, body, None)
-        if is_precondition_failed(exc):
+        if refused:
             raise ConcurrentWriteError(
                 f"s3://{bucket}/{key} changed while this run was writing it; another run is writing "
                 "the same strategy. Nothing was overwritten: rerun once the other run has finished."
