@@ -7,6 +7,7 @@ import warnings
 from datetime import date, timedelta
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from dagster import materialize
@@ -22,7 +23,7 @@ from clipfarm_fusion.defs.resources import FusionResource
 from clipfarm_fusion.devtools import synthetic
 from clipfarm_fusion.read import verify
 from clipfarm_fusion.read.vectors import ALL_LOCKS, OlderLockWarning, read_vectors, under_lock
-from clipfarm_fusion.run import commit, pipeline
+from clipfarm_fusion.run import commit, pipeline, plan
 from clipfarm_fusion.stores import refusals, s3io, schema_lock, state
 from clipfarm_fusion.stores.schema_lock import SchemaLock
 
@@ -281,3 +282,28 @@ def test_a_large_day_publishes_in_slices_and_a_kill_between_them_converges(clien
     assert len(read_state("concat", bucket=seeded.bucket, root=seeded.root, client=client)) == 12
     assert verify.verify_strategy(client, seeded.bucket, seeded.root, "concat").ok
     assert pipeline.run(config, DAY, client=client).strategies["concat"].delta == 0
+
+
+def test_a_day_planned_in_id_ranges_publishes_what_one_range_does(client, seed_day, monkeypatch, caplog):
+    """Past PLAN_SLICE kept horizon rows the plan works one id range at a time; the same day planned
+    whole (another root, the same inputs) publishes the same state and counts, and both converge."""
+    seeded = {root: seed_day(videos=40, mix=MIX, dim=8, root=root, seed=7) for root in ("whole", "ranged")}
+    results = {}
+    for root, day in seeded.items():
+        monkeypatch.setattr(plan, "PLAN_SLICE", 6 if root == "ranged" else 500_000)
+        with caplog.at_level("INFO"):
+            results[root] = pipeline.run(day.config(strategies=("concat",), chunk_size=4), DAY, client=client)
+    assert "planning id range 2 of" in caplog.text
+    whole, ranged = (results[r].strategies["concat"] for r in ("whole", "ranged"))
+    assert ranged.delta == whole.delta == 40 and ranged.counts == whole.counts
+    columns = ["video_id", "status", "source_hash", "retry_count", "error"]
+    states = {r: read_state("concat", bucket=d.bucket, root=r, client=client) for r, d in seeded.items()}
+    pd.testing.assert_frame_equal(
+        *(states[r][columns].sort_values("video_id").reset_index(drop=True) for r in ("whole", "ranged"))
+    )
+    reruns = {}
+    for root, day in seeded.items():
+        assert verify.verify_strategy(client, day.bucket, root, "concat").ok
+        reruns[root] = pipeline.run(day.config(strategies=("concat",), chunk_size=4), DAY, client=client)
+    again = [reruns[r].strategies["concat"] for r in ("whole", "ranged")]
+    assert again[0].counts == again[1].counts == {"success_text_placeholder": 16}, "only late text is due"

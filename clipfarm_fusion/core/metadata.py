@@ -34,11 +34,18 @@ processed instant are hashed to compare (8 bytes each, not held); only kept rows
 are held. The filter before the dedupe gives the dedupe of every row, restricted to the videos with a
 kept row: a video whose latest row is unchanged keeps no row, and for a kept video every row that can
 be its latest (those at or after the processed instant) is kept.
+
+A corpus-sized day (a new strategy, a re-fusion) keeps nearly every row. So that a plan never holds more
+than `limit` kept rows, a scan that passes the limit stops holding rows and returns instead the id bounds
+that cut the kept rows into ranges of about `limit` (from a uniform sample of their ids); the caller then
+scans once per range (`within`), each scan keeping only the rows of its id range, so a range's result is
+exactly the full scan's restricted to those ids.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -76,12 +83,26 @@ class HorizonScan:
       8601 (they count as undated, so the as-of filter keeps them; the run reports them);
     - `unparseable_samples`: `video_id, captured_at` of the first such rows, in file order (a CSV row
       with a wrong field count comes after the other rows of its block);
+    - `bounds`: None when `rows` holds every kept row; else (the scan passed its `limit`, and `rows` is
+      empty) the ascending video_ids that cut the kept rows into id ranges of about `limit` rows each
+      (see `ranges`).
+
+    With `within`, the rows and every count are those of the id range only.
     """
 
     rows: pd.DataFrame
     horizon_rows: int
     unparseable: int
     unparseable_samples: pd.DataFrame
+    bounds: tuple[str, ...] | None = None
+
+    def ranges(self) -> list[IdRange]:
+        """The id ranges to scan one at a time, in video_id order: `[(None, None)]` when nothing was cut."""
+        cuts = [None, *(self.bounds or ()), None]
+        return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+IdRange = tuple[str | None, str | None]  # [low, high): None is unbounded; ids compare as UTF-8 bytes
 
 
 def scan(
@@ -93,6 +114,8 @@ def scan(
     known: KnownIndex | None = None,
     also: pa.Array | pa.ChunkedArray | None = None,
     sample: int = 5,
+    within: IdRange | None = None,
+    limit: int | None = None,
 ) -> HorizonScan:
     """The run's candidate videos from the horizon file (`body`: its bytes, or a local file holding
     them, which is read a block at a time and never held whole), read from `location`, in one pass.
@@ -103,16 +126,21 @@ def scan(
     or its instant is later than the known `captured_ns`, or equal to it with another `hash64`, or its
     video_id is in `also` (None: empty). Kept rows are deduplicated by the module's rule, which gives
     exactly the full scan's rows of the videos with a kept row (see the module docstring for why).
-    ConfigError when the file is missing or unreadable.
+    `within` keeps only the ids of one range; past `limit` kept rows the scan returns `bounds` instead of
+    rows. ConfigError when the file is missing or unreadable.
     """
     require_body(body, location)
     source = horizon_file.Source(body)
-    keep = _Keep(run_date, known, also)
     block_bytes = BLOCK_BYTES
     while True:
+        keep = _Keep(run_date, known, also, within)
         try:
             return _scan(
-                horizon_file.blocks(source, location, block_bytes), keep, include_captured_at_in_hash, sample
+                horizon_file.blocks(source, location, block_bytes),
+                keep,
+                include_captured_at_in_hash,
+                sample,
+                limit,
             )
         except horizon_file.RowTooLong:
             block_bytes *= 4
@@ -132,14 +160,31 @@ class _Keep:
     new or changed, or in `also`. The id sets are built once, for every block."""
 
     def __init__(
-        self, run_date: date, known: KnownIndex | None, also: pa.Array | pa.ChunkedArray | None
+        self,
+        run_date: date,
+        known: KnownIndex | None,
+        also: pa.Array | pa.ChunkedArray | None,
+        within: IdRange | None = None,
     ) -> None:
+        self.within = within if within is not None and within != (None, None) else None
         self.cutoff = pd.Timestamp(datetime.combine(run_date, time.max, tzinfo=UTC)).value
         self.known = known if known is not None and len(known) else None  # nothing known: keep all
         self.also = None
         if self.known is not None:
             self.processed_seen = np.zeros(len(self.known), dtype=bool)  # the processed row is in the file
             self.also = key_set(also) if also is not None and len(also) else None
+
+    def inside(self, ids: pa.Array) -> pa.Array | None:
+        """The mask of `ids` in the scan's id range (None: no range, every id)."""
+        if self.within is None:
+            return None
+        low, high = self.within
+        masks = [
+            pc.greater_equal(ids, low) if low is not None else None,
+            pc.less(ids, high) if high is not None else None,
+        ]
+        present = [m for m in masks if m is not None]
+        return present[0] if len(present) == 1 else pc.and_(*present)
 
     def as_of(self, has_id: np.ndarray, instants: np.ndarray) -> np.ndarray:
         return has_id & (instants <= self.cutoff)  # undated rows are OLDEST, so they pass
@@ -193,16 +238,25 @@ class _Keep:
 
 
 def _scan(
-    blocks: Iterator[tuple[pa.Array, pa.Array, pa.Array]], keep: _Keep, include_captured_at: bool, sample: int
+    blocks: Iterator[tuple[pa.Array, pa.Array, pa.Array]],
+    keep: _Keep,
+    include_captured_at: bool,
+    sample: int,
+    limit: int | None,
 ) -> HorizonScan:
-    """Per block: strip, ids, instants, counts, the keep mask, and hash only the kept rows; then dedupe."""
+    """Per block: strip, ids (then only the range's), instants, counts, the keep mask, and hash only the
+    kept rows; then dedupe. Past `limit` kept rows, only a sample of the kept ids is held from then on."""
     kept: list[pa.RecordBatch] = []
-    horizon_rows = unparseable = 0
+    kept_ids: IdSample | None = None
+    horizon_rows = unparseable = kept_rows = 0
     samples: list[tuple[str, str]] = []
     for raw_ids, raw_urls, captured_at in blocks:
         # pc.utf8_trim_whitespace strips exactly the code points str.strip() does
         urls = pc.utf8_trim_whitespace(raw_urls)
         ids = _ids(pc.utf8_trim_whitespace(raw_ids), urls)
+        inside = keep.inside(ids)
+        if inside is not None:
+            ids, urls, captured_at = ids.filter(inside), urls.filter(inside), captured_at.filter(inside)
         instants = latest.instants(captured_at)
         has_id = pc.not_equal(ids, "").to_numpy(zero_copy_only=False)
         written = pc.not_equal(pc.utf8_trim_whitespace(captured_at), "").to_numpy(zero_copy_only=False)
@@ -216,7 +270,15 @@ def _scan(
         keys = pc.binary_join_element_wise(urls, captured_at, "|") if include_captured_at else urls
         wanted = keep.wanted(ids, instants, keys, np.flatnonzero(as_of))
         rows = np.flatnonzero(as_of if wanted is None else as_of & wanted)
-        if len(rows):
+        kept_rows += len(rows)
+        if kept_ids is None and limit is not None and kept_rows > limit:
+            kept_ids = IdSample()  # too many to hold: from now on only where to cut them
+            for batch in kept:
+                kept_ids.add(batch.column(0))
+            kept = []
+        if len(rows) and kept_ids is not None:
+            kept_ids.add(ids.take(pa.array(rows)))
+        elif len(rows):
             taken = pa.array(rows)
             kept.append(
                 _hashed(
@@ -227,12 +289,43 @@ def _scan(
                     instants[rows],
                 )
             )
+    table = pa.Table.from_batches(kept, schema=_KEPT)
     return HorizonScan(
-        rows=keep.settle(dedupe_latest(pa.Table.from_batches(kept, schema=_KEPT).to_pandas())),
+        rows=keep.settle(dedupe_latest(table.to_pandas())),
         horizon_rows=horizon_rows,
         unparseable=unparseable,
         unparseable_samples=pd.DataFrame(samples, columns=["video_id", "captured_at"], dtype="str"),
+        bounds=None if kept_ids is None else kept_ids.bounds(math.ceil(kept_rows / limit)),
     )
+
+
+class IdSample:
+    """A uniform sample of a stream of ids in bounded memory: every `stride`-th id of the stream, the
+    stride doubling (and every other sampled id dropped) whenever the sample doubles past `size`, so it
+    stays uniform whatever the order of the file."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self.size, self.stride, self.seen = size, 1, 0
+        self.ids: list[pa.Array] = []
+        self.held = 0
+
+    def add(self, ids: pa.Array) -> None:
+        first = (-self.seen) % self.stride  # the next stream position that is a multiple of the stride
+        picked = ids.take(pa.array(np.arange(first, len(ids), self.stride)))
+        self.seen += len(ids)
+        self.ids.append(picked)
+        self.held += len(picked)
+        if self.held > 2 * self.size:
+            merged = pa.concat_arrays(self.ids)
+            self.ids = [merged.take(pa.array(np.arange(0, len(merged), 2)))]
+            self.held, self.stride = len(self.ids[0]), self.stride * 2
+
+    def bounds(self, parts: int) -> tuple[str, ...]:
+        """The ascending, distinct ids that cut the sample (so, about, the stream) into `parts` equal parts."""
+        merged = pa.concat_arrays(self.ids)
+        ordered = merged.take(pc.array_sort_indices(merged))
+        cuts = [ordered[len(ordered) * i // parts].as_py() for i in range(1, parts)]
+        return tuple(sorted(set(cuts)))
 
 
 _KEPT = pa.schema(

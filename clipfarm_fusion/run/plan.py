@@ -6,6 +6,11 @@ each strategy's delta reason and retry base, and each strategy's prior state row
 union delta in video_id order cut every `chunk_size` videos, so a chunk's contents depend only on the plan.
 It returns a `Plan`: a small descriptor (keys and counts, no rows) that any Dagster IO manager can carry.
 
+A corpus-sized day (a new strategy, a re-fusion: nearly every video) is planned one id range at a
+time, each about PLAN_SLICE kept horizon rows (`metadata.scan`'s `limit` and `within`): memory is one
+range's rows, not the day's, and the ranges' chunks are numbered on, so the fuse and the commit see one
+day. Each range rescans the local horizon file, a CPU cost that only such a day pays.
+
 With `--max-items` the day is one chunk, since the cap counts reads in video_id order across the day.
 """
 
@@ -15,7 +20,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from clipfarm_fusion.stores import (
 )
 
 WORK_COLUMNS = ["video_id", "url", "captured_at", "captured_ts", "source_hash"]
+PLAN_SLICE = 500_000  # kept horizon rows a plan holds at a time: a larger day is planned id range by id range
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,8 @@ def _plan(
     text: text_state.TextState,
     log: logging.Logger,
 ) -> Plan:
-    """Read the inputs, plan each strategy, cut the union of their work lists into chunks and stage them."""
+    """Read the inputs, open each strategy, then plan and stage the day one id range at a time (one
+    range on a normal day; about PLAN_SLICE kept horizon rows each on a corpus-sized one)."""
     started = time.time()
     run_id = f"{run_date.isoformat()}-{uuid.uuid4().hex[:12]}"
     summary = RunSummary(run_date=run_date.isoformat(), bucket=config.bucket, root=config.root)
@@ -128,39 +135,55 @@ def _plan(
         name: requested.read(client, config.bucket, layout, name, store, config.s3_patience_seconds)
         for name, store in stores.items()
     }
-    inputs = _read_inputs(
+    chosen, scan = _read_inputs(
         config, run_date, client, layout, horizon_file, text, stores, requests, summary, log
     )
+    horizon_rows = scan.horizon_rows
     options = fusion_options.load(client, config, config.strategies)
-    planned: list[StrategyPlan] = []
-    deltas: dict[str, pd.DataFrame] = {}
-    priors: dict[str, pd.DataFrame] = {}
-    refreshed: dict[str, pa.Table] = {}
-    for name, store in stores.items():
-        strategy = _plan_strategy(
-            config, run_date, client, layout, name, store, inputs, options, requests[name], summary, log
+    opened = [
+        s
+        for name, store in stores.items()
+        if (
+            s := _open_strategy(
+                config, client, layout, name, store, chosen, options, requests[name], summary, log
+            )
         )
-        if strategy is None:
-            continue
-        planned.append(strategy.plan)
-        deltas[name], priors[name], refreshed[name] = strategy.delta, strategy.prior, strategy.refreshed
-    work = _union_delta(deltas)
-    chunk_size = (len(work) or 1) if config.max_items else config.chunk_size
-    chunks = math.ceil(len(work) / chunk_size)
+    ]
+    ranges = scan.ranges()
+    chunk_size = config.chunk_size
+    chunks = work = 0
+    refreshed: dict[str, list[pa.Table]] = {s.name: [] for s in opened}
+    for number, within in enumerate(ranges, 1):
+        if len(ranges) > 1:
+            scan = _scan(config, run_date, horizon_file, chosen, within)
+            log.info(
+                "planning id range %d of %d (%s..%s): %d candidates",
+                number,
+                len(ranges),
+                *within,
+                len(scan.rows),
+            )
+        horizon, invalid, problems = _split_invalid(scan)
+        deltas, priors = {}, {}
+        for strategy in opened:
+            deltas[strategy.name], priors[strategy.name], fresh = _range_delta(
+                config, run_date, strategy, horizon, invalid, problems
+            )
+            refreshed[strategy.name].append(fresh)
+        rows = _work(text, _union_delta(deltas), deltas)
+        if config.max_items:  # one range (see _read_inputs): the cap counts reads across the day
+            chunk_size = len(rows) or 1
+        chunks += _stage(config, client, layout, run_id, rows, chunk_size, chunks, priors)
+        work += len(rows)
+    planned = [_finish_strategy(config, client, layout, run_date, s, summary, log) for s in opened]
     log.info(
         "delta: %s; %d videos to look at in %d chunks of up to %d%s",
         ", ".join(f"{name}={s.delta}" for name, s in summary.strategies.items()) or "none",
-        len(work),
+        work,
         chunks,
         chunk_size,
         f", of which at most {config.max_items} are read (--max-items)" if config.max_items else "",
     )
-    text_status, text_hash = text.lookup(work["video_id"].tolist())
-    work = work.assign(text_status=text_status, text_hash=text_hash)
-    for name, delta in deltas.items():
-        work[f"reason/{name}"] = delta["reason"].reindex(work["video_id"]).to_numpy(dtype=object)
-        work[f"retry_base/{name}"] = delta["retry_base"].reindex(work["video_id"]).to_numpy(dtype="float64")
-    refreshing = _stage(config, client, layout, run_id, work, chunk_size, priors, refreshed)
     return Plan(
         run_id=run_id,
         run_date=run_date.isoformat(),
@@ -168,25 +191,13 @@ def _plan(
         strategies=tuple(planned),
         chunks=chunks,
         chunk_size=chunk_size,
-        work=len(work),
-        keys_per_item=inputs.scan.horizon_rows / max(len(work), 1),
+        work=work,
+        keys_per_item=horizon_rows / max(work, 1),
         text_problem=text.problem,
         text_cursor=None if text.problem else text.cursor,
-        refreshing=refreshing,
+        refreshing=_stage_refreshed(config, client, layout, run_id, refreshed),
         summary=summary.to_dict(),
     )
-
-
-@dataclass
-class _Inputs:
-    """The day's horizon as one run sees it: the candidate rows with safe ids, those with unsafe ids
-    (and why), the scan's counts, and which placeholders each strategy rechecks."""
-
-    horizon: pd.DataFrame
-    invalid: pd.DataFrame
-    problems: pd.Series
-    scan: metadata.HorizonScan
-    candidates: candidates.Candidates
 
 
 def _read_inputs(
@@ -200,9 +211,11 @@ def _read_inputs(
     requests: dict[str, requested.Requested],
     summary: RunSummary,
     log: logging.Logger,
-) -> _Inputs:
+) -> tuple[candidates.Candidates, metadata.HorizonScan]:
     """The candidates (`_select`, plus the listed text files of a full recheck and the videos that
-    re-fusion requests name), then the horizon rows they need, as of `run_date`."""
+    re-fusion requests name), then one scan of the horizon for the rows they need, as of `run_date`:
+    its rows, or (past PLAN_SLICE kept rows, unless --max-items holds the day in one chunk) the id
+    ranges to plan one at a time. The scan's counts are the whole horizon's."""
     present = (
         candidates.text_files(client, config.bucket, layout, config.s3_patience_seconds)
         if config.recheck_text_files
@@ -214,7 +227,28 @@ def _read_inputs(
     named = [r.ids for r in requests.values() if r.requests]
     if named:
         chosen = replace(chosen, also=pa.concat_arrays([chosen.also, *named]))
-    scan = metadata.scan(
+    scan = _scan(config, run_date, horizon_file, chosen, None, None if config.max_items else PLAN_SLICE)
+    _report_bad_dates(summary, scan, config, log)
+    log.info(
+        "horizon as of %s: %d rows, %s",
+        run_date,
+        scan.horizon_rows,
+        f"{len(scan.rows)} of them candidates"
+        if scan.bounds is None
+        else f"more than {PLAN_SLICE} of them candidates: planned in {len(scan.ranges())} id ranges",
+    )
+    return chosen, scan
+
+
+def _scan(
+    config: FusionConfig,
+    run_date: date,
+    horizon_file: Path,
+    chosen: candidates.Candidates,
+    within: metadata.IdRange | None,
+    limit: int | None = None,
+) -> metadata.HorizonScan:
+    return metadata.scan(
         horizon_file,
         config.metadata_location,
         run_date,
@@ -222,44 +256,44 @@ def _read_inputs(
         known=chosen.known,
         also=chosen.also,
         sample=config.sample_size,
+        within=within,
+        limit=limit,
     )
-    _report_bad_dates(summary, scan, config, log)
+
+
+def _split_invalid(scan: metadata.HorizonScan) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """(the candidate rows with safe ids, those with unsafe ids, why each of those is unsafe)."""
     problems = scan.rows["video_id"].map(video_id_problem)
-    invalid, horizon = scan.rows[problems.notna()], scan.rows[problems.isna()]
-    log.info(
-        "horizon as of %s: %d rows, %d of them candidates (%d with unsafe ids)",
-        run_date,
-        scan.horizon_rows,
-        len(horizon),
-        len(invalid),
-    )
-    return _Inputs(horizon, invalid, problems, scan, chosen)
+    return scan.rows[problems.isna()], scan.rows[problems.notna()], problems
 
 
 @dataclass
-class _Planned:
-    plan: StrategyPlan
-    delta: pd.DataFrame  # the work list, indexed by video_id
-    prior: pd.DataFrame  # the state rows of the candidates, sorted by video_id
-    refreshed: pa.Table  # state rows the horizon refreshes without any work
+class _Strategy:
+    """One strategy of the plan, across its id ranges."""
+
+    name: str
+    store: state.StateStore
+    lock: schema_lock.SchemaLock | None
+    recheck: set[str] | None
+    requests: requested.Requested
+    summary: StrategySummary
+    live: set[str] = field(default_factory=set)  # the requests some range still fuses for
+    delta: int = 0  # videos of the delta the chunks look at, all ranges (unsafe ids aside)
 
 
-def _plan_strategy(
+def _open_strategy(
     config: FusionConfig,
-    run_date: date,
     client,
     layout: Layout,
     name: str,
     store: state.StateStore,
-    inputs: _Inputs,
+    chosen: candidates.Candidates,
     options: FusionOptions,
     requests: requested.Requested,
     summary: RunSummary,
     log: logging.Logger,
-) -> _Planned | None:
-    """One strategy's work list, or None when its lock refuses the run's options (it stops alone)."""
-    horizon = inputs.horizon
-    prior = store.rows_for(pa.array(horizon["video_id"].tolist(), pa.string()))
+) -> _Strategy | None:
+    """The strategy's lock and summary, or None when its lock refuses the run's options (it stops alone)."""
     schema_key = layout.schema_key(name)
     lock = schema_lock.read(client, config.bucket, schema_key)
     manifest.open_table(client, config.bucket, layout, name, config.s3_patience_seconds)  # imports once
@@ -275,29 +309,64 @@ def _plan_strategy(
         summary.stopped[name] = str(exc)
         log.error("%s stopped, nothing of it published: %s", name, exc)
         return None
-    recheck = inputs.candidates.recheck[name]
-    delta = worklist.compute(horizon, prior, recheck, run_date.isoformat())
-    if requests.requests:
-        delta = requested.honour(
-            client, config.bucket, name, requests, horizon, prior, delta, run_date, strategy_summary, log
-        )
+    summary.strategies[name] = strategy_summary
+    return _Strategy(name, store, lock, chosen.recheck[name], requests, strategy_summary)
+
+
+def _range_delta(
+    config: FusionConfig,
+    run_date: date,
+    strategy: _Strategy,
+    horizon: pd.DataFrame,
+    invalid: pd.DataFrame,
+    problems: pd.Series,
+) -> tuple[pd.DataFrame, pd.DataFrame, pa.Table]:
+    """One strategy's work list over one id range of the horizon (indexed by video_id), its prior state
+    rows (sorted by video_id), and the state rows the horizon refreshes without any work; counted in the
+    strategy's summary, which adds up over the ranges."""
+    store, summary = strategy.store, strategy.summary
+    prior = store.rows_for(pa.array(horizon["video_id"].tolist(), pa.string()))
+    delta = worklist.compute(horizon, prior, strategy.recheck, run_date.isoformat())
+    if strategy.requests.requests:
+        delta, live = requested.honour(strategy.requests, horizon, prior, delta, run_date, summary)
+        strategy.live |= live
     if store.newest_run_date and store.newest_run_date > run_date.isoformat():
-        strategy_summary.behind = store.newest_run_date
-        strategy_summary.left_to_later = len(worklist.compute(horizon, prior, recheck)) - len(delta)
+        summary.behind = store.newest_run_date
+        summary.left_to_later += len(worklist.compute(horizon, prior, strategy.recheck)) - len(delta)
+    _record_invalid(summary, invalid, problems, config.sample_size)
+    summary.delta += len(delta) + len(invalid)
+    strategy.delta += len(delta)
+    refreshed = pa.Table.from_pylist(state.refreshed_rows(horizon, prior, delta), schema=state_schema.SCHEMA)
+    # chunks are id ranges: each takes its slice of the sorted prior rows
+    return delta.set_index("video_id"), prior.sort_index(), refreshed
+
+
+def _finish_strategy(
+    config: FusionConfig,
+    client,
+    layout: Layout,
+    run_date: date,
+    strategy: _Strategy,
+    summary: RunSummary,
+    log: logging.Logger,
+) -> StrategyPlan:
+    """The strategy's plan once every range is planned: its requests settled, its shard numbering."""
+    store, lock, counted = strategy.store, strategy.lock, strategy.summary
+    if strategy.requests.requests:
+        requested.finish(client, config.bucket, strategy.name, strategy.requests, strategy.live, counted, log)
+    if counted.behind:
         log.info(
             "%s: this run (%s) is behind the newest committed run date %s: it fuses new and changed "
             "videos and upgrades placeholders, and leaves %d videos that a later run holds in a newer "
             "form (or has retried) as they are",
-            name,
+            strategy.name,
             run_date,
-            store.newest_run_date,
-            strategy_summary.left_to_later,
+            counted.behind,
+            counted.left_to_later,
         )
-    _record_invalid(strategy_summary, inputs.invalid, inputs.problems, config.sample_size)
-    strategy_summary.delta = len(delta) + len(inputs.invalid)
-    summary.strategies[name] = strategy_summary
-    plan = StrategyPlan(
-        name=name,
+    delta = strategy.delta
+    return StrategyPlan(
+        name=strategy.name,
         state_version=store.version,
         text_cursor=store.text_cursor,
         newest_run_date=store.newest_run_date,
@@ -305,13 +374,23 @@ def _plan_strategy(
         locked=lock is not None,
         dims=lock.dims if lock else None,
         fused_dim=lock.fused_dim if lock else None,
-        first_part=shards.first_free_part(client, config.bucket, layout, name, run_date) if len(delta) else 0,
-        delta=len(delta),
-        recheck_all=recheck is None,
+        first_part=shards.first_free_part(client, config.bucket, layout, strategy.name, run_date)
+        if delta
+        else 0,
+        delta=delta,
+        recheck_all=strategy.recheck is None,
     )
-    refreshed = pa.Table.from_pylist(state.refreshed_rows(horizon, prior, delta), schema=state_schema.SCHEMA)
-    # chunks are id ranges: each takes its slice of the sorted prior rows
-    return _Planned(plan, delta.set_index("video_id"), prior.sort_index(), refreshed)
+
+
+def _work(text: text_state.TextState, work: pd.DataFrame, deltas: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The union work rows of one id range with their text-stage verdict and each strategy's reason and
+    retry base."""
+    text_status, text_hash = text.lookup(work["video_id"].tolist())
+    work = work.assign(text_status=text_status, text_hash=text_hash)
+    for name, delta in deltas.items():
+        work[f"reason/{name}"] = delta["reason"].reindex(work["video_id"]).to_numpy(dtype=object)
+        work[f"retry_base/{name}"] = delta["retry_base"].reindex(work["video_id"]).to_numpy(dtype="float64")
+    return work
 
 
 def _stage(
@@ -321,29 +400,38 @@ def _stage(
     run_id: str,
     work: pd.DataFrame,
     chunk_size: int,
+    first: int,
     priors: dict[str, pd.DataFrame],
-    refreshed: dict[str, pa.Table],
-) -> bool:
-    """One staged object per chunk (its work rows and the state rows of its id range), and one for the
-    refreshed state rows when there are any; whether there were."""
-    for index in range(math.ceil(len(work) / chunk_size)):
+) -> int:
+    """One staged object per chunk of one id range (its work rows and the state rows of its id range),
+    numbered from `first`; how many."""
+    count = math.ceil(len(work) / chunk_size)
+    for index in range(count):
         rows = work.iloc[index * chunk_size : (index + 1) * chunk_size]
         tables = {"work": pa.Table.from_pandas(rows, preserve_index=False)}
-        first, last = rows["video_id"].iloc[0], rows["video_id"].iloc[-1]
+        low, high = rows["video_id"].iloc[0], rows["video_id"].iloc[-1]
         for name, prior in priors.items():
-            held = prior.loc[first:last]  # the state rows of the chunk's id range (a few others do no harm)
+            held = prior.loc[low:high]  # the state rows of the chunk's id range (a few others do no harm)
             tables[f"prior/{name}"] = pa.Table.from_pandas(
                 held.reset_index(), schema=state_schema.SCHEMA, preserve_index=False
             )
         staging.put(
             client,
             config.bucket,
-            layout.chunk_input_key(run_id, index),
+            layout.chunk_input_key(run_id, first + index),
             tables,
             {},
             config.s3_patience_seconds,
         )
-    refreshing = {f"refreshed/{n}": t for n, t in refreshed.items() if t.num_rows}
+    return count
+
+
+def _stage_refreshed(
+    config: FusionConfig, client, layout: Layout, run_id: str, refreshed: dict[str, list[pa.Table]]
+) -> bool:
+    """One staged object for the state rows refreshed without work, when there are any; whether there were."""
+    tables = {f"refreshed/{n}": pa.concat_tables(t) for n, t in refreshed.items() if t}
+    refreshing = {key: table for key, table in tables.items() if table.num_rows}
     if refreshing:  # most days have none: then no object, and the commit reads none
         staging.put(
             client, config.bucket, layout.plan_key(run_id), refreshing, {}, config.s3_patience_seconds

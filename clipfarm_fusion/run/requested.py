@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import date
 
@@ -31,20 +30,20 @@ class Requested:
         arrays = list(self.pending.values())
         return pc.unique(pa.concat_arrays(arrays)) if arrays else pa.array([], pa.string())
 
-    def reasons(self) -> dict[str, str]:
-        """video_id -> reason; where two requests name a video, the older one's."""
+    def reasons(self, among: pa.Array) -> dict[str, str]:
+        """video_id -> reason for the pending ids among `among` (one id range of the plan, so the dict
+        stays bounded); where two requests name a video, the older one's."""
         reasons: dict[str, str] = {}
         for request in self.requests:
-            for video_id in self.pending[request.key].to_pylist():
+            ids = self.pending[request.key]
+            for video_id in ids.filter(pc.is_in(ids, value_set=among)).to_pylist():
                 reasons.setdefault(video_id, request.reason)
         return reasons
 
-    def finished(self, fusable: pa.Array) -> list[str]:
-        """Keys of the requests none of whose pending ids can still be fused (`fusable`: the ids of the
-        horizon this run sees): all done, or naming only videos the horizon no longer has."""
-        return [
-            key for key, ids in self.pending.items() if not pc.any(pc.is_in(ids, value_set=fusable)).as_py()
-        ]
+    def live(self, fusable: pa.Array) -> set[str]:
+        """Keys of the requests with a pending id among `fusable` (the ids of the horizon, or of one id
+        range of it): those with none in any range are done, or name only videos the horizon lost."""
+        return {key for key, ids in self.pending.items() if pc.any(pc.is_in(ids, value_set=fusable)).as_py()}
 
 
 NONE = Requested((), {})
@@ -77,37 +76,38 @@ def _writers_since(store: state.StateStore, version: int | None) -> set[str]:
 
 
 def honour(
-    client,
-    bucket: str,
-    name: str,
     requests: Requested,
     horizon: pd.DataFrame,
     prior: pd.DataFrame,
     delta: pd.DataFrame,
     run_date: date,
     summary: StrategySummary,
-    log: logging.Logger,
-) -> pd.DataFrame:
-    """The delta with the videos the open re-fusion requests still name; the requests with nothing
-    left are removed (their work was committed, or their videos left the horizon)."""
-    reasons = requests.reasons()
-    delta = worklist.with_requests(delta, horizon, prior, reasons, run_date.isoformat())
-    summary.requests_pending = len(reasons)
-    summary.requested = {
-        reason: int(count)
-        for reason, count in delta["reason"].value_counts().items()
-        if reason in refusals.REASONS
-    }
-    finished = requests.finished(pa.array(horizon["video_id"].tolist(), pa.string()))
+) -> tuple[pd.DataFrame, set[str]]:
+    """The delta of one id range of the horizon with the videos the open re-fusion requests still name,
+    counted in `summary`; and the keys of the requests with a video in this range (see `finish`)."""
+    ids = pa.array(horizon["video_id"].tolist(), pa.string())
+    delta = worklist.with_requests(delta, horizon, prior, requests.reasons(ids), run_date.isoformat())
+    for reason, count in delta["reason"].value_counts().items():
+        if reason in refusals.REASONS:
+            summary.requested[reason] = summary.requested.get(reason, 0) + int(count)
+    return delta, requests.live(ids)
+
+
+def finish(
+    client, bucket: str, name: str, requests: Requested, live: set[str], summary: StrategySummary, log
+) -> None:
+    """After every id range is planned: remove the requests with nothing left (`live`: the keys some
+    range still fuses for; the others' work was committed, or their videos left the horizon)."""
+    summary.requests_pending = len(requests.ids)
+    finished = [key for key in requests.pending if key not in live]
     if finished:
         refusals.remove(client, bucket, finished)
     log.info(
         "%s: %d videos named by %d open re-fusion request(s), %d of them in this delta %s; %d request(s) done",
         name,
-        len(reasons),
+        summary.requests_pending,
         len(requests.requests),
         sum(summary.requested.values()),
         summary.requested,
         len(finished),
     )
-    return delta
